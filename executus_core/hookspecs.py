@@ -1,0 +1,152 @@
+"""The hooks a plugin implements: one per port, plus three that register things.
+
+Every hook is called **once, when an `Executor` is built** (the CLI calls the ``register_commands``
+hook when it starts), never while a run is going. The port hooks return an object whose methods the
+loop calls directly (see `executus_core.ports`). Implement a hook with the `hookimpl` marker::
+
+    from executus_core import hookimpl
+
+    @hookimpl
+    def executus_budget(settings):
+        cfg = settings.section("my_budget", MyBudgetSettings)
+        return MyBudget(cfg) if cfg.enabled else None
+
+and register the module under the ``executus`` entry-point group::
+
+    [project.entry-points.executus]
+    my_budget = "my_package.plugin"
+
+Each hook may return ``None``: "not configured, nothing to add". A hook that raises makes the
+`Executor` refuse to start with a `PluginError` naming the plugin (unless ``skip_broken_plugins``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from executus_core.config import Settings
+    from executus_core.ports import Audit, Budget, CheckpointStore, Critic, Delivery, PaletteSource
+
+PROJECT_NAME = "executus"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# -------------------------------------------------------------------------------------------------
+# Ports: each returns the port object for this executor, or None.
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def executus_audit(settings: Settings) -> Audit | None:
+    """Return an `Audit` that records runs, or ``None``.
+
+    :param settings: the executor's settings; read your section with ``settings.section(...)``.
+
+    Several implementations: **all are used**. Each returned `Audit` starts its own recorder for
+    every run, and every recorder gets every event. A recorder that fails is dropped for the rest of
+    that run; the others go on.
+    """
+
+
+@hookspec
+def executus_budget(settings: Settings) -> Budget | None:
+    """Return a `Budget` that gates and meters runs per caller, or ``None``.
+
+    :param settings: the executor's settings.
+
+    Several implementations: **all are used**. Every budget must allow a run (any refusal ends it as
+    ``budget_exceeded`` before the first model call), and every budget is charged when it ends. A
+    budget whose ``check`` raises anything but `BudgetExceeded`, hangs or answers oddly refuses the
+    run too (status ``error``): a broken budget never lets a run through unmetered.
+    """
+
+
+@hookspec(firstresult=True)
+def executus_critic(settings: Settings) -> Critic | None:
+    """Return the `Critic` that watches runs for hangs and runaways, or ``None``.
+
+    :param settings: the executor's settings.
+
+    ``firstresult``: the first plugin (in pluggy's call order: the last registered first) that
+    returns an object is the critic; the others are not asked.
+    """
+
+
+@hookspec(firstresult=True)
+def executus_checkpointer(settings: Settings) -> CheckpointStore | None:
+    """Return the `CheckpointStore` that makes runs durable, or ``None``.
+
+    :param settings: the executor's settings.
+
+    ``firstresult``: one store serves every run. Without one, a run interrupted by shutdown is lost
+    and `Executor.recover` finds nothing.
+    """
+
+
+@hookspec
+def executus_palette(settings: Settings) -> PaletteSource | None:
+    """Return a `PaletteSource` that resolves ``skill_palette`` / ``subagent_palette`` names, or ``None``.
+
+    :param settings: the executor's settings.
+
+    Several implementations: **all are asked, in order**; the first that resolves a name serves it.
+    The built-in in-process palette (agents registered with `Executor.register_agent`) is one of them.
+    """
+
+
+@hookspec
+def executus_delivery(settings: Settings) -> Delivery | None:
+    """Return a `Delivery` for the target kinds it lists in ``kinds``, or ``None``.
+
+    :param settings: the executor's settings.
+
+    Several implementations: **all are kept**; a target goes to the first whose ``kinds`` holds the
+    target's ``kind``. The core ships ``file`` and ``webhook``.
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Registration: each adds named things through the callback it is given.
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def executus_register_models(register: Callable[..., None]) -> None:
+    """Register model providers by prefix.
+
+    :param register: ``register(prefix, factory, description="")``. ``factory(name, settings)``
+        returns a `Model` for the id ``prefix:name``; it is called lazily, the first time a run asks
+        for that id, and the model is reused after that.
+
+    Several implementations: all are called. Registering a prefix twice keeps the later one (a
+    plugin registered after the built-ins overrides them).
+    """
+
+
+@hookspec
+def executus_register_tools(register: Callable[..., None]) -> None:
+    """Register tools that agents can name in ``Agent.tools``.
+
+    :param register: ``register(tool)`` with a `Tool` (decorate a function with `@tool`).
+
+    Several implementations: all are called. The core registers ``run_status``.
+    """
+
+
+@hookspec
+def executus_register_commands(cli: Any) -> None:
+    """Add subcommands to the ``executus`` command line.
+
+    :param cli: the root `typer.Typer` app; add commands or sub-apps
+        (``cli.add_typer(runs_app, name="runs")``).
+
+    Called when the CLI starts. A plugin whose hook raises is listed as broken by
+    ``executus plugins``; the other commands still work.
+    """

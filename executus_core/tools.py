@@ -1,0 +1,234 @@
+"""Tools: typed Python functions the model can call.
+
+``@tool`` reads the function's signature and docstring: the JSON schema of its arguments comes from
+pydantic, and the model's arguments are validated against it before the function runs::
+
+    @tool
+    async def weather(city: str, unit: Literal["C", "F"] = "C") -> str:
+        "Current weather for a city."
+        ...
+
+A parameter annotated `ToolContext` is filled by the executor (run info, live tally, an idempotency
+key for this call, artifacts) and is not shown to the model. Synchronous functions run in a worker
+thread so they never block the event loop; pass ``@tool(inline=True)`` for quick pure functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import json
+import time
+from collections.abc import Callable
+from typing import Any, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from executus_core.hookspecs import hookimpl
+from executus_core.types import Artifact, RunInfo, ToolSpec
+
+__all__ = ["Tally", "Tool", "ToolContext", "run_status", "tool"]
+
+
+@dataclasses.dataclass(slots=True)
+class Tally:
+    """The live counters of a run, updated by the loop as it goes."""
+
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    deadline: float | None = None  # time.monotonic() at which the run is cut off
+    steps: int = 0
+    tool_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    thinking_tokens: int = 0
+
+    @property
+    def elapsed_seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def seconds_left(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+
+@dataclasses.dataclass(slots=True)
+class ToolContext:
+    """What a tool may know about the run that called it.
+
+    ``idempotency_key`` is stable for this call across a crash and `Executor.recover`: pass it to
+    anything with side effects. ``add_artifact`` attaches a file to the result.
+    """
+
+    info: RunInfo
+    tally: Tally
+    call_id: str
+    idempotency_key: str
+    artifacts: list[Artifact]
+    max_steps: int = 0
+
+    def add_artifact(
+        self, name: str, content: bytes | str, media_type: str = "application/octet-stream"
+    ) -> None:
+        data = content.encode() if isinstance(content, str) else content
+        self.artifacts.append(Artifact(name=name, content=data, media_type=media_type))
+
+
+class ToolArgumentsError(ValueError):
+    """The model's arguments do not fit the tool's schema; the message is sent back to the model."""
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Tool:
+    """A callable the model may call: a name, a description, an argument model and a function.
+
+    Build one with `@tool`; construct it directly only to wrap something that is not a function.
+    """
+
+    name: str
+    description: str
+    fn: Callable[..., Any]
+    args_model: (
+        type[BaseModel] | None
+    )  # None: fn takes the raw arguments dict (checked by ``parameters``' owner)
+    context_param: str | None = None
+    inline: bool = False
+    parameters: dict[str, Any] | None = None  # a JSON schema to show instead of args_model's
+    spec: ToolSpec = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        schema = self.parameters
+        if schema is None:
+            if self.args_model is None:
+                raise TypeError(f"tool {self.name!r} needs args_model or parameters")
+            schema = self.args_model.model_json_schema()
+            schema.pop("title", None)
+        self.spec = ToolSpec(name=self.name, description=self.description, parameters=schema)
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    async def __call__(self, arguments: dict[str, Any], context: ToolContext | None = None) -> Any:
+        """Validate ``arguments`` and run the function; raises `ToolArgumentsError` on bad arguments."""
+        if self.args_model is None:
+            return await self.fn(arguments)
+        try:
+            parsed = self.args_model.model_validate(arguments)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ToolArgumentsError(f"invalid arguments for {self.name}: {problems}") from None
+        kwargs = {name: getattr(parsed, name) for name in type(parsed).model_fields}
+        if self.context_param is not None:
+            kwargs[self.context_param] = context
+        if self.is_async:
+            return await self.fn(**kwargs)
+        if self.inline:
+            return self.fn(**kwargs)
+        return await asyncio.to_thread(self.fn, **kwargs)
+
+
+def _first_paragraph(doc: str | None) -> str:
+    return inspect.cleandoc(doc).split("\n\n")[0].replace("\n", " ") if doc else ""
+
+
+def _make_tool(fn: Callable[..., Any], name: str | None, description: str | None, inline: bool) -> Tool:
+    hints = get_type_hints(fn)
+    fields: dict[str, Any] = {}
+    context_param = None
+    for param in inspect.signature(fn).parameters.values():
+        annotation = hints.get(param.name, Any)
+        if annotation is ToolContext:
+            context_param = param.name
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise TypeError(f"@tool cannot describe *args or **kwargs (in {fn.__qualname__})")
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (annotation, default)
+    tool_name = name or fn.__name__
+    args_model = create_model(f"{tool_name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
+    return Tool(
+        name=tool_name,
+        description=description if description is not None else _first_paragraph(fn.__doc__),
+        fn=fn,
+        args_model=args_model,
+        context_param=context_param,
+        inline=inline,
+    )
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+
+
+@overload
+def tool(
+    *, name: str | None = None, description: str | None = None, inline: bool = False
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    inline: bool = False,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Turn a typed function (sync or async) into a `Tool`.
+
+    Args:
+        name: the name the model sees (default: the function's name).
+        description: what the model is told the tool does (default: the docstring's first paragraph).
+        inline: run a synchronous function on the event loop instead of a worker thread; only for
+            functions that return at once.
+
+    Example::
+
+        @tool
+        def add(a: int, b: int) -> int:
+            "Add two integers."
+            return a + b
+    """
+    if fn is not None:
+        return _make_tool(fn, name, description, inline)
+    return lambda f: _make_tool(f, name, description, inline)
+
+
+def tool_result_text(value: Any) -> str:
+    """What a tool's return value looks like to the model: strings as they are, the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    try:
+        return json.dumps(value, default=str, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _run_status(context: ToolContext) -> dict[str, Any]:
+    """Report this run's elapsed time, steps, tool calls, tokens and the time left."""
+    tally = context.tally
+    left = tally.seconds_left
+    return {
+        "elapsed_seconds": round(tally.elapsed_seconds, 3),
+        "steps": tally.steps,
+        "max_steps": context.max_steps,
+        "tool_calls": tally.tool_calls,
+        "input_tokens": tally.input_tokens,
+        "output_tokens": tally.output_tokens,
+        "thinking_tokens": tally.thinking_tokens,
+        "seconds_left": None if left is None else round(left, 3),
+    }
+
+
+run_status: Tool = tool(name="run_status", inline=True)(_run_status)
+"""The built-in ``run_status`` tool: name it in ``Agent.tools`` to let the model pace itself."""
+
+
+@hookimpl
+def executus_register_tools(register: Callable[[Tool], None]) -> None:
+    register(run_status)

@@ -1,0 +1,396 @@
+"""The data executus passes around: messages, model calls, agents, run info and results.
+
+Everything a host or a battery stores or sends is a pydantic v2 model (it validates on the way in and
+dumps to JSON on the way out). The two objects made on every step, `ModelRequest` and `RunEvent`, are
+slotted dataclasses instead, so the per-step path never re-validates the transcript.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+from executus_core.errors import RunFailed
+
+if TYPE_CHECKING:
+    from executus_core.tools import Tool
+
+__all__ = [
+    "Agent",
+    "Artifact",
+    "CheckpointState",
+    "DeliveryTarget",
+    "Interrupted",
+    "Message",
+    "ModelRequest",
+    "ModelResponse",
+    "ModelSettings",
+    "PaletteEntry",
+    "Result",
+    "RunEvent",
+    "RunInfo",
+    "RunStats",
+    "RunStatus",
+    "ToolCall",
+    "ToolSpec",
+    "Usage",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware (UTC): the only kind of time executus hands out."""
+    return datetime.now(UTC)
+
+
+class ToolCall(BaseModel):
+    """One tool call the model asked for.
+
+    ``arguments_error`` is set by a provider when the model's arguments were not valid JSON: the
+    loop then answers the call with that error instead of running the tool, so the model can retry.
+    """
+
+    id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    arguments_error: str | None = None
+
+
+class Message(BaseModel):
+    """One message of a transcript.
+
+    ``provider_data`` keeps what a provider must send back verbatim on later steps (Anthropic's
+    thinking blocks and their signatures); other providers ignore it.
+    """
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None
+    is_error: bool = False
+    provider_data: dict[str, Any] | None = None
+
+    # Each provider caches this message's wire form here the first time it sends it, so a request
+    # body is assembled from cached bytes instead of re-serializing the history on every step.
+    _wire: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def system(cls, content: str) -> Message:
+        return cls(role="system", content=content)
+
+    @classmethod
+    def user(cls, content: str) -> Message:
+        return cls(role="user", content=content)
+
+    @classmethod
+    def assistant(cls, content: str | None, tool_calls: list[ToolCall] | None = None) -> Message:
+        return cls(role="assistant", content=content, tool_calls=tool_calls or [])
+
+    @classmethod
+    def tool(
+        cls, tool_call_id: str, content: str, *, name: str | None = None, is_error: bool = False
+    ) -> Message:
+        return cls(role="tool", content=content, tool_call_id=tool_call_id, name=name, is_error=is_error)
+
+
+class Usage(BaseModel):
+    """Tokens one model call (or a whole run) used. Cached input tokens are part of ``input_tokens``."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    thinking_tokens: int = 0
+    cached_input_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            thinking_tokens=self.thinking_tokens + other.thinking_tokens,
+            cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class ModelResponse(BaseModel):
+    """What one model call returned: text, tool calls, or both."""
+
+    text: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    finish_reason: str | None = None
+    model: str | None = None
+    provider_data: dict[str, Any] | None = None
+
+    def to_message(self) -> Message:
+        """The assistant message this response adds to the transcript."""
+        return Message(
+            role="assistant", content=self.text, tool_calls=self.tool_calls, provider_data=self.provider_data
+        )
+
+
+class ToolSpec(BaseModel):
+    """A tool as the model sees it: a name, a description and a JSON schema of its arguments."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ModelSettings(BaseModel):
+    """Per-call settings passed through to the provider; ``None`` leaves the provider's default."""
+
+    model_config = ConfigDict(extra="allow")
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stream: bool = False
+
+
+@dataclasses.dataclass(slots=True)
+class ModelRequest:
+    """One call to a model.
+
+    ``messages`` is the run's transcript itself, not a copy: a provider must not mutate it.
+    ``deadline`` is the ``loop.time()`` after which the run ends (retries never sleep past it);
+    ``emit(type, data)`` reports run events (retries, streamed text) and never raises.
+    """
+
+    messages: list[Message]
+    tools: list[ToolSpec] = dataclasses.field(default_factory=list)
+    settings: ModelSettings = dataclasses.field(default_factory=ModelSettings)
+    run_id: str = ""
+    deadline: float | None = None
+    emit: Callable[[str, dict[str, Any]], None] | None = None
+
+
+class RunStatus(enum.StrEnum):
+    """How a run ended."""
+
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    CANCELLED = "cancelled"
+    DRY_RUN = "dry_run"
+    INTERRUPTED = "interrupted"
+
+
+class RunInfo(BaseModel):
+    """Who runs what: the attribution every port gets when a run starts."""
+
+    run_id: str
+    subject_id: str
+    name: str
+    caller_id: str
+    channel_id: str | None = None
+    parent_run_id: str | None = None
+    inputs: dict[str, Any] | None = None
+    started_at: datetime = Field(default_factory=utcnow)
+
+
+class RunStats(BaseModel):
+    """The roll-up of a finished run, as recorders store it."""
+
+    status: RunStatus
+    output: str | None = None
+    error: str | None = None
+    steps: int = 0
+    tool_calls: int = 0
+    runtime_seconds: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    thinking_tokens: int = 0
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            thinking_tokens=self.thinking_tokens,
+        )
+
+
+class Artifact(BaseModel):
+    """A file a tool produced during a run; delivered beside the result (base64 in JSON)."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    name: str
+    content: bytes
+    media_type: str = "application/octet-stream"
+
+
+class Result(BaseModel):
+    """What `Executor.run` returns, always.
+
+    ``error`` says what ended the run when ``status`` is not ``ok``. ``warnings`` lists the port
+    failures the run survived (an audit recorder that raised, a delivery that failed, ...).
+    ``request`` holds, for a ``dry_run``, the first request that would have been sent.
+    """
+
+    run_id: str
+    status: RunStatus
+    output: str | None = None
+    error: str | None = None
+    stats: RunStats
+    messages: list[Message] = Field(default_factory=list)
+    artifacts: list[Artifact] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    request: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is RunStatus.OK
+
+    def raise_for_status(self) -> Result:
+        """Raise `RunFailed` unless the run ended ``ok``; return the result otherwise (to chain)."""
+        if self.status is not RunStatus.OK:
+            raise RunFailed(self)
+        return self
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class RunEvent:
+    """Something that happened in a run: a step, a tool start or end, a retry, a streamed delta...
+
+    ``type`` is one of ``run.start``, ``step``, ``tool.start``, ``tool.end``, ``model.retry``,
+    ``model.delta``, ``steer``, ``critic``, ``checkpoint``, ``child``, ``run.end`` and, as the last
+    event of `Executor.stream`, ``result`` (whose ``data["result"]`` is the `Result`).
+    """
+
+    run_id: str
+    type: str
+    data: dict[str, Any]
+    at: datetime
+
+
+class Agent(BaseModel):
+    """What to run: instructions, a model and the tools it may call.
+
+    ``model`` is a model id (``"openai:gpt-4o-mini"``), a tier name mapped under
+    ``[tool.executus.models]``, or any object with ``async complete(request)``. ``tools`` holds
+    `Tool` objects or names of registered tools. Unset limits take the executor's settings.
+
+    Example::
+
+        agent = Agent(name="helper", instructions="Be brief.", model="openai:gpt-4o-mini", tools=[add])
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str
+    id: str = ""
+    description: str = ""
+    instructions: str = ""
+    model: Any = "default"
+    tools: list[Any] = Field(default_factory=list)
+    skill_palette: list[str] = Field(default_factory=list)
+    subagent_palette: list[str] = Field(default_factory=list)
+    max_steps: int | None = Field(default=None, ge=1)
+    soft_timeout: float | None = Field(default=None, gt=0)
+    hard_timeout: float | None = Field(default=None, gt=0)
+    model_settings: ModelSettings = Field(default_factory=ModelSettings)
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.id:
+            self.id = self.name
+
+    @field_validator("tools")
+    @classmethod
+    def _tools_are_tools_or_names(cls, value: list[Any]) -> list[Any]:
+        from executus_core.tools import Tool
+
+        for item in value:
+            if not isinstance(item, Tool | str):
+                raise ValueError(
+                    f"{item!r} is not a tool: pass a Tool (decorate the function with @tool) or the name "
+                    "of a registered tool"
+                )
+        return value
+
+    @property
+    def model_id(self) -> str:
+        """The model as a string: the id or tier, or the model object's ``id`` attribute."""
+        if isinstance(self.model, str):
+            return self.model
+        return str(getattr(self.model, "id", type(self.model).__name__))
+
+    def spec(self) -> dict[str, Any]:
+        """This agent as JSON-able data (tools by name), for checkpoints and recovery."""
+        data = self.model_dump(exclude={"model", "tools"})
+        data["model"] = self.model_id
+        data["tools"] = [t if isinstance(t, str) else t.name for t in self.tools]
+        return data
+
+    def tool_objects(self) -> list[Tool]:
+        from executus_core.tools import Tool
+
+        return [t for t in self.tools if isinstance(t, Tool)]
+
+
+class DeliveryTarget(BaseModel):
+    """Where a run's result goes: ``kind`` picks the `Delivery`; the other fields are its options.
+
+    Example: ``DeliveryTarget(kind="webhook", url="https://host/hook", secret="...")``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def __repr__(self) -> str:
+        # Targets carry secrets (webhook signing keys): show only their kind.
+        return f"DeliveryTarget(kind={self.kind!r})"
+
+    __str__ = __repr__
+
+
+class CheckpointState(BaseModel):
+    """What one `Checkpointer.save` call persists: only what is new since the previous save.
+
+    ``messages`` are appended after the ``offset`` messages already saved; ``iteration`` is the step
+    count so far and ``usage`` the run's tokens so far.
+    """
+
+    run_id: str
+    iteration: int
+    offset: int
+    messages: list[Message]
+    usage: Usage = Field(default_factory=Usage)
+    tool_calls: int = 0
+
+
+class Interrupted(BaseModel):
+    """A run a `CheckpointStore` holds for recovery: its info, its agent and its saved transcript."""
+
+    info: RunInfo
+    agent: dict[str, Any]
+    messages: list[Message]
+    iteration: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    tool_calls: int = 0
+
+
+class PaletteEntry(BaseModel):
+    """A skill or agent a `PaletteSource` resolved: what the model sees as ``skill__<name>`` / ``agent__<name>``.
+
+    ``input_schema`` is the JSON schema of a skill's inputs (agents always take a ``prompt``).
+    """
+
+    name: str
+    id: str = ""
+    description: str = ""
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})

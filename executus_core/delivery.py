@@ -1,25 +1,45 @@
 """Delivery: where a finished run's result goes.
 
-Pass targets to `Executor.run` (``delivery=``); each goes to the `Delivery` that serves its kind.
-The core ships two:
+Pass targets to `Executor.run` (``delivery=``, one target or a list); each goes to the first
+`Delivery` whose ``kinds`` holds its ``kind``. A successful run goes to ``deliver``, any other
+ending (``error``, ``timeout``, ``budget_exceeded``, ``cancelled``) to ``deliver_error``. A delivery
+that fails never fails the run: the `Result` lists why in ``warnings``. The core ships two kinds:
 
 ``file``
-    ``{"kind": "file", "path": "out/"}`` writes ``out/<run_id>/result.json`` and each artifact
-    beside it under ``artifacts/``. Files are written to a temporary name and renamed, so a reader
-    never sees half a result.
+    ``{"kind": "file", "path": "out/"}`` writes each artifact to ``out/<run_id>/artifacts/<name>``,
+    then the whole `Result` as JSON to ``out/<run_id>/result.json`` (artifacts included, base64, so
+    ``Result.model_validate_json`` reads it back). Every file is written to a temporary name, synced
+    and renamed, and ``result.json`` comes last: when it exists, the delivery is complete.
+    Delivering the same run again overwrites it.
 
 ``webhook``
-    ``{"kind": "webhook", "url": "https://host/hook", "secret": "..."}`` POSTs the result as JSON.
-    The body is signed: ``X-Executus-Signature: sha256=<hex HMAC-SHA256 of the body with the
-    secret>``; ``Idempotency-Key`` is the run id, so a receiver can drop a repeat. Connection errors,
-    timeouts, 408, 425, 429 and 5xx are retried with exponential backoff and jitter (honouring
-    ``Retry-After``); other 4xx are not. Optional: ``headers`` (a mapping), ``attempts``, ``timeout``.
+    ``{"kind": "webhook", "url": "https://host/hook", "secret": "..."}`` POSTs the `Result` as JSON.
+    Headers: ``Idempotency-Key`` and ``X-Executus-Run-Id`` (the run id: a receiver drops repeats),
+    ``X-Executus-Status`` (the run's status), and, with a secret, ``X-Executus-Signature:
+    sha256=<hex HMAC-SHA256 of the exact body bytes>`` (check it with `verify_signature`).
+    Connection errors, timeouts, 408, 425, 429 and 5xx are retried with exponential backoff and
+    jitter, honouring ``Retry-After``; other 4xx and 3xx are not (redirects are not followed: a
+    signed body goes only where it was sent). Options: ``secret``, ``headers`` (a mapping, e.g. an
+    ``Authorization`` header), ``attempts``, ``timeout`` (seconds per attempt).
 
-A failed run goes to ``deliver_error``: the same payload, with ``X-Executus-Status`` telling the
-receiver it is not ``ok``.
+Settings (``[tool.executus.delivery]``, or ``EXECUTUS_DELIVERY__WEBHOOK_ATTEMPTS=...``):
+``webhook_attempts`` (4), ``webhook_backoff`` (0.5 s before the first retry, doubled each retry),
+``webhook_max_backoff`` (30 s), ``webhook_timeout`` (10 s per attempt). All attempts together stay
+within the core's ``delivery_timeout`` (60 s): a retry that could not start in time is not made, and
+the warning says so.
 
-Settings (``[tool.executus.delivery]``): ``webhook_attempts`` (4), ``webhook_backoff`` (0.5 s, doubled
-each retry), ``webhook_max_backoff`` (30 s), ``webhook_timeout`` (10 s per attempt).
+Secrets (the signing secret, header values, the URL's path and query, which often hold tokens)
+never appear in errors, warnings, logs or ``repr``: a webhook is named by its origin only.
+
+A receiver, with any web framework::
+
+    from executus_core.delivery import SIGNATURE_HEADER, verify_signature
+
+    body = await request.body()  # the raw bytes, before any JSON parsing
+    if not verify_signature(SECRET, body, request.headers.get(SIGNATURE_HEADER)):
+        return Response(status_code=401)
+    if seen(request.headers["Idempotency-Key"]):
+        return Response(status_code=200)  # a retry of a delivery already handled
 """
 
 from __future__ import annotations
@@ -28,79 +48,231 @@ import asyncio
 import email.utils
 import hashlib
 import hmac
+import logging
 import os
 import random
+import re
+import tempfile
 import time
+from collections.abc import Mapping
+from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from executus_core.config import Settings
 from executus_core.hookspecs import hookimpl
 from executus_core.types import DeliveryTarget, Result
 
-__all__ = ["DeliveryFailed", "DeliverySettings", "FileDelivery", "WebhookDelivery", "sign"]
+__all__ = [
+    "IDEMPOTENCY_HEADER",
+    "RETRY_STATUSES",
+    "SIGNATURE_HEADER",
+    "STATUS_HEADER",
+    "DeliveryFailed",
+    "DeliverySettings",
+    "FileDelivery",
+    "FileTarget",
+    "WebhookDelivery",
+    "WebhookTarget",
+    "sign",
+    "verify_signature",
+]
+
+log = logging.getLogger("executus.delivery")
 
 SIGNATURE_HEADER = "X-Executus-Signature"
+"""The header that carries ``sha256=<hex HMAC-SHA256 of the body>`` when the target has a secret."""
+STATUS_HEADER = "X-Executus-Status"
+"""The header that carries the run's `RunStatus` value (``ok`` for ``deliver``, else ``deliver_error``)."""
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+"""The header that carries the run id: the same for every attempt of one delivery."""
 RETRY_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
+"""HTTP statuses worth another attempt; any other status that is not 2xx ends the delivery."""
+
+# Our own headers win over a target's ``headers`` option: a receiver relies on them.
+_PROTOCOL_HEADERS = frozenset(
+    h.lower()
+    for h in ("Content-Type", IDEMPOTENCY_HEADER, "X-Executus-Run-Id", STATUS_HEADER, SIGNATURE_HEADER)
+)
+# The webhook gives up by itself a little before the core's delivery_timeout cuts it off, so the
+# Result says why it gave up instead of only that it took too long.
+_BUDGET_SHARE = 0.9
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]")
+_SAFE_RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
+
+T = TypeVar("T", bound=BaseModel)
 
 
 class DeliveryFailed(Exception):
-    """A delivery gave up; the message says where and why (the run's Result lists it in warnings)."""
+    """A delivery gave up; the message says where (never with secrets), why, and what to do.
+
+    The core catches it: the run's `Result` lists the message in ``warnings``.
+    """
 
 
 class DeliverySettings(BaseModel):
-    """``[tool.executus.delivery]``."""
+    """The built-in deliveries' settings: ``[tool.executus.delivery]``. Durations are seconds."""
 
     model_config = ConfigDict(extra="forbid")
 
-    webhook_attempts: int = Field(4, ge=1)
-    webhook_backoff: float = Field(0.5, ge=0)
-    webhook_max_backoff: float = Field(30.0, gt=0)
-    webhook_timeout: float = Field(10.0, gt=0)
+    webhook_attempts: int = Field(4, ge=1, description="Attempts per webhook delivery, the first included.")
+    webhook_backoff: float = Field(0.5, ge=0, description="Wait before the first retry; doubled each retry.")
+    webhook_max_backoff: float = Field(30.0, ge=0, description="Longest wait between two attempts.")
+    webhook_timeout: float = Field(10.0, gt=0, description="Longest wait for one attempt's answer.")
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The signature header value for ``body``: ``sha256=<hex>``. Receivers compare with `hmac.compare_digest`."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+class FileTarget(BaseModel):
+    """The options of a ``file`` target: ``path``, the folder results go under."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = "file"
+    path: Path
+
+
+class WebhookTarget(BaseModel):
+    """The options of a ``webhook`` target.
+
+    ``attempts`` and ``timeout`` override ``webhook_attempts`` / ``webhook_timeout`` for this target.
+    """
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    kind: str = "webhook"
+    url: str
+    secret: SecretStr | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    attempts: int | None = Field(None, ge=1)
+    timeout: float | None = Field(None, gt=0)
+
+
+def _secret_bytes(secret: str | bytes | SecretStr) -> bytes:
+    if isinstance(secret, SecretStr):
+        secret = secret.get_secret_value()
+    return secret if isinstance(secret, bytes) else secret.encode()
+
+
+def sign(secret: str | bytes | SecretStr, body: bytes) -> str:
+    """The signature header value for ``body``: ``sha256=<hex HMAC-SHA256 of body keyed by secret>``."""
+    return "sha256=" + hmac.new(_secret_bytes(secret), body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: str | bytes | SecretStr, body: bytes, signature: str | None) -> bool:
+    """True when ``signature`` (the ``X-Executus-Signature`` header) matches ``body`` signed with ``secret``.
+
+    ``body`` must be the raw request bytes as received: parsing and re-serializing the JSON changes
+    them. The comparison takes constant time. A missing or malformed header is simply ``False``.
+    """
+    if not signature:
+        return False
+    return hmac.compare_digest(sign(secret, body).encode(), signature.strip().encode())
+
+
+def _options(model: type[T], target: DeliveryTarget) -> T:
+    """Validate a target's options, naming each bad option without echoing any value (secrets)."""
+    try:
+        return model.model_validate({"kind": target.kind, **target.options})
+    except ValidationError as exc:
+        known = ", ".join(name for name in model.model_fields if name != "kind")
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'options'}: "
+            + ("unknown option" if err["type"] == "extra_forbidden" else err["msg"])
+            for err in exc.errors()
+        )
+        raise DeliveryFailed(f"bad {target.kind} target: {problems} (its options: {known})") from None
 
 
 def _payload(result: Result) -> bytes:
     return result.model_dump_json().encode()
 
 
+# --- file -------------------------------------------------------------------------------------
+
+
+def _artifact_names(names: list[str]) -> list[str]:
+    """A safe, unique file name per artifact: no folders, no '..', no clashes (``a.txt``, ``a-2.txt``)."""
+    used: set[str] = set()
+    out = []
+    for index, raw in enumerate(names, 1):
+        name = _SAFE_NAME.sub("_", Path(raw.replace("\\", "/")).name).strip()
+        if not name.strip("."):
+            name = f"artifact-{index}"
+        stem, dot, suffix = name.partition(".") if not name.startswith(".") else (name, "", "")
+        candidate, n = name, 1
+        while candidate.lower() in used:
+            n += 1
+            candidate = f"{stem}-{n}{dot}{suffix}"
+        used.add(candidate.lower())
+        out.append(candidate)
+    return out
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class FileDelivery:
-    """Writes ``<path>/<run_id>/result.json`` and the artifacts."""
+    """Serves ``file`` targets: ``<path>/<run_id>/result.json`` and ``<path>/<run_id>/artifacts/*``.
+
+    Writing happens in a worker thread, so the event loop never waits on the disk.
+    """
 
     kinds = frozenset({"file"})
 
     async def deliver(self, target: DeliveryTarget, result: Result) -> None:
-        await asyncio.to_thread(self._write, target, result)
+        """Write the result and its artifacts; raises `DeliveryFailed` on a bad target or a disk error."""
+        options = _options(FileTarget, target)
+        await asyncio.to_thread(self._write, options.path, result)
 
-    deliver_error = deliver
+    async def deliver_error(self, target: DeliveryTarget, result: Result) -> None:
+        """The same files for a failed run (``result.json`` holds its status and error)."""
+        await self.deliver(target, result)
 
-    def _write(self, target: DeliveryTarget, result: Result) -> None:
-        path = target.options.get("path")
-        if not isinstance(path, str | os.PathLike) or not str(path):
-            raise DeliveryFailed("a file target needs a 'path' (a folder)")
-        folder = Path(path).expanduser() / result.run_id
-        (folder / "artifacts").mkdir(parents=True, exist_ok=True)
-        for artifact in result.artifacts:
-            name = Path(artifact.name).name  # never outside the folder
-            _atomic_write(folder / "artifacts" / name, artifact.content)
-        _atomic_write(folder / "result.json", _payload(result))
+    @staticmethod
+    def _write(path: Path, result: Result) -> None:
+        run_id = result.run_id
+        if not _SAFE_RUN_ID.fullmatch(run_id) or not run_id.strip("."):
+            raise DeliveryFailed(
+                f"run id {run_id!r} cannot name a folder; use letters, digits, '.', '_' and '-' in run ids"
+            )
+        folder = path.expanduser() / run_id
+        try:
+            artifacts = folder / "artifacts"
+            if result.artifacts:
+                artifacts.mkdir(parents=True, exist_ok=True)
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+            for name, artifact in zip(
+                _artifact_names([a.name for a in result.artifacts]), result.artifacts, strict=True
+            ):
+                _atomic_write(artifacts / name, artifact.content)
+            _atomic_write(folder / "result.json", _payload(result))
+        except OSError as exc:
+            raise DeliveryFailed(
+                f"cannot write the result to {folder}: {exc.strerror or exc}; check the target's path "
+                "and that this process may write there"
+            ) from None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+# --- webhook ----------------------------------------------------------------------------------
 
 
 def _retry_after(response: httpx2.Response) -> float | None:
-    value = response.headers.get("retry-after")
+    """The wait a ``Retry-After`` header asks for, in seconds (delay-seconds or an HTTP date)."""
+    value = response.headers.get("retry-after", "").strip()
     if not value:
         return None
     try:
@@ -109,103 +281,208 @@ def _retry_after(response: httpx2.Response) -> float | None:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always GMT
+        when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - time.time())
 
 
+def _origin(url: httpx2.URL) -> str:
+    """The URL as it may be shown: scheme, host and port only (paths and queries often hold tokens)."""
+    port = f":{url.port}" if url.port is not None else ""
+    return f"{url.scheme}://{url.host}{port}"
+
+
 class WebhookDelivery:
-    """POSTs the result as signed JSON, with retries; one pooled client, closed by `aclose`."""
+    """Serves ``webhook`` targets: POSTs the result as signed JSON, with retries.
+
+    Args:
+        settings: attempts, backoff and timeouts (``[tool.executus.delivery]``).
+        total_timeout: the time all attempts of one delivery may take together (the core passes
+            its ``delivery_timeout``); ``None``: bounded by attempts alone.
+        transport: an httpx2 transport to send through (a proxy, a test transport).
+
+    One pooled client serves every delivery; `aclose` closes it (`Executor.shutdown` calls it).
+    """
 
     kinds = frozenset({"webhook"})
 
     def __init__(
-        self, settings: DeliverySettings | None = None, *, transport: httpx2.AsyncBaseTransport | None = None
-    ):
+        self,
+        settings: DeliverySettings | None = None,
+        *,
+        total_timeout: float | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> None:
         self.settings = settings or DeliverySettings()
+        self.total_timeout = total_timeout
         self._transport = transport
         self._client: httpx2.AsyncClient | None = None
 
+    def __repr__(self) -> str:
+        return f"WebhookDelivery(attempts={self.settings.webhook_attempts})"
+
     def _http(self) -> httpx2.AsyncClient:
         if self._client is None:
-            self._client = httpx2.AsyncClient(transport=self._transport, follow_redirects=False)
+            from executus_core import __version__
+
+            self._client = httpx2.AsyncClient(
+                transport=self._transport,
+                follow_redirects=False,
+                headers={"User-Agent": f"executus/{__version__}"},
+            )
         return self._client
 
     async def deliver(self, target: DeliveryTarget, result: Result) -> None:
+        """POST the result; raises `DeliveryFailed` once it gives up."""
         await self._post(target, result)
 
     async def deliver_error(self, target: DeliveryTarget, result: Result) -> None:
+        """POST a failed run's result (``X-Executus-Status`` says how it ended); same retries."""
         await self._post(target, result)
 
     async def _post(self, target: DeliveryTarget, result: Result) -> None:
-        options = target.options
-        url = options.get("url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise DeliveryFailed("a webhook target needs a 'url' starting with http:// or https://")
+        options = _options(WebhookTarget, target)
+        try:
+            url = httpx2.URL(options.url)
+        except Exception:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            raise DeliveryFailed(
+                "a webhook target needs a 'url' like https://host/path (http or https, with a host)"
+            )
+        where = _origin(url)
+        secrets = [options.url, url.path, url.query.decode(errors="replace"), *options.headers.values()]
+        if options.secret is not None:
+            secrets.append(options.secret.get_secret_value())
+
+        def scrub(text: str) -> str:
+            for secret in sorted((s for s in secrets if len(s) > 1 and s != "/"), key=len, reverse=True):
+                text = text.replace(secret, "***")
+            return text
+
         body = _payload(result)
-        headers = {
+        headers = {k: v for k, v in options.headers.items() if k.lower() not in _PROTOCOL_HEADERS}
+        headers |= {
             "Content-Type": "application/json",
-            "Idempotency-Key": result.run_id,
+            IDEMPOTENCY_HEADER: result.run_id,
             "X-Executus-Run-Id": result.run_id,
-            "X-Executus-Status": result.status.value,
-            **{str(k): str(v) for k, v in (options.get("headers") or {}).items()},
+            STATUS_HEADER: result.status.value,
         }
-        secret = options.get("secret")
-        if secret:
-            headers[SIGNATURE_HEADER] = sign(str(secret), body)
+        if options.secret is not None:
+            headers[SIGNATURE_HEADER] = sign(options.secret, body)
+
         cfg = self.settings
-        attempts = int(options.get("attempts", cfg.webhook_attempts))
-        timeout = float(options.get("timeout", cfg.webhook_timeout))
-        where = httpx2.URL(url).copy_with(query=None, username=None, password=None)
+        attempts = options.attempts or cfg.webhook_attempts
+        attempt_timeout = options.timeout or cfg.webhook_timeout
+        budget = None if self.total_timeout is None else self.total_timeout * _BUDGET_SHARE
+        started = time.monotonic()
         last = ""
         for attempt in range(1, attempts + 1):
-            wait = None
+            timeout = attempt_timeout
+            if budget is not None:
+                timeout = max(0.001, min(timeout, budget - (time.monotonic() - started)))
+            asked_wait: float | None = None
             try:
                 response = await self._http().post(url, content=body, headers=headers, timeout=timeout)
+            except httpx2.TimeoutException:
+                last = f"no answer within {timeout:g}s"
             except httpx2.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                last = scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                if isinstance(exc, httpx2.ConnectError):
+                    last += f" (is the receiver running at {where}?)"
             else:
-                if response.status_code < 300:
+                code = response.status_code
+                if 200 <= code < 300:
+                    if attempt > 1:
+                        log.info("webhook %s accepted run %s on attempt %d", where, result.run_id, attempt)
                     return
-                last = f"HTTP {response.status_code}"
-                if response.status_code not in RETRY_STATUSES:
-                    raise DeliveryFailed(
-                        f"webhook {where} answered {last}; not retried (fix the receiver or target)"
+                said = scrub(response.text.strip().replace("\n", " ")[:200])
+                last = f"HTTP {code} {response.reason_phrase}".rstrip() + (f": {said}" if said else "")
+                if code not in RETRY_STATUSES:
+                    hint = (
+                        "redirects are not followed; point the target at the final URL"
+                        if 300 <= code < 400
+                        else "fix the target (URL, secret, headers) or the receiver"
                     )
-                wait = _retry_after(response)
-            if attempt < attempts:
-                backoff = min(cfg.webhook_max_backoff, cfg.webhook_backoff * 2 ** (attempt - 1))
-                await asyncio.sleep(wait if wait is not None else backoff * (0.5 + random.random() / 2))
-        raise DeliveryFailed(f"webhook {where} failed {attempts} times; last: {last}")
+                    raise DeliveryFailed(f"webhook {where} answered {last}; not retried: {hint}")
+                asked_wait = _retry_after(response)
+            if attempt == attempts:
+                break
+            backoff = min(cfg.webhook_max_backoff, cfg.webhook_backoff * 2 ** (attempt - 1))
+            # "Equal jitter": at least half the backoff, so many senders don't retry in step.
+            wait = asked_wait if asked_wait is not None else backoff * (0.5 + random.random() / 2)
+            if budget is not None and time.monotonic() - started + wait >= budget:
+                why = f"the receiver asked to retry after {wait:g}s" if asked_wait is not None else ""
+                raise DeliveryFailed(
+                    f"webhook {where} failed on attempt {attempt} of {attempts} ({last}); gave up: "
+                    f"{why or f'the next attempt (in {wait:.2g}s)'} would end past the delivery time "
+                    f"limit ({self.total_timeout:g}s, setting delivery_timeout)"
+                )
+            log.info(
+                "webhook %s: attempt %d of %d for run %s failed (%s); retrying in %.2fs",
+                where,
+                attempt,
+                attempts,
+                result.run_id,
+                last,
+                wait,
+            )
+            await asyncio.sleep(wait)
+        raise DeliveryFailed(
+            f"webhook {where} failed {attempts} attempts; last: {last}. Check that the receiver is up "
+            "and answers 2xx, or raise webhook_attempts"
+        )
 
     async def aclose(self) -> None:
+        """Close the HTTP client (open connections); a later delivery opens a new one."""
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
 
 
-@hookimpl
-def executus_delivery(settings: Settings) -> Any:
-    return _Deliveries(settings.section("delivery", DeliverySettings, plugin="delivery"))
+# --- the built-in plugin ----------------------------------------------------------------------
 
 
-class _Deliveries:
-    """The built-in deliveries as one port object: ``file`` and ``webhook``."""
+class BuiltinDeliveries:
+    """The core's `Delivery` port object: ``file`` and ``webhook`` targets, each to its own class."""
 
     kinds = FileDelivery.kinds | WebhookDelivery.kinds
 
-    def __init__(self, settings: DeliverySettings) -> None:
+    def __init__(self, settings: DeliverySettings, *, total_timeout: float | None = None) -> None:
         self.file = FileDelivery()
-        self.webhook = WebhookDelivery(settings)
+        self.webhook = WebhookDelivery(settings, total_timeout=total_timeout)
+        self._by_kind: Mapping[str, FileDelivery | WebhookDelivery] = {
+            kind: d for d in (self.file, self.webhook) for kind in d.kinds
+        }
 
     def _for(self, target: DeliveryTarget) -> FileDelivery | WebhookDelivery:
-        return self.file if target.kind in self.file.kinds else self.webhook
+        found = self._by_kind.get(target.kind)
+        if found is None:
+            raise DeliveryFailed(
+                f"the built-in delivery has no target kind {target.kind!r}; it serves "
+                f"{', '.join(sorted(self.kinds))}"
+            )
+        return found
 
     async def deliver(self, target: DeliveryTarget, result: Result) -> None:
+        """Send an ``ok`` result to ``target``."""
         await self._for(target).deliver(target, result)
 
     async def deliver_error(self, target: DeliveryTarget, result: Result) -> None:
+        """Send a failed run's result to ``target``."""
         await self._for(target).deliver_error(target, result)
 
     async def aclose(self) -> None:
+        """Close the webhook client."""
         await self.webhook.aclose()
+
+
+@hookimpl
+def executus_delivery(settings: Settings) -> Any:
+    """The built-in ``file`` and ``webhook`` deliveries, configured by ``[tool.executus.delivery]``."""
+    return BuiltinDeliveries(
+        settings.section("delivery", DeliverySettings, plugin="delivery"),
+        total_timeout=settings.core.delivery_timeout,
+    )

@@ -336,21 +336,31 @@ class Executor:
         if self.ports.checkpoints is None:
             return []
         name, store = self.ports.checkpoints
+        label = f"checkpoint {name!r}: interrupted"
+        timeout = self.settings.core.port_timeout
+        found: Any = None
         try:
-            async with asyncio.timeout(self.settings.core.port_timeout):
-                found = await store.interrupted()
+            async with asyncio.timeout(timeout) as waited:
+                found = store.interrupted()
+                if inspect.isawaitable(found):
+                    found = await found
         except Exception as exc:
-            log.error("checkpoint %r: interrupted() failed: %r", name, exc)
-            return [
-                Result(
-                    run_id="",
-                    status=RunStatus.ERROR,
-                    error=f"checkpoint {name!r}: interrupted raised {type(exc).__name__}: {exc}",
-                    stats=RunStats(status=RunStatus.ERROR),
-                )
-            ]
+            if isinstance(exc, TimeoutError) and waited.expired():
+                return [_recover_failed(f"{label} did not answer within {timeout:g}s; nothing was resumed")]
+            return [_recover_failed(f"{label} raised {type(exc).__name__}: {exc}; nothing was resumed")]
+        if found is None:
+            found = []
+        if not isinstance(found, list | tuple):
+            return [_recover_failed(f"{label} returned {type(found).__name__}, not a list of Interrupted")]
+        items: list[Interrupted] = []
+        failed: list[Result] = []
+        for raw in found:
+            try:
+                items.append(raw if isinstance(raw, Interrupted) else Interrupted.model_validate(raw))
+            except Exception:
+                failed.append(_recover_failed(f"{label} listed {type(raw).__name__}, not an Interrupted run"))
         known = {a.id: a for a in self._agents.values()} | dict(agents or {})
-        return list(await asyncio.gather(*(self._resume(item, known, on_event) for item in found or [])))
+        return failed + list(await asyncio.gather(*(self._resume(item, known, on_event) for item in items)))
 
     async def _resume(
         self, item: Interrupted, known: Mapping[str, Agent], on_event: EventHandler | None
@@ -387,7 +397,8 @@ class Executor:
             wait = timeout if timeout is not None else 3 * self.settings.core.port_timeout
             await asyncio.wait([asyncio.ensure_future(r.done.wait()) for r in runs], timeout=wait)
         await self.models.aclose()
-        for obj in self.ports.objects():
+        # One object may fill several ports (or be registered twice): close it once.
+        for obj in {id(o): o for o in self.ports.objects()}.values():
             close = getattr(obj, "aclose", None)
             if close is None:
                 continue
@@ -420,3 +431,9 @@ class Executor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _recover_failed(message: str) -> Result:
+    """A `Result` for a run `Executor.recover` could not even read from the store."""
+    log.error("recover: %s", message)
+    return Result(run_id="", status=RunStatus.ERROR, error=message, stats=RunStats(status=RunStatus.ERROR))

@@ -47,11 +47,11 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def executus_audit(settings: Settings) -> Audit | None:
     """Return an `Audit` that records runs, or ``None``.
 
-    :param settings: the executor's settings; read your section with ``settings.section(...)``.
-
     Several implementations: **all are used**. Each returned `Audit` starts its own recorder for
     every run, and every recorder gets every event. A recorder that fails is dropped for the rest of
     that run; the others go on.
+
+    :param settings: the executor's settings; read your section with ``settings.section(...)``.
     """
 
 
@@ -59,12 +59,12 @@ def executus_audit(settings: Settings) -> Audit | None:
 def executus_budget(settings: Settings) -> Budget | None:
     """Return a `Budget` that gates and meters runs per caller, or ``None``.
 
-    :param settings: the executor's settings.
-
     Several implementations: **all are used**. Every budget must allow a run (any refusal ends it as
     ``budget_exceeded`` before the first model call), and every budget is charged when it ends. A
     budget whose ``check`` raises anything but `BudgetExceeded`, hangs or answers oddly refuses the
     run too (status ``error``): a broken budget never lets a run through unmetered.
+
+    :param settings: the executor's settings.
     """
 
 
@@ -72,10 +72,10 @@ def executus_budget(settings: Settings) -> Budget | None:
 def executus_critic(settings: Settings) -> Critic | None:
     """Return the `Critic` that watches runs for hangs and runaways, or ``None``.
 
-    :param settings: the executor's settings.
-
     ``firstresult``: the first plugin (in pluggy's call order: the last registered first) that
     returns an object is the critic; the others are not asked.
+
+    :param settings: the executor's settings.
     """
 
 
@@ -83,10 +83,10 @@ def executus_critic(settings: Settings) -> Critic | None:
 def executus_checkpointer(settings: Settings) -> CheckpointStore | None:
     """Return the `CheckpointStore` that makes runs durable, or ``None``.
 
-    :param settings: the executor's settings.
-
     ``firstresult``: one store serves every run. Without one, a run interrupted by shutdown is lost
     and `Executor.recover` finds nothing.
+
+    :param settings: the executor's settings.
     """
 
 
@@ -94,10 +94,10 @@ def executus_checkpointer(settings: Settings) -> CheckpointStore | None:
 def executus_palette(settings: Settings) -> PaletteSource | None:
     """Return a `PaletteSource` that resolves ``skill_palette`` / ``subagent_palette`` names, or ``None``.
 
-    :param settings: the executor's settings.
-
     Several implementations: **all are asked, in order**; the first that resolves a name serves it.
     The built-in in-process palette (agents registered with `Executor.register_agent`) is one of them.
+
+    :param settings: the executor's settings.
     """
 
 
@@ -105,10 +105,10 @@ def executus_palette(settings: Settings) -> PaletteSource | None:
 def executus_delivery(settings: Settings) -> Delivery | None:
     """Return a `Delivery` for the target kinds it lists in ``kinds``, or ``None``.
 
-    :param settings: the executor's settings.
-
     Several implementations: **all are kept**; a target goes to the first whose ``kinds`` holds the
     target's ``kind``. The core ships ``file`` and ``webhook``.
+
+    :param settings: the executor's settings.
     """
 
 
@@ -121,12 +121,12 @@ def executus_delivery(settings: Settings) -> Delivery | None:
 def executus_register_models(register: Callable[..., None]) -> None:
     """Register model providers by prefix.
 
+    Several implementations: all are called. Registering a prefix twice keeps the later one (a
+    plugin registered after the built-ins overrides them).
+
     :param register: ``register(prefix, factory, description="")``. ``factory(name, settings)``
         returns a `Model` for the id ``prefix:name``; it is called lazily, the first time a run asks
         for that id, and the model is reused after that.
-
-    Several implementations: all are called. Registering a prefix twice keeps the later one (a
-    plugin registered after the built-ins overrides them).
     """
 
 
@@ -134,9 +134,9 @@ def executus_register_models(register: Callable[..., None]) -> None:
 def executus_register_tools(register: Callable[..., None]) -> None:
     """Register tools that agents can name in ``Agent.tools``.
 
-    :param register: ``register(tool)`` with a `Tool` (decorate a function with `@tool`).
-
     Several implementations: all are called. The core registers ``run_status``.
+
+    :param register: ``register(tool)`` with a `Tool` (decorate a function with `@tool`).
     """
 
 
@@ -144,9 +144,9 @@ def executus_register_tools(register: Callable[..., None]) -> None:
 def executus_register_commands(cli: Any) -> None:
     """Add subcommands to the ``executus`` command line.
 
-    :param cli: the root `typer.Typer` app; add commands or sub-apps
-        (``cli.add_typer(runs_app, name="runs")``).
-
     Called when the CLI starts. A plugin whose hook raises is listed as broken by
     ``executus plugins``; the other commands still work.
+
+    :param cli: the root `typer.Typer` app; add commands or sub-apps
+        (``cli.add_typer(runs_app, name="runs")``).
     """

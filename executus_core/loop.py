@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import inspect
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from executus_core.errors import BudgetExceeded, ProviderError
 from executus_core.ports import Checkpointer, CriticHandle, Model, RunRecorder
@@ -57,46 +59,60 @@ _FAILED = object()  # what a guarded port call returns when the port raised or d
 class _Pump:
     """Feeds one consumer from its own task and bounded queue, so a slow one never stalls the run.
 
-    Items are zero-argument callables; each call may return an awaitable, which is awaited with the
-    port timeout. A consumer that times out is dropped for the rest of the run.
+    Items are a method's name, the method and its arguments; a call may return an awaitable, which is
+    awaited with the port timeout. A consumer that times out is dropped for the rest of the run.
     """
 
-    __slots__ = ("dead", "dropped", "label", "queue", "run", "task", "timeout")
+    __slots__ = ("dead", "dropped", "label", "queue", "returns_none", "run", "task", "timeout")
 
-    def __init__(self, label: str, run: AgentRun, maxsize: int, timeout: float) -> None:
+    def __init__(
+        self, label: str, run: AgentRun, maxsize: int, timeout: float, *, returns_none: bool = False
+    ) -> None:
         self.label = label
         self.run = run
         self.timeout = timeout
-        self.queue: asyncio.Queue[Callable[[], Any] | None] = asyncio.Queue(maxsize)
+        self.returns_none = returns_none  # a port whose methods must return None (a recorder)
+        # (method name, callable, arguments): the name is the port's, for warnings
+        self.queue: asyncio.Queue[tuple[str, Callable[..., Any], tuple[Any, ...]] | None] = asyncio.Queue(
+            maxsize
+        )
         self.dropped = 0
         self.dead = False
         self.task = asyncio.get_running_loop().create_task(self._drain())
 
-    def put(self, item: Callable[[], Any]) -> None:
+    def put(self, method: str, fn: Callable[..., Any], *args: Any) -> None:
         if self.dead:
             return
         try:
-            self.queue.put_nowait(item)
+            self.queue.put_nowait((method, fn, args))
         except asyncio.QueueFull:
             self.dropped += 1
 
     async def _drain(self) -> None:
         while (item := await self.queue.get()) is not None:
+            method, fn, args = item
             try:
-                value = item()
+                value = fn(*args)
                 if inspect.isawaitable(value):
                     async with asyncio.timeout(self.timeout):
-                        await value
+                        value = await value
+                if value is not None and self.returns_none:
+                    self.run.warn(
+                        f"{self.label}: {method} returned {type(value).__name__}, not None (ignored)"
+                    )
             except TimeoutError:
                 self.dead = True
                 self.run.warn(
-                    f"{self.label} did not answer within {self.timeout:g}s; dropped for the rest of the run"
+                    f"{self.label}: {method} did not answer within {self.timeout:g}s; dropped for the rest "
+                    "of the run"
                 )
                 return
             except Exception as exc:
-                name = getattr(item, "func", item)
-                method = getattr(name, "__name__", "call")
-                self.run.warn(f"{self.label}: {method} raised {type(exc).__name__}: {exc}")
+                # A failing log_error is not told about its own failure: that would loop.
+                self.run.warn(
+                    f"{self.label}: {method} raised {type(exc).__name__}: {exc}",
+                    skip=self if method == "log_error" else None,
+                )
 
     async def close(self) -> None:
         """Let the consumer finish what is queued (bounded by the port timeout), then stop it."""
@@ -115,6 +131,35 @@ class _Pump:
                 self.run.warn(f"{self.label} did not finish within {self.timeout:g}s of the run's end")
         if self.dropped:
             self.run.warn(f"{self.label} fell behind: {self.dropped} events were dropped")
+
+
+def _discard(value: Any) -> str:
+    """Describe a wrong answer from a port, and make sure an awaitable in it is never left pending."""
+    if inspect.iscoroutine(value):
+        value.close()  # never awaited: close it so it does not warn at garbage collection
+    elif isinstance(value, asyncio.Future):
+        value.cancel()
+    described = type(value).__name__
+    return (
+        f"{described} (an awaitable: the method must be synchronous)"
+        if inspect.isawaitable(value)
+        else described
+    )
+
+
+def _seconds(value: float) -> str:
+    """A wait for a person: rounded up (never tell a caller to retry too early), 0.1 s below 10 s."""
+    return f"{math.ceil(value)}" if value >= 10 else f"{math.ceil(value * 10) / 10:g}"
+
+
+def _kinds(delivery: Any) -> frozenset[str]:
+    """The target kinds a `Delivery` serves; a malformed ``kinds`` serves none (a lone str is one kind)."""
+    kinds = getattr(delivery, "kinds", None)
+    if isinstance(kinds, str):
+        return frozenset({kinds})
+    if isinstance(kinds, set | frozenset | list | tuple):
+        return frozenset(k for k in kinds if isinstance(k, str))
+    return frozenset()
 
 
 @dataclasses.dataclass(slots=True)
@@ -184,6 +229,7 @@ class AgentRun:
         self.checkpointer: Checkpointer | None = None
         self.checkpointer_name = ""
         self.saved_upto = 0
+        self.running_tools: dict[str, str] = {}  # call id -> tool name, while the tool runs
         self.hard_deadline = 0.0
         self._timeout: asyncio.Timeout | None = None
         self.task: asyncio.Task[Any] | None = None
@@ -197,14 +243,15 @@ class AgentRun:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def warn(self, message: str) -> None:
+    def warn(self, message: str, *, skip: _Pump | None = None) -> None:
         """Note a failure the run survives; it goes to ``Result.warnings`` (once) and the recorders."""
         if message in self._warned:
             return
         self._warned.add(message)
         self.warnings.append(message)
         for link in self.recorders:
-            link.pump.put(functools.partial(link.recorder.log_error, message))
+            if link.pump is not skip:
+                link.pump.put("log_error", link.recorder.log_error, message)
 
     def emit(self, type: str, data: dict[str, Any]) -> None:
         """Send a run event to every consumer; free when there are none."""
@@ -212,9 +259,9 @@ class AgentRun:
             return
         event = RunEvent(self.run_id, type, data, utcnow())
         for link in self.recorders:
-            link.pump.put(functools.partial(link.recorder.log_event, type, data))
+            link.pump.put("log_event", link.recorder.log_event, type, data)
         if self.event_pump is not None and self.on_event is not None:
-            self.event_pump.put(functools.partial(self.on_event, event))
+            self.event_pump.put("on_event", self.on_event, event)
 
     async def _port(
         self, label: str, fn: Callable[..., Any], *args: Any, _timeout: float | None = None, **kwargs: Any
@@ -235,6 +282,17 @@ class AgentRun:
             self.warn(f"{label} raised {type(exc).__name__}: {exc}")
         return _FAILED
 
+    async def _port_call(
+        self, label: str, fn: Callable[..., Any], *args: Any, _timeout: float | None = None, **kwargs: Any
+    ) -> bool:
+        """`_port` for a method that returns nothing: True when it answered (a value back is flagged)."""
+        value = await self._port(label, fn, *args, _timeout=_timeout, **kwargs)
+        if value is _FAILED:
+            return False
+        if value is not None:
+            self.warn(f"{label} returned {type(value).__name__}, not None (ignored)")
+        return True
+
     def _end(self, status: RunStatus, error: str | None = None) -> None:
         self.status, self.error = status, error
 
@@ -251,7 +309,12 @@ class AgentRun:
             if ready and self.resume is None:
                 ready = await self._check_budgets()
             if not ready:
-                return self._result()
+                # refused or invalid: nothing ran, but a host waiting on its delivery still hears of it
+                return await self._deliver_early()
+            if self.ex._closed:
+                # shutdown() began while the budgets were asked: charge them, start nothing.
+                self._end(RunStatus.ERROR, "the executor shut down before the run started; nothing ran")
+                return await self._finish()
             self.admitted = True
             self.task = asyncio.current_task()
             self.ex._runs[self.run_id] = self
@@ -275,7 +338,8 @@ class AgentRun:
             self._end(RunStatus.ERROR, f"internal error in executus: {exc!r}")
             return self._result()
         finally:
-            self.ex._runs.pop(self.run_id, None)
+            if self.admitted:
+                self.ex._runs.pop(self.run_id, None)
             self.done.set()
             if caller_cancelled:
                 raise asyncio.CancelledError
@@ -384,7 +448,7 @@ class AgentRun:
                     async with asyncio.timeout(self.settings.port_timeout):
                         answer = await answer
             except BudgetExceeded as exc:
-                retry = f" (retry after {exc.retry_after:g}s)" if exc.retry_after is not None else ""
+                retry = f" (retry after {_seconds(exc.retry_after)}s)" if exc.retry_after is not None else ""
                 self._end(RunStatus.BUDGET_EXCEEDED, f"{label} refused the run: {exc.reason}{retry}")
                 return False
             except TimeoutError:
@@ -422,7 +486,9 @@ class AgentRun:
             if not isinstance(recorder, RunRecorder):
                 self.warn(f"audit {name!r}: start_run returned {type(recorder).__name__}, not a RunRecorder")
                 continue
-            pump = _Pump(f"audit {name!r} recorder", self, self.settings.event_queue_size, timeout)
+            pump = _Pump(
+                f"audit {name!r} recorder", self, self.settings.event_queue_size, timeout, returns_none=True
+            )
             self.recorders.append(_RecorderLink(name, recorder, pump))
             self.pumps.append(pump)
         if self.on_event is not None:
@@ -478,7 +544,10 @@ class AgentRun:
         except TimeoutError:
             if self._timeout is None or not self._timeout.expired():
                 raise
-            self._end(RunStatus.TIMEOUT, f"the run passed its deadline during {self.phase}")
+            where = self.phase
+            if where.startswith("tool") and self.running_tools:
+                where = f"tool {', '.join(self.running_tools.values())} (still running)"
+            self._end(RunStatus.TIMEOUT, f"the run passed its deadline during {where}")
         finally:
             self._timeout = None
             if watcher is not None:
@@ -501,7 +570,7 @@ class AgentRun:
                     when = loop.time() + (answer - datetime.now(UTC)).total_seconds()
                 elif answer is not None:
                     self.warn(
-                        f"{label} returned {type(answer).__name__}, not a datetime; the hard timeout applies"
+                        f"{label} returned {_discard(answer)}, not a datetime; the hard timeout applies"
                     )
             except Exception as exc:
                 self.warn(f"{label} raised {type(exc).__name__}: {exc}; the hard timeout applies")
@@ -549,6 +618,9 @@ class AgentRun:
                 self._end(RunStatus.OK)
                 return
             pending = response.tool_calls
+            # Save the calls before they run: a run recovered after a crash mid-tool re-runs these
+            # very calls, with the same ids and so the same idempotency keys.
+            await self._checkpoint()
 
     def _calls_without_results(self) -> list[ToolCall]:
         """On resume: the last step's tool calls whose results were not saved (the others are not re-run)."""
@@ -578,17 +650,21 @@ class AgentRun:
         if not messages:
             return
         if not isinstance(messages, Sequence) or not all(isinstance(m, Message) for m in messages):
-            self.warn(f"{label} returned {type(messages).__name__}, not a list of Message")
+            self.warn(f"{label} returned {_discard(messages)}, not a list of Message")
             return
         self.transcript.extend(messages)
         self.emit("steer", {"messages": [m.content for m in messages]})
 
     def _critic_call(self, method: str, *args: Any) -> None:
         assert self.critic is not None
+        label = f"critic {self.critic_name!r}: {method}"
         try:
-            getattr(self.critic, method)(*args)
+            value = getattr(self.critic, method)(*args)
         except Exception as exc:
-            self.warn(f"critic {self.critic_name!r}: {method} raised {type(exc).__name__}: {exc}")
+            self.warn(f"{label} raised {type(exc).__name__}: {exc}")
+            return
+        if value is not None:
+            self.warn(f"{label} returned {_discard(value)}, not None (ignored)")
 
     async def _call_model(self) -> ModelResponse | None:
         assert self.model is not None and self.agent is not None
@@ -638,7 +714,7 @@ class AgentRun:
                 },
             )
             for link in self.recorders:
-                link.pump.put(functools.partial(link.recorder.on_step, tally.steps, response))
+                link.pump.put("on_step", link.recorder.on_step, tally.steps, response)
         if self.critic is not None:
             self._critic_call("record_step", tally.steps)
         return response
@@ -681,6 +757,8 @@ class AgentRun:
                     artifacts=self.artifacts,
                     max_steps=self.max_steps,
                 )
+            # Left in place if the deadline cancels the call, so the timeout error names the tool.
+            self.running_tools[call.id] = call.name
             try:
                 text = tool_result_text(await found(call.arguments, context))
                 is_error = False
@@ -688,6 +766,7 @@ class AgentRun:
                 text = f"error: {exc}"
             except Exception as exc:
                 text = f"error: tool {call.name} failed: {type(exc).__name__}: {exc}"
+            del self.running_tools[call.id]
         if self.pumps:
             self.emit(
                 "tool.end",
@@ -700,7 +779,7 @@ class AgentRun:
                 },
             )
             for link in self.recorders:
-                link.pump.put(functools.partial(link.recorder.on_tool, call, text))
+                link.pump.put("on_tool", link.recorder.on_tool, call, text)
         return Message(role="tool", content=text, tool_call_id=call.id, name=call.name, is_error=is_error)
 
     async def _checkpoint(self) -> None:
@@ -720,10 +799,9 @@ class AgentRun:
             ),
             tool_calls=tally.tool_calls,
         )
-        saved = await self._port(
+        if await self._port_call(
             f"checkpoint {self.checkpointer_name!r}: save", self.checkpointer.save, state
-        )
-        if saved is not _FAILED:
+        ):
             self.saved_upto += len(state.messages)
 
     # -- the end -----------------------------------------------------------------------------
@@ -769,27 +847,37 @@ class AgentRun:
         )
         if self.error and self.recorders:
             for link in self.recorders:
-                link.pump.put(functools.partial(link.recorder.log_error, self.error))
+                link.pump.put("log_error", link.recorder.log_error, self.error)
         if self.pumps:
             await asyncio.gather(*(pump.close() for pump in self.pumps))
         for link in self.recorders:
-            await self._port(f"audit {link.name!r}: close", link.recorder.close, stats)
+            await self._port_call(f"audit {link.name!r}: close", link.recorder.close, stats)
         usage = stats.usage
         for name, budget in self.ex.ports.budgets:
-            await self._port(
+            await self._port_call(
                 f"budget {name!r}: commit", budget.commit, self.caller_id, stats.runtime_seconds, usage
             )
         if self.checkpointer is not None:
             label = f"checkpoint {self.checkpointer_name!r}"
             if self.status is RunStatus.OK:
-                await self._port(f"{label}: complete", self.checkpointer.complete)
+                await self._port_call(f"{label}: complete", self.checkpointer.complete)
             elif self.status is not RunStatus.INTERRUPTED:
-                await self._port(f"{label}: fail", self.checkpointer.fail, self.error or self.status.value)
+                await self._port_call(
+                    f"{label}: fail", self.checkpointer.fail, self.error or self.status.value
+                )
         if self.critic is not None:
             self._critic_call("stop")
         result = self._result(stats)
         if self.delivery_arg is not None and self.status is not RunStatus.INTERRUPTED:
             await self._deliver(result)
+            result.warnings = list(self.warnings)  # the Result copied them before delivery added any
+        return result
+
+    async def _deliver_early(self) -> Result:
+        result = self._result()
+        if self.delivery_arg is not None:
+            await self._deliver(result)
+            result.warnings = list(self.warnings)
         return result
 
     async def _deliver(self, result: Result) -> None:
@@ -797,19 +885,26 @@ class AgentRun:
         for raw in targets:
             try:
                 target = raw if isinstance(raw, DeliveryTarget) else DeliveryTarget.model_validate(raw)
-            except Exception as exc:
-                self.warn(f"delivery target {raw!r} is not valid: {exc}")
+            except ValidationError as exc:
+                # never echo the target: it may hold a webhook secret
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'target'}: {e['msg']}" for e in exc.errors()
+                )
+                self.warn(f"a delivery target is not valid: {problems}")
                 continue
-            served = next(((n, d) for n, d in self.ex.ports.deliveries if target.kind in d.kinds), None)
+            except Exception as exc:
+                self.warn(f"a delivery target is not valid: {type(exc).__name__}")
+                continue
+            served = next(((n, d) for n, d in self.ex.ports.deliveries if target.kind in _kinds(d)), None)
             if served is None:
-                kinds = sorted({k for _, d in self.ex.ports.deliveries for k in d.kinds})
+                kinds = sorted({k for _, d in self.ex.ports.deliveries for k in _kinds(d)})
                 self.warn(
                     f"no delivery serves targets of kind {target.kind!r}; installed kinds: {', '.join(kinds)}"
                 )
                 continue
             name, delivery = served
             method = "deliver" if result.status is RunStatus.OK else "deliver_error"
-            await self._port(
+            await self._port_call(
                 f"delivery {name!r}: {method} to {target.kind}",
                 getattr(delivery, method),
                 target,

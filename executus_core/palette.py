@@ -1,57 +1,136 @@
 """Delegation: palette entries become tools, and the in-process palette runs them as child runs.
 
 An agent with ``skill_palette=["summarize"]`` and ``subagent_palette=["researcher"]`` gets the tools
-``skill__summarize`` (its arguments are the skill's inputs) and ``agent__researcher`` (one argument,
-``prompt``). At the start of each run, every `PaletteSource` is asked in order; the first that
-resolves a name serves it. A name nobody resolves still becomes a tool, which answers that it is not
-configured, so the model learns it instead of the run failing.
+``skill__summarize`` (its arguments are the skill's inputs, its schema the skill's input schema) and
+``agent__researcher`` (one argument, ``prompt``). At the start of each run, every `PaletteSource`
+is asked in order (a host's ``Executor(plugins=[...])`` first, then installed batteries, then the
+built-in palette); the first that resolves a name serves it. A name nobody resolves still becomes a
+tool, which answers that it is not configured, so the model learns it instead of the run failing.
 
 The built-in `InProcessPalette` serves agents registered with `Executor.register_agent` and skills
-registered with `Executor.register_skill`, running them through the same executor as child runs
-(``parent_run_id`` set, their progress forwarded as ``child`` events). A chain of delegations
-deeper than ``max_delegation_depth`` (default 3) is stopped with a clear tool error.
+registered with `Executor.register_skill`, running them through the same executor as child runs:
+``parent_run_id`` is the delegating run, and their events reach the parent's consumers as ``child``
+events (``{"tool", "child_run_id", "type", "data"}``, nested for grandchildren).
+
+Delegation nests at most ``max_delegation_depth`` levels (default 3: a run, its child, grandchild and
+great-grandchild). A delegation call past that is not made: the model gets a tool error saying so,
+which is what stops an agent that keeps delegating to itself. A palette source that raises, hangs
+past the run's deadline or answers oddly becomes a tool error too; the parent run goes on.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from executus_core.config import Settings
 from executus_core.hookspecs import hookimpl
 from executus_core.ports import EventCallback, PaletteSource
-from executus_core.tools import Tool
+from executus_core.tools import Tool, ToolArgumentsError
 from executus_core.types import Agent, PaletteEntry, RunEvent, RunStatus
 
 if TYPE_CHECKING:
     from executus_core.executor import Executor
     from executus_core.loop import AgentRun
 
-__all__ = ["InProcessPalette", "palette_tools"]
+__all__ = ["AGENT_SCHEMA", "DelegationError", "InProcessPalette", "palette_tools"]
 
-AGENT_SCHEMA = {
+AGENT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"prompt": {"type": "string", "description": "What to ask the agent."}},
     "required": ["prompt"],
 }
+"""The arguments of every ``agent__<name>`` tool: one ``prompt`` string."""
+
+
+class DelegationError(Exception):
+    """A delegation tool could not do its job; the loop sends the message to the model as a tool error.
+
+    Raised for a name no palette source resolves, a call past ``max_delegation_depth``, and a child
+    run that did not end ``ok``.
+    """
 
 
 class _Skill:
-    def __init__(self, name: str, agent: Agent, schema: dict[str, Any], prompt: str | None, description: str):
-        self.name, self.agent, self.schema, self.prompt = name, agent, schema, prompt
+    """A registered skill: the agent that does it, its input schema and how inputs become a prompt."""
+
+    def __init__(
+        self,
+        name: str,
+        agent: Agent,
+        schema: dict[str, Any],
+        model: type[BaseModel] | None,
+        prompt: str | None,
+        description: str,
+    ) -> None:
+        self.name, self.agent, self.schema, self.model, self.prompt = name, agent, schema, model, prompt
         self.description = description or agent.description or f"Run the {name} skill."
 
+    def check(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """The inputs, validated by the skill's model (or its schema's ``required`` list)."""
+        if self.model is not None:
+            try:
+                return self.model.model_validate(dict(inputs)).model_dump(mode="json")
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'inputs'}: {e['msg']}" for e in exc.errors()
+                )
+                raise ToolArgumentsError(f"invalid inputs for skill__{self.name}: {problems}") from None
+        missing = [k for k in self.schema.get("required", []) if k not in inputs]
+        if missing:
+            raise ToolArgumentsError(f"skill__{self.name} needs the inputs {', '.join(missing)}")
+        return dict(inputs)
+
     def render(self, inputs: Mapping[str, Any]) -> str:
+        """The child run's prompt: the template filled from the inputs, or the inputs as JSON."""
         if self.prompt is None:
             return json.dumps(dict(inputs), ensure_ascii=False, default=str)
-        return self.prompt.format(**inputs)
+        try:
+            return self.prompt.format(**inputs)
+        except (KeyError, IndexError) as exc:
+            raise ToolArgumentsError(f"skill__{self.name}'s prompt template needs the input {exc}") from None
+
+
+class _Done:
+    """An awaitable that is already complete: what the core's ``on_event`` callback returns."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield
+
+
+_DONE = _Done()
+
+
+def _child_forwarder(run: AgentRun, tool_name: str) -> Callable[[str, Mapping[str, Any]], _Done]:
+    """An ``on_event`` that re-emits a child's events in ``run`` as ``child`` events.
+
+    It does its work when called and returns an awaitable that is already done, so a palette source
+    may call it plainly or ``await`` it. A source may put the child's run id in ``data["run_id"]``;
+    it becomes ``child_run_id``.
+    """
+
+    def forward(type: str, data: Mapping[str, Any]) -> _Done:
+        payload = dict(data)
+        child_run_id = payload.pop("run_id", None)
+        run.emit("child", {"tool": tool_name, "child_run_id": child_run_id, "type": type, "data": payload})
+        return _DONE
+
+    return forward
 
 
 class InProcessPalette:
-    """The built-in `PaletteSource`: the agents and skills registered on this executor."""
+    """The built-in `PaletteSource`: the agents and skills registered on one executor.
+
+    It runs them with `Executor.run` on the same executor, so a child run gets the same ports
+    (audit, budget, critic, checkpoints) as any run, with ``parent_run_id`` set to the delegating run.
+    """
 
     executus_name = "palette"
 
@@ -61,6 +140,7 @@ class InProcessPalette:
 
     @hookimpl
     def executus_palette(self, settings: Settings) -> PaletteSource:
+        """This executor's in-process palette (always present; it resolves nothing until registered)."""
         return self
 
     def add_skill(
@@ -72,16 +152,24 @@ class InProcessPalette:
         prompt: str | None = None,
         description: str = "",
     ) -> None:
+        """Register ``agent`` as the skill ``name`` (see `Executor.register_skill`)."""
+        model: type[BaseModel] | None = None
         if isinstance(inputs, type) and issubclass(inputs, BaseModel):
+            model = inputs
             schema = inputs.model_json_schema()
             schema.pop("title", None)
         elif isinstance(inputs, dict):
             schema = inputs
-        else:
+        elif inputs is None:
             schema = {"type": "object", "properties": {}, "additionalProperties": True}
-        self.skills[name] = _Skill(name, agent, schema, prompt, description)
+        else:
+            raise TypeError(
+                f"inputs of skill {name!r} must be a pydantic model class or a JSON schema dict, got {inputs!r}"
+            )
+        self.skills[name] = _Skill(name, agent, schema, model, prompt, description)
 
     async def resolve_skill(self, caller_id: str, name: str) -> PaletteEntry | None:
+        """The registered skill ``name``, or ``None``."""
         skill = self.skills.get(name)
         if skill is None:
             return None
@@ -90,6 +178,7 @@ class InProcessPalette:
         )
 
     async def resolve_agent(self, caller_id: str, name: str) -> PaletteEntry | None:
+        """The registered agent ``name``, or ``None``."""
         agent = self.executor._agents.get(name)
         if agent is None:
             return None
@@ -108,14 +197,24 @@ class InProcessPalette:
         inputs: dict[str, Any],
         parent_run_id: str | None,
     ) -> tuple[str, str, str]:
-        skill = self.skills[name]
+        """Run the skill's agent as a child run on its rendered prompt; ``inputs`` go to its `RunInfo`."""
+        skill = self.skills.get(name)
+        if skill is None:
+            raise DelegationError(
+                f"no skill named {name!r} is registered (registered: {', '.join(sorted(self.skills)) or 'none'})"
+            )
+        checked = skill.check(inputs)
+        # PaletteSource.invoke_skill has no on_event; in process, the parent run is at hand.
+        parent = self.executor._runs.get(parent_run_id or "")
+        forward = _child_forwarder(parent, f"skill__{name}") if parent is not None and parent.pumps else None
         result = await self.executor.run(
             skill.agent,
-            skill.render(inputs),
+            skill.render(checked),
             caller_id=caller_id,
             channel_id=channel_id,
             parent_run_id=parent_run_id,
-            inputs=inputs,
+            inputs=checked,
+            on_event=_event_handler(forward),
         )
         return _outcome(result.output, result.error, result.run_id, result.status)
 
@@ -131,7 +230,13 @@ class InProcessPalette:
         tools_subset: list[str] | None,
         on_event: EventCallback | None,
     ) -> tuple[str, str, str]:
-        agent = self.executor._agents[name]
+        """Run the registered agent as a child run; its events go to ``on_event`` with ``data["run_id"]``."""
+        agent = self.executor._agents.get(name)
+        if agent is None:
+            raise DelegationError(
+                f"no agent named {name!r} is registered "
+                f"(registered: {', '.join(sorted(self.executor._agents)) or 'none'})"
+            )
         changes: dict[str, Any] = {}
         if model_tier_override:
             changes["model"] = model_tier_override
@@ -142,22 +247,28 @@ class InProcessPalette:
             agent = agent.model_copy(update=changes)
         if prompt_prepend:
             prompt = f"{prompt_prepend}\n\n{prompt}"
-
-        async def forward(event: RunEvent) -> None:
-            if on_event is not None:
-                value = on_event(event.type, event.data)
-                if value is not None:
-                    await value
-
         result = await self.executor.run(
             agent,
             prompt,
             caller_id=caller_id,
             channel_id=channel_id,
             parent_run_id=parent_run_id,
-            on_event=forward if on_event is not None else None,
+            on_event=_event_handler(on_event),
         )
         return _outcome(result.output, result.error, result.run_id, result.status)
+
+
+def _event_handler(on_event: EventCallback | None) -> Callable[[RunEvent], Any] | None:
+    """Adapt a ``(type, data)`` callback to the `RunEvent` handler `Executor.run` takes."""
+    if on_event is None:
+        return None
+
+    async def handle(event: RunEvent) -> None:
+        value = on_event(event.type, {**event.data, "run_id": event.run_id})
+        if inspect.isawaitable(value):
+            await value
+
+    return handle
 
 
 def _outcome(output: str | None, error: str | None, run_id: str, status: RunStatus) -> tuple[str, str, str]:
@@ -176,7 +287,11 @@ async def _resolve(run: AgentRun, kind: str, name: str) -> tuple[PaletteEntry, s
         if found is _FAILED or found is None:
             continue
         if isinstance(found, Mapping):
-            found = PaletteEntry.model_validate({"name": name, **found})
+            try:
+                found = PaletteEntry.model_validate({"name": name, **found})
+            except ValidationError as exc:
+                run.warn(f"palette {source_name!r}: resolve_{kind}({name!r}) returned a bad entry: {exc}")
+                continue
         if not isinstance(found, PaletteEntry):
             run.warn(
                 f"palette {source_name!r}: resolve_{kind} returned {type(found).__name__}, not a PaletteEntry"
@@ -186,16 +301,18 @@ async def _resolve(run: AgentRun, kind: str, name: str) -> tuple[PaletteEntry, s
     return None
 
 
-def _not_configured(kind: str, name: str) -> Tool:
+def _not_configured(run: AgentRun, kind: str, name: str) -> Tool:
+    asked = ", ".join(repr(n) for n, _ in run.ex.ports.palettes) or "none"
+
     async def answer(arguments: dict[str, Any]) -> str:
-        return (
-            f"error: the {kind} {name!r} is not configured: no palette source resolves it. "
+        raise DelegationError(
+            f"the {kind} {name!r} is not configured: no palette source resolves it (asked: {asked}). "
             "Carry on without it."
         )
 
     return Tool(
         name=f"{kind}__{name}",
-        description=f"The {kind} {name} (not configured).",
+        description=f"The {kind} {name} (not configured: calling it only returns an error).",
         fn=answer,
         args_model=None,
         parameters={"type": "object", "properties": {}},
@@ -205,41 +322,46 @@ def _not_configured(kind: str, name: str) -> Tool:
 def _delegation_tool(
     run: AgentRun, kind: str, entry: PaletteEntry, source_name: str, source: PaletteSource
 ) -> Tool:
+    tool_name = f"{kind}__{entry.name}"
     label = f"palette {source_name!r}: invoke_{kind}"
 
-    async def forward_child(type: str, data: Mapping[str, Any]) -> None:
-        run.emit("child", {"tool": f"{kind}__{entry.name}", "type": type, "data": dict(data)})
-
     async def invoke(arguments: dict[str, Any]) -> str:
-        common = {
+        limit = run.settings.max_delegation_depth
+        if run.depth >= limit:
+            raise DelegationError(
+                f"{tool_name} was not called: the delegation depth limit is reached (this run is "
+                f"{run.depth} levels below the first, and max_delegation_depth is {limit}). Answer "
+                "without delegating further."
+            )
+        common: dict[str, Any] = {
             "caller_id": run.caller_id,
             "channel_id": run.channel_id,
             "name": entry.name,
             "parent_run_id": run.run_id,
         }
         if kind == "skill":
-            outcome = await source.invoke_skill(inputs=arguments, **common)
+            outcome = await source.invoke_skill(inputs=dict(arguments), **common)
         else:
             prompt = arguments.get("prompt")
-            if not isinstance(prompt, str) or not prompt:
-                return f"error: agent__{entry.name} needs a non-empty 'prompt' string"
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ToolArgumentsError(f"{tool_name} needs a non-empty 'prompt' string")
             outcome = await source.invoke_agent(
                 prompt=prompt,
                 model_tier_override=None,
                 prompt_prepend=None,
                 tools_subset=None,
-                on_event=forward_child if run.pumps else None,
+                on_event=_child_forwarder(run, tool_name) if run.pumps else None,
                 **common,
             )
         if not (isinstance(outcome, tuple | list) and len(outcome) == 3):
-            raise TypeError(f"{label} returned {outcome!r}, not (output, run_id, status)")
+            raise TypeError(f"{label} returned {type(outcome).__name__}, not (output, run_id, status)")
         output, child_id, status = outcome
         if status == RunStatus.OK.value:
             return str(output)
-        return f"error: {kind} {entry.name} (run {child_id}) ended {status}: {output}"
+        raise DelegationError(f"{tool_name} (run {child_id}) ended {status}: {output}")
 
     return Tool(
-        name=f"{kind}__{entry.name}",
+        name=tool_name,
         description=entry.description or f"Delegate to the {kind} {entry.name}.",
         fn=invoke,
         args_model=None,
@@ -248,14 +370,14 @@ def _delegation_tool(
 
 
 async def palette_tools(run: AgentRun) -> list[Tool]:
-    """The delegation tools of ``run``'s agent, resolved against every palette source."""
+    """The delegation tools of ``run``'s agent, resolved against every palette source, in order."""
     assert run.agent is not None
     made = []
     for kind, names in (("skill", run.agent.skill_palette), ("agent", run.agent.subagent_palette)):
         for name in names:
             resolved = await _resolve(run, kind, name)
             if resolved is None:
-                made.append(_not_configured(kind, name))
+                made.append(_not_configured(run, kind, name))
             else:
                 made.append(_delegation_tool(run, kind, *resolved))
     return made

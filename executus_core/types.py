@@ -80,6 +80,13 @@ class Message(BaseModel):
     # body is assembled from cached bytes instead of re-serializing the history on every step.
     _wire: dict[str, Any] = PrivateAttr(default_factory=dict)
 
+    def __eq__(self, other: object) -> bool:
+        # pydantic compares private attributes too; the wire cache is not part of a message's value,
+        # so a message that was sent still equals a fresh copy of it (or one read from a checkpoint).
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
     @classmethod
     def system(cls, content: str) -> Message:
         return cls(role="system", content=content)

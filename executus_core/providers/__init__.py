@@ -4,7 +4,9 @@ Providers register a prefix through the ``executus_register_models`` hook (the c
 registered below, like any plugin's). `ModelRegistry` resolves an `Agent.model`:
 
 - an object with ``async complete(request)`` is used as it is;
-- ``prefix:name`` goes to the provider registered for ``prefix``;
+- ``prefix:name`` goes to the provider registered for ``prefix``; a prefix that names an endpoint
+  under ``[tool.executus.providers.endpoints]`` goes to the provider of that endpoint's ``api``
+  (``local:llama3`` with ``api = "openai"``), whose factory is then called with ``endpoint=prefix``;
 - a bare name is a tier from ``[tool.executus.models]``; the tier ``default``, when not mapped,
   picks ``openai:gpt-4o-mini`` if ``OPENAI_API_KEY`` or ``OPENAI_BASE_URL`` is set, else
   ``anthropic:claude-sonnet-4-5`` if ``ANTHROPIC_API_KEY`` is set.
@@ -19,12 +21,32 @@ from collections.abc import Callable
 from typing import Any
 
 from executus_core.config import Settings
-from executus_core.errors import ModelNotFound
+from executus_core.errors import ConfigError, ModelNotFound
 from executus_core.hookspecs import hookimpl
 from executus_core.ports import Model
+from executus_core.providers._http import (
+    Endpoint,
+    EndpointSettings,
+    HttpSettings,
+    ProviderSettings,
+    named_endpoint,
+    provider_settings,
+)
+from executus_core.providers.anthropic import AnthropicModel, create_anthropic
+from executus_core.providers.openai import OpenAIModel, create_openai
 from executus_core.providers.scripted import create_scripted
 
-__all__ = ["ModelFactory", "ModelRegistry", "default_model_id"]
+__all__ = [
+    "AnthropicModel",
+    "Endpoint",
+    "EndpointSettings",
+    "HttpSettings",
+    "ModelFactory",
+    "ModelRegistry",
+    "OpenAIModel",
+    "ProviderSettings",
+    "default_model_id",
+]
 
 ModelFactory = Callable[[str, Settings], Model]
 
@@ -57,6 +79,8 @@ class ModelRegistry:
         self.settings = settings
         self.providers: dict[str, _Provider] = {}
         self._models: dict[str, Model] = {}
+        # Check [tool.executus.providers] now, so a typo stops Executor() rather than a later run.
+        provider_settings(settings)
 
     def register(
         self, prefix: str, factory: ModelFactory, description: str = "", *, plugin: str | None = None
@@ -67,7 +91,12 @@ class ModelRegistry:
     def known(self) -> str:
         tiers = ", ".join(f"{k} -> {v}" for k, v in self.settings.core.models.items()) or "none"
         prefixes = ", ".join(f"{p}:" for p in sorted(self.providers)) or "none"
-        return f"providers: {prefixes}; tiers: {tiers}"
+        try:
+            endpoints = provider_settings(self.settings).endpoints
+        except ConfigError:
+            endpoints = {}
+        named = ", ".join(f"{n}: ({e.api})" for n, e in sorted(endpoints.items()) if n not in self.providers)
+        return f"providers: {prefixes}; " + (f"endpoints: {named}; " if named else "") + f"tiers: {tiers}"
 
     def resolve_id(self, model_id: str) -> str:
         """Follow tiers until a ``prefix:name`` id; raises `ModelNotFound`."""
@@ -103,9 +132,22 @@ class ModelRegistry:
             return cached
         prefix, name = model_id.split(":", 1)
         provider = self.providers.get(prefix)
-        if provider is None:
-            raise ModelNotFound(f"no provider for {model_id!r}; {self.known()}")
-        built = provider.factory(name, self.settings)
+        if provider is not None:
+            built = provider.factory(name, self.settings)
+        else:
+            endpoint = named_endpoint(self.settings, prefix)
+            if endpoint is None:
+                raise ModelNotFound(
+                    f"no provider for {model_id!r} (and no endpoint named {prefix!r}); {self.known()}"
+                )
+            provider = self.providers.get(endpoint.api)
+            if provider is None:
+                raise ModelNotFound(
+                    f"endpoint {prefix!r} speaks api {endpoint.api!r}, which no provider serves; {self.known()}"
+                )
+            # A factory serving named endpoints takes the endpoint's name (see the module docstring).
+            factory: Callable[..., Model] = provider.factory
+            built = factory(name, self.settings, endpoint=prefix)
         self._models[model_id] = built
         return built
 
@@ -126,4 +168,6 @@ class ModelRegistry:
 
 @hookimpl
 def executus_register_models(register: Callable[..., None]) -> None:
+    register("openai", create_openai, "Chat Completions: OpenAI or any compatible server (OPENAI_BASE_URL)")
+    register("anthropic", create_anthropic, "Anthropic Messages API (ANTHROPIC_API_KEY)")
     register("scripted", create_scripted, "replays model responses from a JSON file (offline, no API key)")

@@ -1,0 +1,635 @@
+"""What the HTTP providers share: endpoint settings, one pooled client per endpoint, retries, SSE.
+
+Settings live under ``[tool.executus.providers]``: the table's own keys are defaults for every
+endpoint, and each ``[tool.executus.providers.endpoints.<name>]`` table configures one endpoint,
+overriding any of those defaults::
+
+    [tool.executus.providers]
+    max_retries = 6
+
+    [tool.executus.providers.endpoints.local]      # model ids local:<model>
+    api = "openai"
+    base_url = "http://127.0.0.1:11434/v1"
+
+The endpoints named ``openai`` and ``anthropic`` always exist (from ``OPENAI_BASE_URL`` /
+``OPENAI_API_KEY`` and ``ANTHROPIC_BASE_URL`` / ``ANTHROPIC_API_KEY``); a table with their name
+overrides them. Every model on one endpoint shares its `Endpoint`, which owns one pooled
+``httpx2.AsyncClient``, opened on first use and closed by ``aclose()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email.utils
+import os
+import random
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx2
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from executus_core.config import Settings
+from executus_core.errors import (
+    AuthenticationError,
+    ConfigError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderStatusError,
+    RateLimited,
+)
+from executus_core.types import Message, ModelRequest
+
+__all__ = [
+    "ApiDefaults",
+    "Endpoint",
+    "EndpointSettings",
+    "HttpSettings",
+    "ProviderSettings",
+    "get_endpoint",
+    "iter_sse",
+    "named_endpoint",
+    "parse_retry_after",
+    "provider_settings",
+    "safe_url",
+    "wire_cache",
+]
+
+SECTION = "providers"
+PLUGIN = "executus-core providers"
+
+try:
+    from importlib.metadata import version as _version
+
+    USER_AGENT = f"executus/{_version('executus-core')}"
+except Exception:  # not installed as a distribution (a source checkout on sys.path)
+    USER_AGENT = "executus"
+
+
+class HttpSettings(BaseModel):
+    """How executus talks to an endpoint: timeouts, connection limits, retries and the transport.
+
+    Durations are seconds. Set them for every endpoint under ``[tool.executus.providers]``, or for
+    one under ``[tool.executus.providers.endpoints.<name>]``.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    connect_timeout: float = Field(5.0, gt=0, description="Longest wait to open a connection.")
+    read_timeout: float = Field(
+        600.0, gt=0, description="Longest wait for the next bytes of an answer (or between stream events)."
+    )
+    write_timeout: float = Field(60.0, gt=0, description="Longest wait to send a request body.")
+    pool_timeout: float = Field(60.0, gt=0, description="Longest wait for a free pooled connection.")
+    max_connections: int = Field(100, ge=1, description="Open connections per endpoint, at most.")
+    max_keepalive_connections: int | None = Field(
+        None, ge=0, description="Idle connections kept open per endpoint (default: max_connections)."
+    )
+    keepalive_seconds: float = Field(5.0, ge=0, description="How long an idle connection is kept.")
+    max_retries: int = Field(4, ge=0, description="Retries after the first attempt, at most.")
+    retry_base_seconds: float = Field(0.5, ge=0, description="The first backoff wait; each retry doubles it.")
+    retry_cap_seconds: float = Field(8.0, ge=0, description="The longest backoff wait (before jitter).")
+    retry_total_seconds: float = Field(
+        60.0, ge=0, description="No retry starts once this much time has passed since the first attempt."
+    )
+    transport: httpx2.AsyncBaseTransport | None = Field(
+        None,
+        repr=False,
+        description="Any httpx2 transport (a proxy, a test transport, a faster one); settable in code only.",
+    )
+
+
+class EndpointSettings(HttpSettings):
+    """One endpoint: ``[tool.executus.providers.endpoints.<name>]``; model ids ``<name>:<model>``.
+
+    Keys not set here take the value under ``[tool.executus.providers]``. ``api_key`` or
+    ``api_key_env`` (the name of an environment variable holding it) gives the key; a named endpoint
+    with neither sends none, as local servers expect.
+
+    Example::
+
+        [tool.executus.providers.endpoints.local]
+        api = "openai"
+        base_url = "http://127.0.0.1:8080/v1"
+        headers = { "X-Team" = "search" }
+    """
+
+    api: str = Field(
+        "openai", description="The wire format: openai (Chat Completions) or anthropic (Messages)."
+    )
+    base_url: str | None = Field(
+        None,
+        description="The API's base URL (required for a named endpoint; e.g. http://127.0.0.1:11434/v1).",
+    )
+    api_key: SecretStr | None = Field(None, description="The API key (prefer api_key_env).")
+    api_key_env: str | None = Field(None, description="The environment variable that holds the API key.")
+    headers: dict[str, str] = Field(
+        default_factory=dict, repr=False, description="Extra HTTP headers sent with every request."
+    )
+    max_tokens: int = Field(
+        4096, ge=1, description="anthropic: max_tokens when ModelSettings.max_tokens is not set."
+    )
+    anthropic_version: str = Field("2023-06-01", description="anthropic: the anthropic-version header.")
+    stream_usage: bool = Field(
+        True, description='openai: ask for usage in streams (stream_options = {"include_usage": true}).'
+    )
+    tool_only_content: str = Field(
+        "null",
+        pattern="^(null|empty)$",
+        description='openai: the content of an assistant message that only calls tools: null or "" (empty).',
+    )
+
+    def __repr_args__(self) -> Any:
+        # A base URL may carry credentials (user:password@, ?key=): show it without them.
+        for name, value in super().__repr_args__():
+            yield name, safe_url(value) if name == "base_url" and value else value
+
+    @field_validator("api")
+    @classmethod
+    def _api_is_a_name(cls, value: str) -> str:
+        if not value or ":" in value:
+            raise ValueError("api must name a provider, such as openai or anthropic")
+        return value
+
+
+class ProviderSettings(HttpSettings):
+    """``[tool.executus.providers]``: defaults for every endpoint, and the named ``endpoints``."""
+
+    endpoints: dict[str, EndpointSettings] = Field(
+        default_factory=dict, description="Named endpoints: name -> settings; model ids <name>:<model>."
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _names_are_prefixes(cls, value: dict[str, EndpointSettings]) -> dict[str, EndpointSettings]:
+        for name in value:
+            if not name or ":" in name:
+                raise ValueError(f"endpoint name {name!r} cannot be used as a model id prefix (no ':')")
+        return value
+
+
+HTTP_FIELDS = tuple(HttpSettings.model_fields)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiDefaults:
+    """What a wire format brings to an endpoint: where it lives by default and how it authenticates."""
+
+    api: str
+    base_url: str
+    base_url_env: str
+    api_key_env: str
+    path: str
+    auth_header: Callable[[str], tuple[str, str]]
+    extra_headers: Callable[[EndpointSettings], list[tuple[str, str]]] | None = None
+
+
+def safe_url(url: str) -> str:
+    """``url`` without user info, query or fragment: what errors, events and reprs may show."""
+    try:
+        parsed = httpx2.URL(url)
+    except httpx2.InvalidURL:
+        return "<invalid URL>"
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.host}{port}{parsed.path.rstrip('/')}"
+
+
+def wire_cache(message: Message) -> dict[str, Any]:
+    """The message's private ``_wire`` dict, where providers keep its serialized forms.
+
+    Read through ``__pydantic_private__`` directly: pydantic's ``__getattr__`` for private attributes
+    costs about a microsecond, which adds up over a long transcript on every step.
+    """
+    private = message.__pydantic_private__
+    if private is not None:
+        return private["_wire"]
+    return message._wire
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+class _Pool:
+    """The validated ``providers`` section of one `Settings`, and the endpoints built from it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.section = settings.section(SECTION, ProviderSettings, plugin=PLUGIN)
+        self.endpoints: dict[str, Endpoint] = {}
+
+
+# One pool per Settings object (each Executor has its own), so two executors never share clients.
+_pools: weakref.WeakKeyDictionary[Settings, _Pool] = weakref.WeakKeyDictionary()
+
+
+def _pool(settings: Settings) -> _Pool:
+    pool = _pools.get(settings)
+    if pool is None:
+        pool = _pools[settings] = _Pool(settings)
+    return pool
+
+
+def provider_settings(settings: Settings) -> ProviderSettings:
+    """The validated ``[tool.executus.providers]`` table; raises `ConfigError` naming a bad key."""
+    return _pool(settings).section
+
+
+def named_endpoint(settings: Settings, name: str) -> EndpointSettings | None:
+    """The settings of endpoint ``name`` if ``[tool.executus.providers.endpoints]`` declares it."""
+    return provider_settings(settings).endpoints.get(name)
+
+
+def get_endpoint(settings: Settings, name: str, defaults: ApiDefaults) -> Endpoint:
+    """The shared `Endpoint` called ``name`` speaking ``defaults.api``, built on first use."""
+    pool = _pool(settings)
+    endpoint = pool.endpoints.get(name)
+    if endpoint is None:
+        endpoint = pool.endpoints[name] = Endpoint.from_settings(name, pool.section, defaults)
+    elif endpoint.api != defaults.api:
+        raise ConfigError(
+            f"endpoint {name!r} speaks {endpoint.api!r}, not {defaults.api!r}: set "
+            f'api = "{endpoint.api}" in [tool.executus.providers.endpoints.{name}] or use another name'
+        )
+    return endpoint
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def parse_retry_after(headers: httpx2.Headers, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, or ``Retry-After`` (seconds or an HTTP date)."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _provider_message(content: bytes) -> str | None:
+    """The error message in a body, whatever shape the server used (OpenAI, Anthropic, Ollama, FastAPI)."""
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        text = content.decode("utf-8", "replace").strip()
+        return text[:500] or None
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error", data)
+    if isinstance(error, str):
+        return error
+    if isinstance(error, dict):
+        for key in ("message", "detail", "msg"):
+            value = error.get(key)
+            if isinstance(value, str):
+                return value
+        if isinstance(error.get("detail"), list | dict):
+            return orjson.dumps(error["detail"]).decode()[:500]
+    return None
+
+
+# --- the endpoint -----------------------------------------------------------------------------
+
+
+class Endpoint:
+    """One API endpoint: its address, credentials, retry policy and pooled client.
+
+    Every model built for this endpoint shares it. The client is opened on first use (in the running
+    event loop) and closed by `aclose`; a later request opens a new one.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        defaults: ApiDefaults,
+        base_url: str,
+        api_key: str | None,
+        key_source: str,
+        headers: dict[str, str],
+        options: HttpSettings,
+        endpoint: EndpointSettings,
+    ) -> None:
+        self.name = name
+        self.api = defaults.api
+        self.options = options
+        self.settings = endpoint
+        self.url = url = httpx2.URL(base_url.rstrip("/") + defaults.path)
+        # What errors and events show: no credentials, no query string (keys sometimes travel there).
+        self.display_url = safe_url(base_url)
+        self._key = api_key
+        self.key_source = key_source
+        base = [("user-agent", USER_AGENT), ("content-type", "application/json")]
+        if defaults.extra_headers is not None:
+            base.extend(defaults.extra_headers(endpoint))
+        if api_key:
+            base.append(defaults.auth_header(api_key))
+        base.extend((k.lower(), v) for k, v in headers.items())
+        self._headers = [*base, ("accept", "application/json")]
+        self._stream_headers = [*base, ("accept", "text/event-stream")]
+        # Header values (Azure's api-key, tokens) and credentials in the URL are secrets too.
+        url_secrets = [httpx2.URL(base_url).password or "", *httpx2.URL(base_url).params.values()]
+        self._secrets = [s for s in [api_key, *headers.values(), *url_secrets] if s and len(s) >= 6]
+        self.missing_key: str | None = None
+        if not api_key and url.host in _OFFICIAL_HOSTS:
+            self.missing_key = key_source
+        self._timeout = httpx2.Timeout(
+            connect=options.connect_timeout,
+            read=options.read_timeout,
+            write=options.write_timeout,
+            pool=options.pool_timeout,
+        )
+        self._extensions = {"timeout": self._timeout.as_dict()}
+        self._client: httpx2.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def from_settings(cls, name: str, section: ProviderSettings, defaults: ApiDefaults) -> Endpoint:
+        """Resolve endpoint ``name`` from the ``providers`` section, the environment and ``defaults``."""
+        where = f"[tool.executus.providers.endpoints.{name}]"
+        endpoint = section.endpoints.get(name)
+        builtin = name == defaults.api
+        if endpoint is None:
+            if not builtin:
+                raise ConfigError(f"no endpoint {name!r}: add a {where} table with api and base_url")
+            endpoint = EndpointSettings(api=defaults.api)
+        if endpoint.api != defaults.api:
+            raise ConfigError(
+                f"{where} says api = {endpoint.api!r}, but it is used as a {defaults.api!r} endpoint; "
+                f'set api = "{defaults.api}" or give the endpoint another name'
+            )
+        options = HttpSettings.model_construct(
+            **{
+                field: getattr(endpoint if field in endpoint.model_fields_set else section, field)
+                for field in HTTP_FIELDS
+            }
+        )
+        base_url = endpoint.base_url
+        origin = f"base_url in {where}"
+        if not base_url:
+            if not builtin:
+                raise ConfigError(f"{where} needs base_url (for example http://127.0.0.1:11434/v1)")
+            base_url = os.environ.get(defaults.base_url_env) or defaults.base_url
+            origin = defaults.base_url_env
+        try:
+            parsed = httpx2.URL(base_url)
+        except httpx2.InvalidURL as exc:
+            raise ConfigError(f"endpoint {name!r}: {origin} is not a valid URL ({exc})") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ConfigError(
+                f"endpoint {name!r}: {origin} {safe_url(base_url)!r} must be an http:// or https:// URL "
+                "(for example http://127.0.0.1:11434/v1)"
+            )
+        if endpoint.api_key is not None:
+            key: str | None = endpoint.api_key.get_secret_value()
+            source = f"api_key in {where}"
+        else:
+            env = endpoint.api_key_env or (defaults.api_key_env if builtin else None)
+            key = os.environ.get(env) if env else None
+            source = env or f"api_key_env (or api_key) in {where}"
+        return cls(
+            name=name,
+            defaults=defaults,
+            base_url=base_url,
+            api_key=key or None,
+            key_source=source,
+            headers=dict(endpoint.headers),
+            options=options,
+            endpoint=endpoint,
+        )
+
+    def __repr__(self) -> str:
+        return f"Endpoint(name={self.name!r}, api={self.api!r}, url={self.display_url!r})"
+
+    def redact(self, text: str) -> str:
+        """``text`` with the API key and header values replaced by ``***``."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+    # -- the client ----------------------------------------------------------------------------
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> httpx2.AsyncClient:
+        # A client is tied to the loop it first ran in: a host calling run_sync with a fresh loop
+        # each time gets a fresh client (the old one's connections belong to a closed loop).
+        options = self.options
+        limits = httpx2.Limits(
+            max_connections=options.max_connections,
+            max_keepalive_connections=(
+                options.max_connections
+                if options.max_keepalive_connections is None
+                else options.max_keepalive_connections
+            ),
+            keepalive_expiry=options.keepalive_seconds,
+        )
+        self._client = httpx2.AsyncClient(
+            transport=options.transport, limits=limits, timeout=self._timeout, follow_redirects=False
+        )
+        self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the pooled client (a later request opens a new one). Safe to call twice."""
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
+            await client.aclose()
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def error(self, cls: type[ProviderError], message: str, **fields: Any) -> ProviderError:
+        """A provider error of this endpoint, with secrets scrubbed from what the server said."""
+        provider_message = fields.pop("provider_message", None)
+        if provider_message:
+            provider_message = self.redact(provider_message)
+        return cls(
+            self.redact(message),
+            provider=self.name,
+            endpoint=self.display_url,
+            provider_message=provider_message,
+            **fields,
+        )
+
+    async def post(self, body: bytes, request: ModelRequest, *, stream: bool = False) -> httpx2.Response:
+        """POST ``body``; retry what may succeed later; return a 2xx response or raise a `ProviderError`.
+
+        With ``stream=True`` the response body is not read yet: the caller iterates it and must
+        close the response.
+        """
+        if self.missing_key is not None:
+            raise self.error(
+                AuthenticationError,
+                f"no API key for endpoint {self.name!r}: set {self.key_source}",
+            )
+        loop = asyncio.get_running_loop()
+        client = self._client
+        if client is None or self._loop is not loop:
+            client = self._open(loop)
+        headers = self._stream_headers if stream else self._headers
+        options = self.options
+        attempt = 0
+        started = loop.time()
+        while True:
+            http_request = httpx2.Request(
+                "POST", self.url, headers=headers, content=body, extensions=self._extensions
+            )
+            try:
+                response = await client.send(http_request, stream=stream)
+            except httpx2.TransportError as exc:
+                error = self._transport_error(exc)
+            else:
+                if response.status_code < 300:
+                    return response
+                error = await self._status_error(response)
+            if not error.retryable or attempt >= options.max_retries:
+                raise error
+            wait = error.retry_after
+            if wait is None:
+                wait = min(options.retry_cap_seconds, options.retry_base_seconds * 2**attempt)
+                wait *= 1 - 0.25 * random.random()  # jitter, so many clients do not retry in step
+            now = loop.time()
+            if now + wait - started > options.retry_total_seconds:
+                raise error
+            if request.deadline is not None and now + wait >= request.deadline:
+                raise error
+            attempt += 1
+            if request.emit is not None:
+                request.emit(
+                    "model.retry",
+                    {
+                        "provider": self.name,
+                        "endpoint": self.display_url,
+                        "attempt": attempt,
+                        "max_retries": options.max_retries,
+                        "wait_seconds": round(wait, 3),
+                        "status_code": error.status_code,
+                        "error": str(error),
+                    },
+                )
+            await asyncio.sleep(wait)
+
+    def _transport_error(self, exc: httpx2.TransportError) -> ProviderError:
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, httpx2.UnsupportedProtocol | httpx2.LocalProtocolError):
+            return self.error(
+                ProviderConnectionError,
+                f"cannot send to {self.display_url} ({detail}); check base_url",
+                retryable=False,
+            )
+        if isinstance(exc, httpx2.TimeoutException):
+            kind = {
+                httpx2.ConnectTimeout: "connecting",
+                httpx2.ReadTimeout: "waiting for the answer",
+                httpx2.WriteTimeout: "sending the request",
+                httpx2.PoolTimeout: "waiting for a free connection",
+            }.get(type(exc), "talking to the server")
+            return self.error(
+                ProviderConnectionError,
+                f"timed out {kind} ({detail}); raise the timeouts under [tool.executus.providers] "
+                "if the server is just slow",
+            )
+        if isinstance(exc, httpx2.ConnectError):
+            return self.error(
+                ProviderConnectionError,
+                f"cannot connect to {self.display_url} ({detail}); check base_url and that the server is up",
+            )
+        return self.error(ProviderConnectionError, f"the connection to {self.display_url} failed ({detail})")
+
+    async def _status_error(self, response: httpx2.Response) -> ProviderError:
+        try:
+            content = await response.aread()
+        except httpx2.HTTPError:
+            content = b""
+        finally:
+            await response.aclose()
+        status = response.status_code
+        headers = response.headers
+        fields: dict[str, Any] = {
+            "status_code": status,
+            "request_id": headers.get("x-request-id") or headers.get("request-id"),
+            "provider_message": _provider_message(content),
+            "retry_after": parse_retry_after(headers),
+        }
+        cls: type[ProviderError] = ProviderStatusError
+        if status in (401, 403):
+            cls = AuthenticationError
+            message = (
+                f"the server refused the API key (HTTP {status}); check {self.key_source}"
+                if self._key
+                else f"the server wants an API key (HTTP {status}) and none was sent; set {self.key_source}"
+            )
+        elif status == 429:
+            cls = RateLimited
+            message = "rate limited (HTTP 429): too many requests or tokens for now"
+        elif status in (408, 409) or status >= 500:
+            fields["retryable"] = True
+            message = f"the server failed to answer (HTTP {status})"
+        elif status == 404:
+            message = "not found (HTTP 404): check the model name and base_url"
+        elif 300 <= status < 400:
+            location = headers.get("location", "?")
+            message = f"the server redirected to {location} (HTTP {status}): set base_url to that address"
+        else:
+            message = f"the server rejected the request (HTTP {status})"
+        if headers.get("x-should-retry") == "false":
+            fields["retryable"] = False
+        return self.error(cls, message, **fields)
+
+
+_OFFICIAL_HOSTS = frozenset({"api.openai.com", "api.anthropic.com"})
+
+
+# --- server-sent events -----------------------------------------------------------------------
+
+
+async def iter_sse(response: httpx2.Response) -> AsyncIterator[tuple[bytes, bytes]]:
+    """Yield ``(event, data)`` for each server-sent event of a streaming response.
+
+    ``event`` is ``b""`` when the server named none; multi-line data is joined with ``\\n``. Works on
+    bytes (no decoding of the whole stream); an event left unterminated when the stream ends is
+    dropped, as the SSE specification says.
+    """
+    buffer = bytearray()
+    event = b""
+    data: list[bytes] = []
+    async for chunk in response.aiter_bytes():
+        buffer += chunk
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line = bytes(buffer[start:end])
+            start = end + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if data or event:
+                    yield event, b"\n".join(data)
+                    event, data = b"", []
+                continue
+            if line[:1] == b":":
+                continue  # a comment: keep-alive
+            name, _, value = line.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if name == b"data":
+                data.append(value)
+            elif name == b"event":
+                event = value
+        if start:
+            del buffer[:start]

@@ -1,0 +1,464 @@
+"""``openai:<model>``: the Chat Completions API, to OpenAI or any compatible server.
+
+Works with OpenAI, Ollama, vLLM, llama.cpp's server, LM Studio, OpenRouter and the like. The
+``openai`` endpoint reads ``OPENAI_BASE_URL`` (default ``https://api.openai.com/v1``) and
+``OPENAI_API_KEY``; named endpoints (``local:llama3``) come from
+``[tool.executus.providers.endpoints.<name>]`` with ``api = "openai"``.
+
+What is sent is what every one of those servers accepts: an assistant message that only calls tools
+carries ``"content": null`` (``tool_only_content = "empty"`` sends ``""`` for servers that want a
+string), tool results carry ``tool_call_id``, and ``ModelSettings`` extras pass through as body
+fields (``top_p``, ``tool_choice``, ``reasoning_effort``, ...). What is read is what each of them
+sends: content as a string or as text parts, tool-call arguments as a JSON string or an object,
+missing tool-call ids, finish reasons under their several names.
+
+The wire path is lean: each message is serialized once, into its ``_wire`` cache, and a request
+body is the concatenation of those cached bytes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import httpx2
+import orjson
+
+from executus_core.config import Settings
+from executus_core.errors import ConfigError, ProviderResponseError
+from executus_core.providers._http import ApiDefaults, Endpoint, get_endpoint, iter_sse
+from executus_core.types import (
+    Message,
+    ModelRequest,
+    ModelResponse,
+    ModelSettings,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
+
+__all__ = ["OPENAI", "OpenAIModel", "create_openai"]
+
+OPENAI = ApiDefaults(
+    api="openai",
+    base_url="https://api.openai.com/v1",
+    base_url_env="OPENAI_BASE_URL",
+    api_key_env="OPENAI_API_KEY",
+    path="/chat/completions",
+    auth_header=lambda key: ("authorization", f"Bearer {key}"),
+)
+
+# Finish reasons as servers spell them -> the names executus reports (OpenAI's).
+_FINISH = {
+    "stop": "stop",
+    "eos": "stop",
+    "eos_token": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "model_length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "tool_use": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+# Body fields executus writes itself; a ModelSettings extra of the same name would clash.
+_RESERVED = frozenset({"model", "messages", "tools", "stream", "stream_options"})
+
+_TOOL_CACHE_SIZE = 1024
+
+
+def _settings_bytes(settings: ModelSettings) -> bytes:
+    """The body fields from ``ModelSettings``, as ``,"key":value...`` (or nothing)."""
+    fields: dict[str, Any] = {}
+    if settings.max_tokens is not None:
+        fields["max_tokens"] = settings.max_tokens
+    if settings.temperature is not None:
+        fields["temperature"] = settings.temperature
+    extra = settings.__pydantic_extra__
+    if extra:
+        clash = _RESERVED.intersection(extra)
+        if clash:
+            raise ConfigError(
+                f"ModelSettings sets {', '.join(sorted(clash))}, which executus writes itself; "
+                "remove it (use ModelSettings.stream to stream)"
+            )
+        fields.update(extra)
+    if not fields:
+        return b""
+    return b"," + orjson.dumps(fields)[1:-1]
+
+
+def _text(content: Any) -> str | None:
+    """Message content as text: a string, or the text of a list of content parts."""
+    if content is None or isinstance(content, str):
+        return content or None
+    if isinstance(content, list):
+        text = "".join(
+            part.get("text") or ""
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+        return text or None
+    return None
+
+
+def _arguments(raw: Any) -> tuple[dict[str, Any], str | None]:
+    """Parse tool-call arguments; ``({}, why)`` when they are not a JSON object."""
+    if raw is None or raw == "":
+        return {}, None  # servers send "" (or nothing) for a call without arguments
+    if isinstance(raw, dict):
+        return raw, None
+    if not isinstance(raw, str):
+        return {}, f"expected a JSON object, got {type(raw).__name__}"
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return {}, str(exc)
+    if not isinstance(value, dict):
+        return {}, f"expected a JSON object, got {type(value).__name__}"
+    return value, None
+
+
+def _usage(data: Any) -> Usage:
+    if not isinstance(data, dict):
+        return Usage.model_construct(
+            input_tokens=0, output_tokens=0, thinking_tokens=0, cached_input_tokens=0
+        )
+    prompt = data.get("prompt_tokens_details")
+    completion = data.get("completion_tokens_details")
+    cached = (prompt.get("cached_tokens") if isinstance(prompt, dict) else None) or data.get(
+        "prompt_cache_hit_tokens"  # DeepSeek's name for it
+    )
+    reasoning = completion.get("reasoning_tokens") if isinstance(completion, dict) else None
+    return Usage.model_construct(
+        input_tokens=data.get("prompt_tokens") or 0,
+        output_tokens=data.get("completion_tokens") or 0,
+        thinking_tokens=reasoning or 0,
+        cached_input_tokens=cached or 0,
+    )
+
+
+class OpenAIModel:
+    """A model behind a Chat Completions endpoint. Built by `create_openai` from ``openai:<model>``.
+
+    Args:
+        model: the model name the server knows (``gpt-4o-mini``, ``llama3.1:8b``, ...).
+        endpoint: the shared `Endpoint` (address, key, pooled client, retry policy).
+    """
+
+    def __init__(self, model: str, endpoint: Endpoint) -> None:
+        self.model = model
+        self.endpoint = endpoint
+        self.id = f"{endpoint.name}:{model}"
+        self._head = b'{"model":' + orjson.dumps(model) + b',"messages":['
+        empty = endpoint.settings.tool_only_content == "empty"
+        self._tool_only_content: str | None = "" if empty else None
+        # The wire form depends on that choice, so it is part of the cache key.
+        self._wire_key = "openai/empty" if empty else "openai"
+        self._stream_tail = (
+            b',"stream":true,"stream_options":{"include_usage":true}'
+            if endpoint.settings.stream_usage
+            else b',"stream":true'
+        )
+        self._tools: dict[int, tuple[ToolSpec, bytes]] = {}
+
+    def __repr__(self) -> str:
+        return f"OpenAIModel({self.id!r}, endpoint={self.endpoint.display_url!r})"
+
+    async def aclose(self) -> None:
+        """Close the endpoint's pooled client (shared with the endpoint's other models)."""
+        await self.endpoint.aclose()
+
+    # -- the request ---------------------------------------------------------------------------
+
+    def _encode(self, message: Message) -> bytes:
+        role = message.role
+        data: dict[str, Any]
+        if role == "tool":
+            data = {
+                "role": "tool",
+                "tool_call_id": message.tool_call_id or "",
+                "content": message.content or "",
+            }
+        elif role == "assistant":
+            data = {"role": "assistant", "content": message.content}
+            if message.tool_calls:
+                if not message.content:
+                    data["content"] = self._tool_only_content
+                provider = (message.provider_data or {}).get("openai") or {}
+                raw = provider.get("arguments") or {}
+                data["tool_calls"] = [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {
+                            "name": call.name,
+                            # Arguments that were not JSON go back as the model wrote them.
+                            "arguments": raw.get(call.id) or orjson.dumps(call.arguments).decode(),
+                        },
+                    }
+                    for call in message.tool_calls
+                ]
+            elif message.content is None:
+                data["content"] = ""
+        else:
+            data = {"role": role, "content": message.content or ""}
+            if message.name:
+                data["name"] = message.name
+        return orjson.dumps(data)
+
+    def _tool_bytes(self, tools: Sequence[ToolSpec]) -> bytes:
+        cache = self._tools
+        out = []
+        for spec in tools:
+            # A Tool builds its spec once, so specs are cached by identity (the entry keeps the
+            # spec alive, so its id cannot be reused while it is cached).
+            hit = cache.get(id(spec))
+            if hit is None or hit[0] is not spec:
+                if len(cache) >= _TOOL_CACHE_SIZE:
+                    cache.clear()
+                function: dict[str, Any] = {"name": spec.name}
+                if spec.description:
+                    function["description"] = spec.description
+                function["parameters"] = spec.parameters
+                hit = cache[id(spec)] = (spec, orjson.dumps({"type": "function", "function": function}))
+            out.append(hit[1])
+        return b",".join(out)
+
+    def body(self, request: ModelRequest, *, stream: bool = False) -> bytes:
+        """The request body for ``request``, assembled from each message's cached wire bytes."""
+        key = self._wire_key
+        parts = []
+        for message in request.messages:
+            private = message.__pydantic_private__
+            cache = private["_wire"] if private is not None else message._wire
+            wire = cache.get(key)
+            if wire is None:
+                wire = cache[key] = self._encode(message)
+            parts.append(wire)
+        chunks = [self._head, b",".join(parts), b"]"]
+        if request.tools:
+            chunks += (b',"tools":[', self._tool_bytes(request.tools), b"]")
+        settings = _settings_bytes(request.settings)
+        if settings:
+            chunks.append(settings)
+        if stream:
+            chunks.append(self._stream_tail)
+        chunks.append(b"}")
+        return b"".join(chunks)
+
+    def preview(self, request: ModelRequest) -> dict[str, Any]:
+        """The JSON body `complete` would send (without headers, so without the key): for dry runs."""
+        return orjson.loads(self.body(request, stream=request.settings.stream))
+
+    # -- the call ------------------------------------------------------------------------------
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """Send the transcript, return the answer; raises the `ProviderError` family."""
+        stream = request.settings.stream
+        body = self.body(request, stream=stream)
+        if stream:
+            return await self._complete_stream(body, request)
+        response = await self.endpoint.post(body, request)
+        return self._parse(response)
+
+    def _bad(self, message: str, response: httpx2.Response | None, **fields: Any) -> ProviderResponseError:
+        if response is not None:
+            fields["status_code"] = response.status_code
+            fields["request_id"] = response.headers.get("x-request-id")
+        error = self.endpoint.error(ProviderResponseError, message, **fields)
+        assert isinstance(error, ProviderResponseError)
+        return error
+
+    def _parse(self, response: httpx2.Response) -> ModelResponse:
+        content = response.content
+        try:
+            data = orjson.loads(content)
+        except orjson.JSONDecodeError as exc:
+            snippet = content[:200].decode("utf-8", "replace")
+            raise self._bad(f"the answer is not valid JSON ({exc}): {snippet!r}", response) from None
+        if not isinstance(data, dict):
+            raise self._bad(f"the answer is JSON but not an object: {type(data).__name__}", response)
+        choices = data.get("choices")
+        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+            error = data.get("error")
+            said = error.get("message") if isinstance(error, dict) else error
+            raise self._bad(
+                "the answer has no choices",
+                response,
+                provider_message=said if isinstance(said, str) else None,
+            )
+        choice = choices[0]
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise self._bad("the answer's first choice has no message", response)
+        calls = []
+        for raw in message.get("tool_calls") or ():
+            function = raw.get("function") if isinstance(raw, dict) else None
+            if not isinstance(function, dict):
+                raise self._bad(f"a tool call has no function: {raw!r}", response)
+            calls.append((raw.get("id"), function.get("name"), function.get("arguments")))
+        return self._response(
+            _text(message.get("content")) or message.get("refusal") or None,
+            calls,
+            choice.get("finish_reason"),
+            data.get("usage"),
+            data.get("model"),
+            response,
+        )
+
+    def _response(
+        self,
+        text: str | None,
+        calls: list[tuple[Any, Any, Any]],
+        finish: Any,
+        usage: Any,
+        model: Any,
+        response: httpx2.Response,
+    ) -> ModelResponse:
+        """The `ModelResponse` both paths (plain and streamed) end in, so they cannot differ."""
+        tool_calls = []
+        invalid: dict[str, str] = {}
+        for call_id, name, raw in calls:
+            if not name or not isinstance(name, str):
+                raise self._bad("a tool call has no function name", response)
+            if not call_id or not isinstance(call_id, str):
+                call_id = f"call_{uuid.uuid4().hex[:24]}"  # some servers send none; results need one
+            arguments, error = _arguments(raw)
+            if error is not None:
+                invalid[call_id] = raw if isinstance(raw, str) else orjson.dumps(raw).decode()
+            tool_calls.append(
+                ToolCall.model_construct(id=call_id, name=name, arguments=arguments, arguments_error=error)
+            )
+        if finish is None:
+            reason = "tool_calls" if tool_calls else "stop"  # some servers leave it out
+        else:
+            found = _FINISH.get(finish.lower()) if isinstance(finish, str) else None
+            if found is None:
+                raise self._bad(
+                    f"the model stopped for an unknown reason: finish_reason {finish!r}; "
+                    f"known: {', '.join(sorted(_FINISH))}",
+                    response,
+                )
+            reason = found
+        return ModelResponse.model_construct(
+            text=text,
+            tool_calls=tool_calls,
+            usage=_usage(usage),
+            finish_reason=reason,
+            model=model if isinstance(model, str) else None,
+            provider_data={"openai": {"arguments": invalid}} if invalid else None,
+        )
+
+    async def _complete_stream(self, body: bytes, request: ModelRequest) -> ModelResponse:
+        response = await self.endpoint.post(body, request, stream=True)
+        emit = request.emit
+        text: list[str] = []
+        refusal: list[str] = []
+        calls: dict[int, list[Any]] = {}  # index -> [id, name, argument pieces]
+        finish: Any = None
+        usage: Any = None
+        model: Any = None
+        done = seen_choice = False
+        events = 0
+        try:
+            async for _event, data in iter_sse(response):
+                if data == b"[DONE]":
+                    done = True
+                    break
+                events += 1
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError as exc:
+                    raise self._bad(f"stream event {events} is not valid JSON ({exc})", response) from None
+                if not isinstance(chunk, dict):
+                    raise self._bad(f"stream event {events} is not a JSON object", response)
+                choices = chunk.get("choices")
+                if not choices and chunk.get("error") is not None:
+                    error = chunk["error"]
+                    said = error.get("message") if isinstance(error, dict) else str(error)
+                    raise self._bad(
+                        "the server reported an error mid-stream", response, provider_message=said
+                    )
+                model = chunk.get("model") or model
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in choices or ():
+                    if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                        continue
+                    seen_choice = True
+                    delta = choice.get("delta") or {}
+                    piece = delta.get("content")
+                    if piece:
+                        piece = _text(piece) if not isinstance(piece, str) else piece
+                        if piece:
+                            text.append(piece)
+                            if emit is not None:
+                                emit("model.delta", {"text": piece})
+                    if delta.get("refusal"):
+                        refusal.append(delta["refusal"])
+                    for raw in delta.get("tool_calls") or ():
+                        self._tool_delta(raw, calls, emit)
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+        except httpx2.TransportError as exc:
+            raise self._bad(
+                f"the stream was cut off after {events} events ({type(exc).__name__}: {exc})", response
+            ) from None
+        finally:
+            await response.aclose()
+        if not done and finish is None:
+            raise self._bad(
+                f"the stream was cut off: it ended after {events} events without a finish reason or [DONE]",
+                response,
+            )
+        if not seen_choice:
+            raise self._bad("the stream held no choices", response)
+        ordered = [
+            (slot[0], slot[1], "".join(slot[2]) if slot[2] else None) for _, slot in sorted(calls.items())
+        ]
+        return self._response(
+            "".join(text) or "".join(refusal) or None, ordered, finish, usage, model, response
+        )
+
+    @staticmethod
+    def _tool_delta(raw: Any, calls: dict[int, list[Any]], emit: Any) -> None:
+        if not isinstance(raw, dict):
+            return
+        index = raw.get("index")
+        call_id = raw.get("id")
+        if not isinstance(index, int):
+            # No index (some servers send each call whole): match by id, else a new call.
+            index = next((i for i, slot in calls.items() if call_id and slot[0] == call_id), len(calls))
+        slot = calls.get(index)
+        if slot is None:
+            slot = calls[index] = [None, None, []]
+        if call_id and not slot[0]:
+            slot[0] = call_id
+        function = raw.get("function") or {}
+        name = function.get("name")
+        if name and not slot[1]:
+            slot[1] = name  # some servers repeat the name in every delta: keep the first
+        piece = function.get("arguments")
+        if piece is not None and not isinstance(piece, str):
+            piece = orjson.dumps(piece).decode()
+        if piece:
+            slot[2].append(piece)
+        if emit is not None:
+            emit(
+                "model.delta",
+                {"tool_call": {"index": index, "id": slot[0], "name": slot[1], "arguments": piece or ""}},
+            )
+
+
+def create_openai(name: str, settings: Settings, *, endpoint: str = "openai") -> OpenAIModel:
+    """Factory for ``openai:<model>``, and for ``<endpoint>:<model>`` on a named endpoint with ``api = "openai"``."""
+    if not name:
+        raise ConfigError(
+            f"model id {endpoint}: names no model; write {endpoint}:<model>, e.g. openai:gpt-4o-mini"
+        )
+    return OpenAIModel(name, get_endpoint(settings, endpoint, OPENAI))

@@ -146,9 +146,10 @@ class ProviderError(ExecutusError):
         )
         if where:
             parts.append(f"({where})")
+        text = " ".join(parts)
         if self.provider_message and self.provider_message not in parts[0]:
-            parts.append(f": {self.provider_message}")
-        return " ".join(parts)
+            text += f": {self.provider_message}"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         """The error's fields, for run events and audit payloads (never holds a secret)."""

@@ -395,8 +395,16 @@ class Executor:
             self._stop(run.run_id, RunStatus.INTERRUPTED)
         if runs:
             wait = timeout if timeout is not None else 3 * self.settings.core.port_timeout
-            await asyncio.wait([asyncio.ensure_future(r.done.wait()) for r in runs], timeout=wait)
-        await self.models.aclose()
+            waiters = [asyncio.ensure_future(r.done.wait()) for r in runs]
+            _, pending = await asyncio.wait(waiters, timeout=wait)
+            for waiter in pending:
+                waiter.cancel()
+        try:
+            # Bounded like any port call: a model client that hangs on close must not hang shutdown.
+            async with asyncio.timeout(self.settings.core.port_timeout):
+                await self.models.aclose()
+        except TimeoutError:
+            log.warning("closing the models did not finish within %gs", self.settings.core.port_timeout)
         # One object may fill several ports (or be registered twice): close it once.
         for obj in {id(o): o for o in self.ports.objects()}.values():
             close = getattr(obj, "aclose", None)

@@ -339,21 +339,30 @@ def _delegation_tool(
             "name": entry.name,
             "parent_run_id": run.run_id,
         }
-        if kind == "skill":
-            outcome = await source.invoke_skill(inputs=dict(arguments), **common)
-        else:
-            prompt = arguments.get("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ToolArgumentsError(f"{tool_name} needs a non-empty 'prompt' string")
-            outcome = await source.invoke_agent(
-                prompt=prompt,
-                model_tier_override=None,
-                prompt_prepend=None,
-                tools_subset=None,
-                on_event=_child_forwarder(run, tool_name) if run.pumps else None,
-                **common,
-            )
+        prompt = arguments.get("prompt")
+        if kind == "agent" and (not isinstance(prompt, str) or not prompt.strip()):
+            raise ToolArgumentsError(f"{tool_name} needs a non-empty 'prompt' string")
+        prompt = str(prompt)
+        try:
+            if kind == "skill":
+                outcome = await source.invoke_skill(inputs=dict(arguments), **common)
+            else:
+                outcome = await source.invoke_agent(
+                    prompt=prompt,
+                    model_tier_override=None,
+                    prompt_prepend=None,
+                    tools_subset=None,
+                    on_event=_child_forwarder(run, tool_name) if run.pumps else None,
+                    **common,
+                )
+        except DelegationError:
+            raise
+        except Exception as exc:
+            # the model reads the tool error; the host reads which port failed in Result.warnings
+            run.warn(f"{label} raised {type(exc).__name__}: {exc}")
+            raise
         if not (isinstance(outcome, tuple | list) and len(outcome) == 3):
+            run.warn(f"{label} returned {type(outcome).__name__}, not (output, run_id, status)")
             raise TypeError(f"{label} returned {type(outcome).__name__}, not (output, run_id, status)")
         output, child_id, status = outcome
         if status == RunStatus.OK.value:

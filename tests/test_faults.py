@@ -318,11 +318,6 @@ async def test_fault_matrix(where: str, mode: str, fails: bool, status: RunStatu
         assert result.output == "done"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="palette.py: a PaletteSource.invoke_* that raises becomes a tool error for the model, but the "
-    "Result's warnings do not name the palette and the method (ports.py promises they do)",
-)
 async def test_a_raising_palette_invoke_is_named_in_warnings() -> None:
     ports = Ports.build()
     inject(ports, "palette.invoke_skill", "raises")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import Any
 
@@ -22,7 +23,13 @@ from executus_core import (
     Usage,
     tool,
 )
-from executus_core.testing import MemoryAudit, MemoryBudget, MemoryCheckpointStore, ScriptedModel
+from executus_core.testing import (
+    MemoryAudit,
+    MemoryBudget,
+    MemoryCheckpointStore,
+    MemoryCritic,
+    ScriptedModel,
+)
 
 from .conftest import add, answer, call
 
@@ -299,8 +306,6 @@ async def test_run_status_reports_the_time_left_before_the_deadline(executor: Ex
     agent = Agent(name="r", model=model, tools=["run_status"], hard_timeout=120)
     result = await executor.run(agent, "go", caller_id="u1")
     status = next(m for m in result.messages if m.role == "tool")
-    import json
-
     left = json.loads(status.content or "{}")["seconds_left"]
     assert 100 < left <= 120
 
@@ -432,3 +437,35 @@ async def test_a_stream_with_a_raising_user_handler_still_delivers_every_event()
         stream = executor.stream(Agent(name="x", model=model), "hi", caller_id="u1", on_event=handler)
         types = [e.type async for e in stream]
     assert types == ["run.start", "step", "run.end", "result"]
+
+
+async def test_the_critics_soft_timeout_steers_the_model() -> None:
+    critic, audit = MemoryCritic(), MemoryAudit()
+    steps = [call("add", call_id=f"c{i}", a=i, b=1) for i in range(3)]
+    model = ScriptedModel([*steps, answer("wrapped up")], delay=0.06)
+    agent = Agent(name="long", model=model, tools=[add], soft_timeout=0.1)
+    async with Executor(plugins=[critic, audit], entry_points=False, settings=SETTINGS) as executor:
+        result = await executor.run(agent, "go", caller_id="u1")
+    assert result.status is RunStatus.OK
+    steered = critic.handles[result.run_id].steered
+    assert steered, "the run outlived its soft timeout but was never steered"
+    # each steer message went into the transcript once, before a model call, and was recorded
+    assert [m for m in result.messages if m in steered] == steered
+    assert steered[0] in model.requests[-1].messages
+    assert "steer" in audit.run(result.run_id).event_types()
+
+
+async def test_shutdown_is_bounded_when_a_model_or_a_port_hangs_on_close() -> None:
+    class HangsOnClose(ScriptedModel):
+        async def aclose(self) -> None:
+            await asyncio.Event().wait()
+
+    class StoreHangsOnClose(MemoryCheckpointStore):
+        async def aclose(self) -> None:
+            await asyncio.Event().wait()
+
+    executor = Executor(
+        plugins=[StoreHangsOnClose()], entry_points=False, settings={"port_timeout": 0.2, "models": {}}
+    )
+    executor.models._models["scripted:x"] = HangsOnClose([])
+    await asyncio.wait_for(executor.shutdown(), BOUND)

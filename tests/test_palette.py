@@ -461,6 +461,7 @@ async def test_a_palette_that_misbehaves_never_breaks_the_run() -> None:
     assert result.warnings == [
         "palette 'odd': resolve_skill raised KeyError: 'skills table missing'",
         "palette 'odd': resolve_agent returned str, not a PaletteEntry",
+        "palette 'odd': invoke_agent returned str, not (output, run_id, status)",
     ]
     replies = tool_messages(result.messages)
     assert replies["agent__helper"].content == (

@@ -218,9 +218,10 @@ async def test_a_server_that_is_down_is_retried_then_a_connection_error(
 async def test_a_slow_answer_times_out_and_is_retried(
     server: LoopbackServer, openai_model: OpenAIFactory
 ) -> None:
-    server.add(Reply(json=OPENAI_HELLO, delay=1.0), Reply(json=OPENAI_HELLO))
+    # Spare prompt answers: on a loaded machine a retry may also miss the short timeout.
+    server.add(Reply(json=OPENAI_HELLO, delay=5.0), *[Reply(json=OPENAI_HELLO) for _ in range(4)])
     events = Events()
-    response = await openai_model(read_timeout=0.1).complete(request(events))
+    response = await openai_model(read_timeout=0.25).complete(request(events))
     assert response.text and "timed out waiting for the answer" in events.retries[0]["error"]
 
 

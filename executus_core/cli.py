@@ -25,15 +25,15 @@ import contextlib
 import dataclasses
 import getpass
 import importlib
-import inspect
 import json
 import signal
 import sys
 import tomllib
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import typer
@@ -45,7 +45,7 @@ from rich.table import Table
 
 from executus_core.config import Settings, load_settings
 from executus_core.errors import ConfigError, ExecutusError, PluginError
-from executus_core.plugins import PluginRecord, build_plugin_manager, call_hook
+from executus_core.plugins import PluginRecord, build_plugin_manager
 from executus_core.tools import Tool, tool
 from executus_core.types import Agent, ModelSettings, Result, RunEvent, RunStatus
 
@@ -458,24 +458,6 @@ class PluginReport:
     notes: list[str]
 
 
-def _close_quietly(objects: Sequence[object], timeout: float) -> None:
-    async def close_all() -> None:
-        for obj in objects:
-            close = getattr(obj, "aclose", None)
-            if close is None:
-                continue
-            try:
-                async with asyncio.timeout(timeout):
-                    value = close()
-                    if inspect.isawaitable(value):
-                        await value
-            except Exception:
-                pass
-
-    if any(getattr(obj, "aclose", None) is not None for obj in objects):
-        asyncio.run(close_all())
-
-
 def inspect_plugins(
     *,
     settings: Mapping[str, Any] | None = None,
@@ -483,15 +465,14 @@ def inspect_plugins(
     plugins: Sequence[object] = (),
     command_records: Sequence[PluginRecord] = (),
 ) -> PluginReport:
-    """Load every plugin the way `Executor` does and call each hook defensively, never raising.
+    """Build an executor that skips broken plugins, and report every plugin's state; never raises.
 
     A plugin that fails to import, whose hook raises, or whose port object is not what the port
     asks for is reported ``broken`` with its error; the others are ``enabled`` (or ``disabled``).
     ``command_records`` are the records of the CLI's own start, which called
     ``executus_register_commands``: a failure there shows here too.
     """
-    from executus_core.executor import _PORT_HOOKS
-    from executus_core.palette import InProcessPalette
+    from executus_core.executor import Executor
 
     notes: list[str] = []
     try:
@@ -499,76 +480,24 @@ def inspect_plugins(
     except ConfigError as exc:
         notes.append(f"settings: {exc} (plugins were probed with default settings)")
         loaded = Settings({})
-    # The built-in palette serves an executor's registered agents; for listing, none is needed:
-    # its hook only returns the palette object.
-    palette = InProcessPalette(cast("Executor", None))
-    pm, records = build_plugin_manager(
-        plugins=plugins,
-        disable=loaded.core.disable,
-        entry_points=entry_points,
-        extra_builtins=[("palette", palette)],
-    )
-    provides: dict[str, list[str]] = {}
-    built: list[object] = []
-
-    def mark_broken(name: str, error: str) -> None:
-        for record in records:
-            if record.name == name:
-                record.status, record.error = "broken", error
-
-    def register_model(owner: str) -> Callable[..., None]:
-        def register(prefix: str, factory: Any = None, description: str = "") -> None:
-            provides.setdefault(owner, []).append(f"{prefix}:")
-
-        return register
-
-    def register_tool(owner: str) -> Callable[..., None]:
-        def register(found: Any) -> None:
-            if not isinstance(found, Tool):
-                raise TypeError(f"register() takes a Tool (decorate the function with @tool), got {found!r}")
-            provides.setdefault(owner, []).append(found.name)
-
-        return register
-
-    # The registration hooks are called one implementation at a time, each with a callback of its
-    # own, so the listing can say which plugin registered which model prefix and tool.
-    for hook_name, make in (
-        ("executus_register_models", register_model),
-        ("executus_register_tools", register_tool),
-    ):
-        for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
-            owner = pm.get_name(impl.plugin) or ""
-            try:
-                impl.function(*(make(owner) for _ in impl.argnames))
-            except Exception as exc:
-                mark_broken(owner, f"{hook_name}: {type(exc).__name__}: {exc}")
-
-    for hook_name, (_, protocol, _) in _PORT_HOOKS.items():
-        # Every implementation is probed (even of firstresult ports), so each plugin's state shows.
-        try:
-            answers = call_hook(pm, records, hook_name, {"settings": loaded}, skip_broken=True)
-        except Exception as exc:  # call_hook contains hook errors; this is for the unforeseen
-            notes.append(f"{hook_name}: {type(exc).__name__}: {exc}")
-            continue
-        for name, obj in answers:
-            built.append(obj)
-            if not isinstance(obj, protocol):
-                mark_broken(
-                    name,
-                    f"{hook_name} returned {type(obj).__name__}, which is not a "
-                    f"{protocol.__name__} (missing methods)",
-                )
-
+    loaded.core.skip_broken_plugins = True  # list the broken ones instead of refusing to start
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            executor = Executor(settings=loaded, entry_points=entry_points, plugins=plugins)
+    except Exception as exc:  # skip_broken contains plugin errors; this is for the unforeseen
+        notes.append(f"cannot build an executor: {type(exc).__name__}: {exc}")
+        return PluginReport([], notes)
     by_name = {r.name: r for r in command_records}
     rows = []
-    for record in records:
+    for record in executor.plugins:
         earlier = by_name.get(record.name)
         if earlier is not None and earlier.status == "broken" and record.status != "broken":
             record.status, record.error = "broken", earlier.error
         row = record.as_dict()
-        row["provides"] = provides.get(record.name, [])
+        row["provides"] = executor.provides.get(record.name, [])
         rows.append(row)
-    _close_quietly(built, loaded.core.port_timeout)
+    executor.close()  # port objects may hold pools (webhook client, database engines)
     return PluginReport(rows, notes)
 
 

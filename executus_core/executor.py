@@ -19,7 +19,7 @@ import dataclasses
 import inspect
 import logging
 import warnings
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,7 @@ class Executor:
 
         self.models = ModelRegistry(self.settings)
         self.tools: dict[str, Tool] = {}
+        self.provides: dict[str, list[str]] = {}  # plugin name -> model prefixes and tools it registered
         self.ports = Ports()
         self._call_registration_hooks(skip)
         self._build_ports(skip)
@@ -134,7 +135,11 @@ class Executor:
         )
 
     def _hook(
-        self, name: str, kwargs: dict[str, Any], skip: bool, firstresult: bool = False
+        self,
+        name: str,
+        kwargs: dict[str, Any] | Callable[[str], dict[str, Any]],
+        skip: bool,
+        firstresult: bool = False,
     ) -> list[tuple[str, Any]]:
         return call_hook(
             self.plugin_manager,
@@ -147,16 +152,27 @@ class Executor:
         )
 
     def _call_registration_hooks(self, skip: bool) -> None:
-        def register_model(prefix: str, factory: Any, description: str = "") -> None:
-            self.models.register(prefix, factory, description)
+        # Each plugin gets register callbacks of its own, so `provides` says who registered what.
+        def models_of(owner: str) -> dict[str, Any]:
+            def register(prefix: str, factory: Any, description: str = "") -> None:
+                self.models.register(prefix, factory, description, plugin=owner)
+                self.provides.setdefault(owner, []).append(f"{prefix}:")
 
-        def register_tool(tool: Tool) -> None:
-            if not isinstance(tool, Tool):
-                raise TypeError(f"register() takes a Tool (decorate the function with @tool), got {tool!r}")
-            self.tools[tool.name] = tool
+            return {"register": register}
 
-        self._hook("executus_register_models", {"register": register_model}, skip)
-        self._hook("executus_register_tools", {"register": register_tool}, skip)
+        def tools_of(owner: str) -> dict[str, Any]:
+            def register(tool: Tool) -> None:
+                if not isinstance(tool, Tool):
+                    raise TypeError(
+                        f"register() takes a Tool (decorate the function with @tool), got {tool!r}"
+                    )
+                self.tools[tool.name] = tool
+                self.provides.setdefault(owner, []).append(tool.name)
+
+            return {"register": register}
+
+        self._hook("executus_register_models", models_of, skip)
+        self._hook("executus_register_tools", tools_of, skip)
 
     def _build_ports(self, skip: bool) -> None:
         for hook, (field, protocol, firstresult) in _PORT_HOOKS.items():

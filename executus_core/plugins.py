@@ -149,13 +149,16 @@ def call_hook(
     pm: pluggy.PluginManager,
     records: list[PluginRecord],
     hook_name: str,
-    kwargs: dict[str, Any],
+    kwargs: dict[str, Any] | Callable[[str], dict[str, Any]],
     *,
     firstresult: bool = False,
     skip_broken: bool = False,
     on_skip: Callable[[str], None] | None = None,
 ) -> list[tuple[str, Any]]:
     """Call a hook's implementations one by one, in pluggy's order, so a failure names its plugin.
+
+    ``kwargs`` may be a function of the plugin's name, to hand each plugin a callback of its own
+    (the registration hooks use it to know who registered what).
 
     Returns ``(plugin name, value)`` for each implementation that returned something other than
     ``None`` (only the first, with ``firstresult``). A hook that raises makes a `PluginError`, or,
@@ -165,8 +168,9 @@ def call_hook(
     out: list[tuple[str, Any]] = []
     for impl in reversed(hook.get_hookimpls()):
         name = pm.get_name(impl.plugin) or _name_of(impl.plugin)
+        args = kwargs(name) if callable(kwargs) else kwargs
         try:
-            value = impl.function(*(kwargs[arg] for arg in impl.argnames))
+            value = impl.function(*(args[arg] for arg in impl.argnames))
         except Exception as exc:
             record = record_for(records, name)
             dist = record.distribution if record else None

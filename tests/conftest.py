@@ -1,10 +1,23 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from executus_core import Executor, ModelResponse, ToolCall, tool
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Installed batteries keep their embedded defaults (SQLite files) here, not in the user's home."""
+    previous = os.environ.get("EXECUTUS_DATA_DIR")
+    os.environ["EXECUTUS_DATA_DIR"] = str(tmp_path_factory.mktemp("executus-data"))
+    yield
+    if previous is None:
+        os.environ.pop("EXECUTUS_DATA_DIR", None)
+    else:
+        os.environ["EXECUTUS_DATA_DIR"] = previous
 
 
 @pytest.fixture

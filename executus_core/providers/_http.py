@@ -198,6 +198,15 @@ def safe_url(url: str) -> str:
     return f"{parsed.scheme}://{parsed.host}{port}{parsed.path.rstrip('/')}"
 
 
+def compact(data: bytes) -> bytes:
+    """A right-sized copy of ``orjson.dumps`` output, for bytes kept as long as the transcript.
+
+    orjson hands back its bytes inside a ~4 KiB allocation; a transcript caches one per message, so
+    keeping the originals costs ~4 KiB a message (measured: 4.0 KiB vs 0.14 KiB per small message).
+    """
+    return bytes(memoryview(data))
+
+
 def wire_cache(message: Message) -> dict[str, Any]:
     """The message's private ``_wire`` dict, where providers keep its serialized forms.
 

@@ -35,6 +35,7 @@ from executus_core.providers._http import (
     ApiDefaults,
     Endpoint,
     EndpointSettings,
+    compact,
     get_endpoint,
     iter_sse,
     wire_cache,
@@ -136,7 +137,7 @@ class AnthropicModel:
         if role == "assistant":
             kept = ((message.provider_data or {}).get("anthropic") or {}).get("content")
             if kept:
-                return "assistant", b",".join(orjson.dumps(block) for block in kept)
+                return "assistant", compact(b",".join(orjson.dumps(block) for block in kept))
             blocks: list[dict[str, Any]] = []
             if message.content:
                 blocks.append({"type": "text", "text": message.content})
@@ -144,16 +145,16 @@ class AnthropicModel:
                 {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
                 for call in message.tool_calls
             )
-            return "assistant", b",".join(orjson.dumps(block) for block in blocks)
+            return "assistant", compact(b",".join(orjson.dumps(block) for block in blocks))
         if role == "tool":
             block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id or ""}
             if message.content:
                 block["content"] = message.content
             if message.is_error:
                 block["is_error"] = True
-            return "user", orjson.dumps(block)
+            return "user", compact(orjson.dumps(block))
         # user text, and system messages past the leading ones (the API has no system turn)
-        return "user", orjson.dumps({"type": "text", "text": message.content or ""})
+        return "user", compact(orjson.dumps({"type": "text", "text": message.content or ""}))
 
     def _tool_bytes(self, tools: Sequence[ToolSpec]) -> bytes:
         cache = self._tools

@@ -27,7 +27,7 @@ import orjson
 
 from executus_core.config import Settings
 from executus_core.errors import ConfigError, ProviderResponseError
-from executus_core.providers._http import ApiDefaults, Endpoint, get_endpoint, iter_sse
+from executus_core.providers._http import ApiDefaults, Endpoint, compact, get_endpoint, iter_sse
 from executus_core.types import (
     Message,
     ModelRequest,
@@ -209,7 +209,7 @@ class OpenAIModel:
             data = {"role": role, "content": message.content or ""}
             if message.name:
                 data["name"] = message.name
-        return orjson.dumps(data)
+        return compact(orjson.dumps(data))
 
     def _tool_bytes(self, tools: Sequence[ToolSpec]) -> bytes:
         cache = self._tools

@@ -231,6 +231,8 @@ class AgentRun:
         self.saved_upto = 0
         self.running_tools: dict[str, str] = {}  # call id -> tool name, while the tool runs
         self.hard_deadline = 0.0
+        self.critic_deadline = False  # the deadline in force is the critic's, not the hard timeout
+        self.critic_reason: str | None = None
         self._timeout: asyncio.Timeout | None = None
         self.task: asyncio.Task[Any] | None = None
         self.stop_reason: RunStatus | None = None  # set by Executor.cancel / shutdown
@@ -439,40 +441,49 @@ class AgentRun:
         return True
 
     async def _check_budgets(self) -> bool:
-        """Ask every budget; a refusal, or a budget that cannot answer, refuses the run."""
+        """Ask every budget; a refusal, or a budget that cannot answer, refuses the run.
+
+        The budgets that admitted it before the refusal are committed with nothing used, so one
+        that holds a slot per admitted run (runs in flight) gets it back.
+        """
+        admitted: list[tuple[str, Any]] = []
         for name, budget in self.ex.ports.budgets:
-            label = f"budget {name!r}"
-            try:
-                answer: Any = budget.check(self.caller_id)
-                if inspect.isawaitable(answer):
-                    async with asyncio.timeout(self.settings.port_timeout):
-                        answer = await answer
-            except BudgetExceeded as exc:
-                retry = f" (retry after {_seconds(exc.retry_after)}s)" if exc.retry_after is not None else ""
-                self._end(RunStatus.BUDGET_EXCEEDED, f"{label} refused the run: {exc.reason}{retry}")
+            refusal = await self._ask_budget(name, budget)
+            if refusal is not None:
+                self._end(*refusal)
+                for earlier, allowed in admitted:
+                    await self._port(
+                        f"budget {earlier!r}: commit", allowed.commit, self.caller_id, 0.0, Usage()
+                    )
                 return False
-            except TimeoutError:
-                self._end(
-                    RunStatus.ERROR,
-                    f"{label}: check did not answer within {self.settings.port_timeout:g}s; the run is refused "
-                    "(a budget that cannot answer never lets a run through)",
-                )
-                return False
-            except Exception as exc:
-                self._end(
-                    RunStatus.ERROR,
-                    f"{label}: check raised {type(exc).__name__}: {exc}; the run is refused "
-                    "(a budget that cannot answer never lets a run through)",
-                )
-                return False
-            if answer is not None:
-                self._end(
-                    RunStatus.ERROR,
-                    f"{label}: check returned {answer!r}; a Budget allows by returning None and refuses by "
-                    "raising BudgetExceeded, so the run is refused",
-                )
-                return False
+            admitted.append((name, budget))
         return True
+
+    async def _ask_budget(self, name: str, budget: Any) -> tuple[RunStatus, str] | None:
+        label = f"budget {name!r}"
+        cannot = "the run is refused (a budget that cannot answer never lets a run through)"
+        try:
+            answer: Any = budget.check(self.caller_id)
+            if inspect.isawaitable(answer):
+                async with asyncio.timeout(self.settings.port_timeout):
+                    answer = await answer
+        except BudgetExceeded as exc:
+            retry = f" (retry after {_seconds(exc.retry_after)}s)" if exc.retry_after is not None else ""
+            return RunStatus.BUDGET_EXCEEDED, f"{label} refused the run: {exc.reason}{retry}"
+        except TimeoutError:
+            return (
+                RunStatus.ERROR,
+                f"{label}: check did not answer within {self.settings.port_timeout:g}s; {cannot}",
+            )
+        except Exception as exc:
+            return RunStatus.ERROR, f"{label}: check raised {type(exc).__name__}: {exc}; {cannot}"
+        if answer is not None:
+            return (
+                RunStatus.ERROR,
+                f"{label}: check returned {answer!r}; a Budget allows by returning None and refuses by "
+                "raising BudgetExceeded, so the run is refused",
+            )
+        return None
 
     async def _start_ports(self) -> None:
         info, agent = self.info, self.agent
@@ -547,7 +558,10 @@ class AgentRun:
             where = self.phase
             if where.startswith("tool") and self.running_tools:
                 where = f"tool {', '.join(self.running_tools.values())} (still running)"
-            self._end(RunStatus.TIMEOUT, f"the run passed its deadline during {where}")
+            by = ""
+            if self.critic_deadline:
+                by = f" (the critic's deadline{': ' + self.critic_reason if self.critic_reason else ''})"
+            self._end(RunStatus.TIMEOUT, f"the run passed its deadline{by} during {where}")
         finally:
             self._timeout = None
             if watcher is not None:
@@ -578,7 +592,16 @@ class AgentRun:
                 current = when
                 self._timeout.reschedule(when)
                 self.tally.deadline = when
-                self.emit("critic", {"deadline_in_seconds": round(when - loop.time(), 3)})
+                self.critic_deadline = when != self.hard_deadline
+                try:  # optional: why the critic moved the deadline
+                    reason = getattr(self.critic, "reason", None)
+                except Exception:
+                    reason = None
+                self.critic_reason = reason if isinstance(reason, str) else None
+                self.emit(
+                    "critic",
+                    {"deadline_in_seconds": round(when - loop.time(), 3), "reason": self.critic_reason},
+                )
             await asyncio.sleep(self.settings.deadline_poll)
 
     async def _resolve_palette(self) -> None:

@@ -115,6 +115,9 @@ class CriticHandle(Protocol):
 
     ``record_*`` and ``steer`` are called from the run's task; ``deadline`` from the core's deadline
     watcher task, concurrently; ``stop`` once at the end. All must be cheap and never block.
+
+    A handle may also expose ``reason: str | None``, why it set the deadline it returns now; the
+    core puts it in the ``critic`` event and in the error of a run its deadline ends.
     """
 
     def record_step(self, iteration: int) -> None: ...

@@ -57,12 +57,9 @@ class ScriptedModel:
         if not self.per_run:
             index, self._next = self._next, self._next + 1
             return index
-        steps = 0
-        for message in reversed(request.messages):
-            if message.role == "user":
-                break
-            steps += message.role == "assistant"
-        return steps
+        # Every run starts a transcript of its own: its answers so far are this call's index. (Not
+        # "since the last user message": a critic's steering message is a user message too.)
+        return sum(message.role == "assistant" for message in request.messages)
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         # The request's messages are the live transcript: keep a snapshot of what this call saw.

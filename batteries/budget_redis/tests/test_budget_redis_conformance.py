@@ -1,0 +1,32 @@
+"""`RedisBudget` passes the Budget conformance suite of executus_core, on the real Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from executus_budget_redis import RedisBudget
+
+from executus_core.testing.conformance import BudgetConformance
+
+
+class TestRedisBudgetConformance(BudgetConformance):
+    @pytest.fixture
+    def make_budget(self, redis_url: str, key_prefix: str) -> Any:
+        def make(
+            max_runs: int | None = None,
+            max_tokens: int | None = None,
+            max_seconds: float | None = None,
+            window_seconds: float | None = None,
+        ) -> RedisBudget:
+            # Without a window the suite counts "forever": a day is forever for a test.
+            return RedisBudget(
+                url=redis_url,
+                key_prefix=key_prefix,
+                window=window_seconds or "1d",
+                max_runs=max_runs,
+                max_tokens=max_tokens,
+                max_seconds=max_seconds,
+            )
+
+        return make

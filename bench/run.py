@@ -1,0 +1,587 @@
+"""The orchestrator behind ``python -m bench`` (and ``scripts/bench``): run every case, report.
+
+It starts the scripted server in a process of its own (pinned to the last CPU when there are two or
+more), then one measuring process per client and case (pinned to the first CPU), collects their JSON,
+measures import and `Executor` build times in fresh interpreters, profiles executus at N = 50, and
+writes the results as JSON (machine, Python and package versions included), a table on stdout and,
+where matplotlib is installed, the plot. The server is always terminated, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.clients import CLIENTS
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
+DOCS_PAGE = ROOT / "docs" / "performance.md"
+DOCS_PLOT = ROOT / "docs" / "performance-cpu-per-step.svg"
+PEERS = ("openai_agents", "pydantic_ai")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How much to measure: the full run, or the quick smoke run."""
+
+    name: str
+    ns: tuple[int, ...]
+    runs: tuple[int, ...]  # measured runs per length, for each of ns
+    warmup: int
+    concurrency: tuple[int, ...]
+    concurrent_n: int
+    concurrent_repeats: int
+    peer_repeats_at_largest: int  # the peers take minutes per 1,000-run batch: fewer repeats there
+    concurrent_warmup: int
+    profile_n: int
+    profile_runs: int
+    import_repeats: int
+    case_timeout: float
+
+
+FULL = Plan(
+    name="full",
+    ns=(10, 50, 200),
+    runs=(21, 7, 3),
+    warmup=2,
+    concurrency=(200, 1000),
+    concurrent_n=10,
+    concurrent_repeats=3,
+    peer_repeats_at_largest=1,
+    concurrent_warmup=20,
+    profile_n=50,
+    profile_runs=5,
+    import_repeats=5,
+    case_timeout=300.0,
+)
+QUICK = Plan(
+    name="quick",
+    ns=(10, 50),
+    runs=(3, 1),
+    warmup=1,
+    concurrency=(20, 50),
+    concurrent_n=10,
+    concurrent_repeats=1,
+    peer_repeats_at_largest=1,
+    concurrent_warmup=5,
+    profile_n=10,
+    profile_runs=1,
+    import_repeats=1,
+    case_timeout=60.0,
+)
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# --- the machine ------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_total() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "memory_bytes": _memory_total(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "python_executable": sys.executable,
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _cpus() -> tuple[int | None, int | None]:
+    """(client CPU, server CPU): separate cores when there are two or more, else no pinning."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    return cpus[0], cpus[-1]
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+class Server:
+    """The scripted server in its own process; a context manager that always terminates it."""
+
+    def __init__(self, cpu: int | None, max_seconds: float) -> None:
+        command = [sys.executable, "-m", "bench.server", "--port", "0", "--max-seconds", str(max_seconds)]
+        if cpu is not None:
+            command += ["--cpu", str(cpu)]
+        self.command = command
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def __enter__(self) -> Server:
+        # stdin stays open while we live: the server stops when it closes, even if we are killed.
+        self.process = subprocess.Popen(
+            self.command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().decode().strip()
+        if not line.startswith("READY "):
+            self.__exit__()
+            raise RuntimeError(f"the bench server did not start (it said {line!r}); see its stderr above")
+        self.url = f"http://127.0.0.1:{int(line.split()[1])}/v1"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        # Closing its stdin asks it to stop; a signal, then a kill, if it does not.
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+# --- the measuring processes ------------------------------------------------------------------
+
+
+def run_case(args: list[str], timeout: float, cpu: int | None) -> dict[str, Any]:
+    """Run ``python -m bench.client ARGS`` and return its JSON (or an error naming what happened)."""
+    command = [sys.executable, "-m", "bench.client", *args]
+    if cpu is not None:
+        command += ["--cpu", str(cpu)]
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g}s: {' '.join(args)}"}
+    lines = done.stdout.decode(errors="replace").strip().splitlines()
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        stderr = done.stderr.decode(errors="replace")[-2000:]
+        return {"error": f"the measuring process exited {done.returncode} without a result: {stderr}"}
+    return result
+
+
+def _median_concurrent(found: list[dict[str, Any]]) -> dict[str, Any]:
+    cases = [r["concurrent"] for r in found]
+    out = dict(cases[0])
+    for key in ("wall_seconds", "steps_per_second", "runs_per_second", "cpu_us_per_step"):
+        out[key] = statistics.median(c[key] for c in cases)
+    for key in ("rss_before_bytes", "peak_rss_bytes", "memory_per_run_bytes"):
+        out[key] = statistics.median(c[key] for c in cases)
+    out["errors"] = max(c["errors"] for c in cases)
+    out["first_error"] = next((c["first_error"] for c in cases if c["first_error"]), None)
+    out["repeats"] = len(cases)
+    out["cpu_us_per_step_all"] = [c["cpu_us_per_step"] for c in cases]
+    return out
+
+
+def measure_clients(plan: Plan, clients: list[str], url: str, cpu: int | None) -> dict[str, dict[str, Any]]:
+    """Every client's sequential and concurrent figures (or why it has none)."""
+    out: dict[str, dict[str, Any]] = {}
+    seq_args = [
+        "--ns",
+        ",".join(map(str, plan.ns)),
+        "--runs",
+        ",".join(map(str, plan.runs)),
+        "--warmup",
+        str(plan.warmup),
+    ]
+    for name in clients:
+        started = time.monotonic()
+        log(f"{name}: sequential runs of {', '.join(map(str, plan.ns))} steps")
+        result = run_case(
+            ["--client", name, "--url", url, "--mode", "sequential", *seq_args], plan.case_timeout, cpu
+        )
+        entry: dict[str, Any] = {"client": name}
+        if "unavailable" in result:
+            entry["unavailable"] = result["unavailable"]
+            log(f"{name}: not measured: {result['unavailable']}")
+        elif "error" in result:
+            entry["error"] = result["error"]
+            entry["traceback"] = result.get("traceback")
+            log(f"{name}: failed: {result['error']}")
+        else:
+            entry.update({k: result[k] for k in ("label", "versions", "sequential") if k in result})
+            if "provider" in result:
+                entry["provider"] = result["provider"]
+            entry["concurrent"] = {}
+            entry["seconds_spent"] = time.monotonic() - started
+        out[name] = entry
+    # Concurrent cases: fresh process per repeat (clean high-water mark), clients interleaved so
+    # a noisy moment on the machine does not land on one client only.
+    for concurrency in plan.concurrency:
+        repeats: dict[str, list[dict[str, Any]]] = {n: [] for n in clients if "sequential" in out[n]}
+        for repeat in range(plan.concurrent_repeats):
+            for name in repeats:
+                largest = concurrency == max(plan.concurrency)
+                if name in PEERS and largest and repeat >= plan.peer_repeats_at_largest:
+                    continue
+                log(
+                    f"{name}: {concurrency} concurrent runs of {plan.concurrent_n} steps (repeat {repeat + 1})"
+                )
+                started = time.monotonic()
+                result = run_case(
+                    [
+                        "--client",
+                        name,
+                        "--url",
+                        url,
+                        "--mode",
+                        "concurrent",
+                        "--concurrency",
+                        str(concurrency),
+                        "--n",
+                        str(plan.concurrent_n),
+                        "--warmup",
+                        str(plan.concurrent_warmup),
+                    ],
+                    plan.case_timeout,
+                    cpu,
+                )
+                out[name]["seconds_spent"] = out[name].get("seconds_spent", 0.0) + time.monotonic() - started
+                if "concurrent" in result:
+                    repeats[name].append(result)
+                else:
+                    out[name]["concurrent"][str(concurrency)] = {
+                        "concurrency": concurrency,
+                        "error": result.get("error") or result.get("unavailable"),
+                    }
+                    log(f"{name}: {concurrency} concurrent runs failed: {result.get('error')}")
+        for name, found in repeats.items():
+            if found:
+                out[name]["concurrent"][str(concurrency)] = _median_concurrent(found)
+    return out
+
+
+# --- import and build times -------------------------------------------------------------------
+
+_IMPORT_SNIPPET = """
+import json, time
+t0 = time.perf_counter()
+import {module}
+t1 = time.perf_counter()
+print(json.dumps({{"import_seconds": t1 - t0}}))
+"""
+
+_EXECUTOR_SNIPPET = """
+import json, time, warnings
+t0 = time.perf_counter()
+import executus_core
+t1 = time.perf_counter()
+from executus_core import Executor
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    first = Executor()
+t2 = time.perf_counter()
+builds = []
+for _ in range(20):
+    s = time.perf_counter()
+    Executor()
+    builds.append(time.perf_counter() - s)
+builds.sort()
+print(json.dumps({
+    "import_seconds": t1 - t0,
+    "first_build_seconds": t2 - t1,
+    "build_seconds": builds[len(builds) // 2],
+    "plugins": [r.name for r in first.plugins],
+}))
+"""
+
+IMPORTS = {
+    "executus_core": "executus_core",
+    "httpx2": "httpx2",
+    "openai_agents": "agents",
+    "pydantic_ai": "pydantic_ai",
+}
+
+
+def _python(code: str, timeout: float) -> dict[str, Any]:
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g}s"}
+    if done.returncode != 0:
+        last = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+        return {"error": last[0]}
+    result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+def measure_imports(plan: Plan) -> dict[str, Any]:
+    """Import time of each library (fresh interpreter each time) and the time to build an Executor."""
+    out: dict[str, Any] = {}
+    for label, module in IMPORTS.items():
+        found = [_python(_IMPORT_SNIPPET.format(module=module), 60) for _ in range(plan.import_repeats)]
+        ok = [f["import_seconds"] for f in found if "import_seconds" in f]
+        if ok:
+            out[label] = {"module": module, "import_seconds": statistics.median(ok), "repeats": len(ok)}
+        else:
+            out[label] = {"module": module, "unavailable": found[0].get("error")}
+    builds = [_python(_EXECUTOR_SNIPPET, 60) for _ in range(plan.import_repeats)]
+    ok_builds = [b for b in builds if "build_seconds" in b]
+    if ok_builds:
+        out["executor"] = {
+            "import_seconds": statistics.median(b["import_seconds"] for b in ok_builds),
+            "first_build_seconds": statistics.median(b["first_build_seconds"] for b in ok_builds),
+            "build_seconds": statistics.median(b["build_seconds"] for b in ok_builds),
+            "plugins": ok_builds[0]["plugins"],
+            "repeats": len(ok_builds),
+        }
+    else:
+        out["executor"] = {"error": builds[0].get("error")}
+    return out
+
+
+# --- targets ----------------------------------------------------------------------------------
+
+FAR_BELOW = 1 / 3  # "far below both peers": at most a third of each peer's CPU per step
+
+
+def _cpu(results: dict[str, Any], client: str, case: str, key: str) -> float | None:
+    entry = results.get(client, {})
+    try:
+        value = entry[case][key]["cpu_us_per_step"]
+    except (KeyError, TypeError):
+        return None
+    return float(value) if value is not None else None
+
+
+def targets(plan: Plan, clients: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 12's targets, each with the figures it compares and whether it is met."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, met: bool | None, detail: str) -> None:
+        out.append({"target": name, "met": met, "detail": detail})
+
+    small, large = str(plan.ns[0]), str(plan.ns[-1])
+    lo, hi = str(plan.concurrency[0]), str(plan.concurrency[-1])
+    for case, key, limit, name in (
+        ("sequential", small, 1.3, f"within 1.3x of the bare loop's CPU per step at N = {small}"),
+        ("sequential", large, 1.0, f"at or below the bare loop's CPU per step at N = {large}"),
+        ("concurrent", lo, 1.5, f"within 1.5x of the bare loop at {lo} concurrent runs"),
+    ):
+        ours, bare = _cpu(clients, "executus", case, key), _cpu(clients, "bare_httpx2", case, key)
+        if ours is None or bare is None:
+            add(name, None, "not measured")
+        else:
+            ratio = ours / bare
+            add(name, ratio <= limit, f"{ours:.0f} vs {bare:.0f} us per step: {ratio:.2f}x")
+    big = clients.get("executus", {}).get("concurrent", {}).get(hi)
+    name = f"{hi} concurrent runs with no error, memory per run reported"
+    if not big or "errors" not in big:
+        add(name, None if not big else False, (big or {}).get("error") or "not measured")
+    else:
+        add(
+            name,
+            big["errors"] == 0,
+            f"{big['errors']} errors; {big['memory_per_run_bytes'] / 1024:.0f} KiB per run, "
+            f"peak RSS {big['peak_rss_bytes'] / 2**20:.0f} MiB",
+        )
+    worst: list[str] = []
+    met: bool | None = True
+    for peer in PEERS:
+        if "sequential" not in clients.get(peer, {}):
+            met = None if met is not False else met
+            worst.append(f"{peer}: not measured")
+            continue
+        ratios = []
+        for case, keys in (("sequential", plan.ns), ("concurrent", plan.concurrency)):
+            for k in map(str, keys):
+                ours, theirs = _cpu(clients, "executus", case, k), _cpu(clients, peer, case, k)
+                if ours is not None and theirs is not None:
+                    ratios.append((theirs / ours, f"{case} {k}"))
+        if not ratios:
+            worst.append(f"{peer}: no common case")
+            met = None if met is not False else met
+            continue
+        low = min(ratios)
+        if low[0] < 1 / FAR_BELOW:
+            met = False
+        worst.append(f"{peer} spends {low[0]:.1f}x executus's CPU per step at its closest ({low[1]})")
+    add("far below both peers everywhere (at most 1/3 of each peer's CPU per step)", met, "; ".join(worst))
+    return out
+
+
+# --- the profile ------------------------------------------------------------------------------
+
+
+def measure_profile(plan: Plan, url: str, cpu: int | None) -> dict[str, Any]:
+    """cProfile of executus (and of the bare loop, for comparison) at N = ``plan.profile_n``."""
+    out: dict[str, Any] = {}
+    for name in ("executus", "bare_httpx2"):
+        log(f"{name}: profile at N = {plan.profile_n}")
+        result = run_case(
+            [
+                "--client",
+                name,
+                "--url",
+                url,
+                "--mode",
+                "profile",
+                "--n",
+                str(plan.profile_n),
+                "--runs",
+                str(plan.profile_runs),
+                "--warmup",
+                str(plan.warmup),
+            ],
+            plan.case_timeout,
+            cpu,
+        )
+        out[name] = result.get("profile") or {"error": result.get("error") or result.get("unavailable")}
+    return out
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def _plots(results: dict[str, Any], beside: Path, update_docs: bool) -> None:
+    """The plot beside the JSON, and in docs/ when publishing."""
+    from bench import report
+
+    for path in (beside, DOCS_PLOT) if update_docs else (beside,):
+        why = report.plot(results, path)
+        log(f"wrote {path}" if why is None else f"no plot: {why}")
+        if why is not None:
+            return
+
+
+def _publish(source: Path, *, plot: bool, update_docs: bool) -> int:
+    from bench import report
+
+    results = json.loads(source.read_text())
+    if update_docs and results.get("plan", {}).get("name") != "full":
+        raise SystemExit(
+            f"{source} holds a {results.get('plan', {}).get('name')} run; the docs take a full run"
+        )
+    print(report.text(results))
+    if plot:
+        _plots(results, source.with_suffix(".svg"), update_docs)
+    if update_docs:
+        report.update_docs(results, DOCS_PAGE)
+        log(f"updated {DOCS_PAGE}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench``: run the benchmarks, print the table, write the JSON (and the plot)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="executus's benchmarks (see docs/performance.md)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run (< 1 minute): small cases, few repeats"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help=f"the JSON to write (default: {DEFAULT_OUTPUT.relative_to(ROOT)})",
+    )
+    parser.add_argument(
+        "--clients", default=",".join(CLIENTS), help=f"comma-separated subset of: {', '.join(CLIENTS)}"
+    )
+    parser.add_argument("--no-profile", action="store_true", help="skip the cProfile of executus")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw the plot")
+    parser.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="rewrite the generated tables in docs/performance.md and its plot from this run",
+    )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="measure nothing: print, plot and (with --update-docs) publish the results in FILE",
+    )
+    args = parser.parse_args(argv)
+    if args.from_json is not None:
+        return _publish(args.from_json, plot=not args.no_plot, update_docs=args.update_docs)
+    plan = QUICK if args.quick else FULL
+    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    unknown = [c for c in clients if c not in CLIENTS]
+    if unknown:
+        parser.error(f"unknown client(s) {', '.join(unknown)}; known: {', '.join(CLIENTS)}")
+    output = args.output or DEFAULT_OUTPUT
+    if args.update_docs and args.quick:
+        parser.error("--update-docs takes the full run's figures; drop --quick")
+
+    from bench import report
+
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "plan": dataclasses.asdict(plan),
+        "machine": machine(),
+    }
+    client_cpu, server_cpu = _cpus()
+    results["pinning"] = {"client_cpu": client_cpu, "server_cpu": server_cpu}
+    with Server(server_cpu, max_seconds=plan.case_timeout * 40) as server:
+        log(f"server at {server.url} (pid {server.process.pid if server.process else '?'}); plan {plan.name}")
+        results["clients"] = measure_clients(plan, clients, server.url, client_cpu)
+        if not args.no_profile and "executus" in clients:
+            results["profile"] = measure_profile(plan, server.url, client_cpu)
+    log("import and build times")
+    results["imports"] = measure_imports(plan)
+    results["targets"] = targets(plan, results["clients"])
+    results["seconds"] = time.monotonic() - started
+    results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(output.suffix + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    tmp.replace(output)
+    print(report.text(results))
+    log(f"wrote {output}")
+    if not args.no_plot:
+        _plots(results, output.with_suffix(".svg"), args.update_docs)
+    if args.update_docs:
+        report.update_docs(results, DOCS_PAGE)
+        log(f"updated {DOCS_PAGE}")
+    failed = [n for n, e in results["clients"].items() if "error" in e and n not in PEERS]
+    if failed:
+        log(f"failed: {', '.join(failed)}")
+        return 1
+    return 0

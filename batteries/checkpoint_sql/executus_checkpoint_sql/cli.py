@@ -1,0 +1,464 @@
+"""The commands this battery adds to ``executus``.
+
+::
+
+    executus recover [--agent AGENT ...] [--json] [-q]     resume every interrupted run, show each one's end
+    executus checkpoints list [--all] [--limit N] [--json] the live runs: running, interrupted or claimed
+    executus db upgrade [NAME ...] [--json]               create or migrate every SQL battery's tables
+
+Every command takes ``-s key=value`` settings like ``executus run`` (``-s checkpoint_sql.url=...``).
+People get tables and progress on stderr; ``--json`` prints JSON on stdout and nothing else there.
+Exit codes: ``0`` done (every recovered run ended ``ok``); ``1`` a run did not end ``ok``, or the
+database could not be read; ``2`` the command could not start (bad settings, no checkpoint store).
+
+**The shared ``executus db`` group.** Each SQL battery has tables to migrate, and one
+``executus db upgrade`` runs them all. The convention, shared with executus-audit-sql (see
+`db_upgraders`): the first SQL battery to register its commands adds a ``db`` group to the root app
+whose `typer.Typer` carries a dict in its ``executus_db_upgraders`` attribute; every SQL battery (the
+first included) puts its step there, ``name -> step(settings) -> str``. ``db upgrade`` runs the steps
+in name order, prints each one's line, and exits 1 if any failed. Whichever battery comes first, the
+command is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from executus_checkpoint_sql.settings import SECTION
+from executus_core.cli import load_agent, parse_settings
+from executus_core.config import Settings, load_settings
+from executus_core.errors import ConfigError, ExecutusError, PluginError
+from executus_core.types import Result, RunEvent, RunStatus
+
+if TYPE_CHECKING:
+    from rich.status import Status
+
+    from executus_checkpoint_sql.store import CheckpointListing, SqlCheckpointStore
+    from executus_core.types import Agent
+
+__all__ = ["DB_UPGRADERS", "RecoverProgress", "db_upgraders", "register_commands", "upgrade_step"]
+
+DB_UPGRADERS = "executus_db_upgraders"
+"""The attribute of the shared ``db`` group's `typer.Typer` that holds ``{name: step(settings) -> str}``."""
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CANNOT_START = 2
+
+SettingOption = Annotated[
+    list[str] | None,
+    typer.Option("--setting", "-s", help="A setting as key=value (repeatable): checkpoint_sql.url=..."),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print JSON for scripts on stdout, and nothing else.")
+]
+
+_STATE_COLOUR = {
+    "running": "cyan",
+    "interrupted": "yellow",
+    "claimed": "magenta",
+    "completed": "green",
+    "failed": "red",
+}
+
+
+def _err() -> Console:
+    return Console(stderr=True, soft_wrap=True)
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    _err().print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    return typer.Exit(code)
+
+
+def _count(number: int | None, noun: str) -> str:
+    """``1 step``, ``3 steps``."""
+    number = number or 0
+    return f"{number} {noun}{'s' * (number != 1)}"
+
+
+def _short(text: str | None, limit: int = 60) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# -------------------------------------------------------------------------------------------------
+# executus db upgrade: shared by every SQL battery
+# -------------------------------------------------------------------------------------------------
+
+
+def db_upgraders(cli: typer.Typer) -> dict[str, Callable[[Settings], str]]:
+    """The registry of ``executus db upgrade`` steps on ``cli``, adding the ``db`` group if it is not there.
+
+    A SQL battery calls this from its ``executus_register_commands`` and adds its step::
+
+        db_upgraders(cli)["checkpoint_sql"] = upgrade_step
+
+    Raises ``ValueError`` when ``cli`` has a ``db`` group that does not follow the convention.
+    """
+    for group in cli.registered_groups:
+        if group.name == "db":
+            shared = getattr(group.typer_instance, DB_UPGRADERS, None)
+            if not isinstance(shared, dict):
+                raise ValueError(
+                    "the `executus db` group was added by a plugin that does not share it "
+                    f"(no {DB_UPGRADERS} registry on it); `executus db upgrade` cannot include checkpoint_sql"
+                )
+            return shared
+    db = typer.Typer(help="The tables executus batteries keep in your databases.", no_args_is_help=True)
+    registry: dict[str, Callable[[Settings], str]] = {}
+    setattr(db, DB_UPGRADERS, registry)
+
+    @db.command("upgrade")
+    def upgrade_command(
+        names: Annotated[
+            list[str] | None,
+            typer.Argument(
+                help="Only these batteries (default: every installed SQL battery).", show_default=False
+            ),
+        ] = None,
+        setting: SettingOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Create or migrate the tables of every installed SQL battery (safe to run again)."""
+        try:
+            settings = load_settings(parse_settings(setting or []))
+        except ConfigError as exc:
+            raise _fail(str(exc), EXIT_CANNOT_START) from None
+        unknown = sorted(set(names or ()) - set(registry))
+        if unknown:
+            raise _fail(
+                f"no SQL battery named {', '.join(unknown)}; installed: {', '.join(sorted(registry)) or 'none'}",
+                EXIT_CANNOT_START,
+            )
+        report: dict[str, dict[str, Any]] = {}
+        for name, step in sorted(registry.items()):
+            if names and name not in names:
+                continue
+            try:
+                report[name] = {"ok": True, "message": step(settings)}
+            except Exception as exc:
+                report[name] = {"ok": False, "message": f"{type(exc).__name__}: {exc}"}
+        if as_json:
+            typer.echo(json.dumps({"upgraded": report}, indent=2))
+        else:
+            out = Console(soft_wrap=True)
+            for name, outcome in report.items():
+                mark = "[green]✓[/]" if outcome["ok"] else "[bold red]✗[/]"
+                out.print(f"{mark} [bold]{escape(name)}[/]: {escape(outcome['message'])}", highlight=False)
+            if not report:
+                out.print("no SQL battery is installed: nothing to upgrade")
+        if not all(outcome["ok"] for outcome in report.values()):
+            raise typer.Exit(EXIT_FAILED)
+
+    cli.add_typer(db, name="db")
+    return registry
+
+
+def upgrade_step(settings: Settings) -> str:
+    """This battery's step of ``executus db upgrade``: migrate the checkpoint tables to head."""
+    from executus_checkpoint_sql.migrate import VERSION_TABLE, upgrade_url
+    from executus_checkpoint_sql.store import SqlCheckpointStore
+
+    store = SqlCheckpointStore.from_settings(settings)
+    if store is None:
+        return f"disabled ([tool.executus.{SECTION}] enabled = false): nothing to upgrade"
+    config = store.config
+    report = asyncio.run(
+        upgrade_url(
+            store.url,
+            db_schema=config.db_schema,
+            connect_timeout=config.connect_timeout,
+            busy_timeout=config.busy_timeout,
+        )
+    )
+    where = f" (schema {config.db_schema})" if config.db_schema else ""
+    if report.changed:
+        moved = f"upgraded from {report.before or 'no tables'} to {report.after}"
+    else:
+        moved = f"already at {report.after}"
+    return f"{report.database}{where}: {moved} (version table {VERSION_TABLE})"
+
+
+# -------------------------------------------------------------------------------------------------
+# executus recover
+# -------------------------------------------------------------------------------------------------
+
+
+class RecoverProgress:
+    """Shows recovered runs to a person, on stderr: each resume, its steps and tools, and its end.
+
+    Used as ``on_event=`` of `Executor.recover`; events of concurrent runs are told apart by a short
+    run id.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.spinner: Status | None = None
+        self.going: dict[str, str] = {}  # run id -> what it is doing now
+
+    def start(self) -> None:
+        """Recovery begins: show that the store is being asked."""
+        self._spin("[dim]looking for interrupted runs[/]")
+
+    def close(self) -> None:
+        """Recovery ended: stop the spinner."""
+        if self.spinner is not None:
+            self.spinner.stop()
+            self.spinner = None
+
+    def _spin(self, text: str) -> None:
+        if not self.console.is_terminal:
+            return
+        if self.spinner is None:
+            self.spinner = self.console.status(text, spinner="dots")
+            self.spinner.start()
+        else:
+            self.spinner.update(text)
+
+    def _doing(self, run_id: str, what: str) -> None:
+        self.going[run_id] = what
+        shown = "; ".join(f"{rid[:8]}: {doing}" for rid, doing in list(self.going.items())[:4])
+        more = f" (+{len(self.going) - 4})" if len(self.going) > 4 else ""
+        self._spin(f"[dim]{len(self.going)} running · {escape(shown)}{more}[/]")
+
+    def __call__(self, event: RunEvent) -> None:
+        short = event.run_id[:8]
+        data = event.data
+        if event.type == "run.start":
+            self.console.print(
+                f"[bold cyan]↻[/] resuming [bold]{short}[/] ({escape(str(data.get('agent')))}, "
+                f"caller {escape(str(data.get('caller_id')))})",
+                highlight=False,
+            )
+            self._doing(event.run_id, "waiting for the model")
+        elif event.type == "step":
+            calls = data.get("tool_calls") or []
+            what = f"step {data.get('iteration')}" + (f": {', '.join(map(str, calls))}" if calls else "")
+            self._doing(event.run_id, what)
+        elif event.type == "tool.start":
+            self._doing(event.run_id, f"running {data.get('name')}")
+        elif event.type == "run.end":
+            self.going.pop(event.run_id, None)
+            status = str(data.get("status"))
+            mark = "[green]✓[/]" if status == RunStatus.OK.value else "[red]✗[/]"
+            error = f" [red]{escape(_short(str(data.get('error')), 100))}[/]" if data.get("error") else ""
+            self.console.print(
+                f"{mark} [bold]{short}[/] {escape(status)} · {_count(data.get('steps'), 'step')} · "
+                f"{_count(data.get('tool_calls'), 'tool call')}{error}",
+                highlight=False,
+            )
+            if self.going:
+                self._doing(next(iter(self.going)), self.going[next(iter(self.going))])
+            else:
+                self._spin("[dim]finishing[/]")
+
+
+def _results_table(results: list[Result]) -> Table:
+    table = Table(title=f"recovered {len(results)} run{'s' * (len(results) != 1)}", title_justify="left")
+    table.add_column("run id", no_wrap=True)
+    for column in ("status", "steps", "tool calls", "output / error"):
+        table.add_column(column, overflow="fold")
+    for result in results:
+        colour = "green" if result.ok else "red"
+        detail = result.output if result.ok else result.error
+        table.add_row(
+            escape(result.run_id or "—"),
+            f"[{colour}]{result.status.value}[/]",
+            str(result.stats.steps),
+            str(result.stats.tool_calls),
+            escape(_short(detail, 80)),
+        )
+    return table
+
+
+async def _recover(
+    overrides: Mapping[str, Any], agents: list[Agent], *, as_json: bool, progress: bool, err: Console
+) -> int:
+    from executus_core.executor import Executor
+
+    try:
+        executor = Executor(settings=overrides)
+    except (ConfigError, PluginError) as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        return EXIT_CANNOT_START
+    async with executor:
+        if executor.ports.checkpoints is None:
+            err.print(
+                "[bold red]error:[/] no checkpoint store is enabled: install executus-checkpoint-sql and "
+                f"leave [tool.executus.{SECTION}] enabled (or remove {SECTION} from disable)",
+                highlight=False,
+            )
+            return EXIT_CANNOT_START
+        show = RecoverProgress(err) if progress else None
+        if show is not None:
+            show.start()
+        try:
+            results = await executor.recover(agents={a.id: a for a in agents}, on_event=show)
+        finally:
+            if show is not None:
+                show.close()
+    if as_json:
+        typer.echo(json.dumps({"results": [r.model_dump(mode="json") for r in results]}, indent=2))
+    elif results:
+        Console(soft_wrap=True).print(_results_table(results))
+        for result in results:
+            for warning in result.warnings:
+                err.print(
+                    f"[yellow]warning:[/] {escape(result.run_id[:8])}: {escape(warning)}", highlight=False
+                )
+    else:
+        err.print("no interrupted runs: nothing to recover", highlight=False)
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def recover_command(
+    agent: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--agent",
+            "-a",
+            help="An agent to resume its runs with (TOML file or module:attribute; repeatable), matched by "
+            "agent id; other runs use the spec saved with their checkpoint, tools by registered name.",
+        ),
+    ] = None,
+    setting: SettingOption = None,
+    as_json: JsonOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+) -> None:
+    """Resume every interrupted run from its last checkpoint, and show how each one ended."""
+    err = _err()
+    try:
+        overrides = parse_settings(setting or [])
+        agents = [load_agent(reference) for reference in agent or []]
+    except ExecutusError as exc:
+        raise _fail(str(exc), EXIT_CANNOT_START) from None
+    code = asyncio.run(_recover(overrides, agents, as_json=as_json, progress=not (quiet or as_json), err=err))
+    raise typer.Exit(code)
+
+
+# -------------------------------------------------------------------------------------------------
+# executus checkpoints list
+# -------------------------------------------------------------------------------------------------
+
+
+def _store(setting: list[str] | None) -> SqlCheckpointStore:
+    from executus_checkpoint_sql.store import SqlCheckpointStore
+
+    try:
+        settings = load_settings(parse_settings(setting or []))
+        store = SqlCheckpointStore.from_settings(settings)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CANNOT_START) from None
+    if store is None:
+        raise _fail(
+            f"[tool.executus.{SECTION}] enabled = false: there is no checkpoint store", EXIT_CANNOT_START
+        )
+    return store
+
+
+async def _read(store: SqlCheckpointStore, *, include_finished: bool, limit: int) -> list[CheckpointListing]:
+    try:
+        return await store.list_runs(include_finished=include_finished, limit=limit)
+    finally:
+        await store.aclose()
+
+
+def _ago(when: datetime) -> str:
+    seconds = max(0.0, (datetime.now(UTC) - when).total_seconds())
+    if seconds < 90:
+        return f"{seconds:.0f}s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m ago"
+    if seconds < 129600:
+        return f"{seconds / 3600:.0f}h ago"
+    return f"{seconds / 86400:.0f}d ago"
+
+
+def _lease(listing: CheckpointListing) -> str:
+    left = listing.lease_seconds_left
+    if listing.status != "live":
+        return "—"
+    if left is None:
+        return "released"
+    return f"lease {left:.0f}s left" if left >= 0 else f"lease lapsed {-left:.0f}s ago"
+
+
+def list_command(
+    include_finished: Annotated[
+        bool, typer.Option("--all", help="Include runs that completed or failed.")
+    ] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Most runs to show.")] = 50,
+    setting: SettingOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The runs with a checkpoint: running, interrupted (the next recover takes them) or claimed."""
+    store = _store(setting)
+    try:
+        listings = asyncio.run(_read(store, include_finished=include_finished, limit=limit))
+    except Exception as exc:
+        raise _fail(f"cannot read the checkpoints in {store.database}: {type(exc).__name__}: {exc}") from None
+    if as_json:
+        typer.echo(
+            json.dumps({"database": store.database, "runs": [x.as_dict() for x in listings]}, indent=2)
+        )
+        return
+    if not listings:
+        what = "runs" if include_finished else "live runs"
+        _err().print(f"no {what} in {escape(store.database)}", highlight=False)
+        return
+    table = Table(title=f"checkpoints in {escape(store.database)}", title_justify="left")
+    table.add_column("run id", no_wrap=True)
+    table.add_column("agent / caller", overflow="fold")
+    table.add_column("state", min_width=11)
+    table.add_column("progress", no_wrap=True)
+    table.add_column("owner", overflow="fold")
+    table.add_column("updated", no_wrap=True)
+    for x in listings:
+        colour = _STATE_COLOUR.get(x.state, "white")
+        state = f"[{colour}]{x.state}[/]"
+        if x.status == "live":
+            state += f"\n[dim]{_lease(x)}[/]"
+        if x.error:
+            state += f"\n[red]{escape(_short(x.error, 60))}[/]"
+        table.add_row(
+            escape(x.run_id),
+            f"{escape(x.name)}\n[dim]{escape(x.caller_id)}[/]",
+            state,
+            f"{_count(x.steps, 'step')}\n{_count(x.tool_calls, 'tool call')}\n{_count(x.messages, 'message')}",
+            escape(x.owner or "—"),
+            _ago(x.updated_at),
+        )
+    Console(soft_wrap=True).print(table)
+    interrupted = sum(1 for x in listings if x.state == "interrupted")
+    if interrupted:
+        _err().print(
+            f"[yellow]{interrupted} interrupted run{'s' * (interrupted != 1)}[/]: `executus recover` resumes "
+            f"{'them' if interrupted != 1 else 'it'}",
+            highlight=False,
+        )
+
+
+# -------------------------------------------------------------------------------------------------
+# Registration
+# -------------------------------------------------------------------------------------------------
+
+
+def register_commands(cli: typer.Typer) -> None:
+    """Add ``executus recover``, ``executus checkpoints list`` and this battery's ``db upgrade`` step."""
+    db_upgraders(cli)[SECTION] = upgrade_step
+    cli.command("recover")(recover_command)
+    checkpoints = typer.Typer(
+        help="The runs executus-checkpoint-sql keeps for recovery.", no_args_is_help=True
+    )
+    checkpoints.command("list")(list_command)
+    cli.add_typer(checkpoints, name="checkpoints")

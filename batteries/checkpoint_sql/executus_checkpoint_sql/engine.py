@@ -1,0 +1,161 @@
+"""Database URLs and engines: which drivers are allowed, and how each connection is set up.
+
+Only async drivers may be used, since every call runs on the host's event loop:
+
+- SQLite through aiosqlite (``sqlite+aiosqlite:///path.db``; a plain ``sqlite:///`` URL gets it),
+  in WAL mode so readers never wait for the writer, with ``synchronous=NORMAL`` (a commit survives
+  the process being killed; only a power cut can take the last ones) and a busy timeout for other
+  processes' writes;
+- PostgreSQL through psycopg 3 (``postgresql+psycopg://``; a plain ``postgresql://`` gets it) or
+  asyncpg (``postgresql+asyncpg://``), with a connect timeout and, given ``db_schema``, that schema
+  first on every connection's ``search_path``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Float, cast, event, func, literal_column
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import ColumnElement
+
+from executus_core.errors import ConfigError
+
+__all__ = [
+    "create_engine",
+    "db_epoch",
+    "is_outage",
+    "resolve_url",
+    "safe_url",
+    "sqlite_path",
+]
+
+# dialect+driver -> the module that must be importable, and the extra that installs it
+_ASYNC_DRIVERS = {
+    "sqlite+aiosqlite": ("aiosqlite", None),
+    "postgresql+psycopg": ("psycopg", None),
+    "postgresql+psycopg_async": ("psycopg", None),
+    "postgresql+asyncpg": ("asyncpg", "executus-checkpoint-sql[asyncpg]"),
+}
+_DEFAULT_DRIVER = {"sqlite": "aiosqlite", "postgresql": "psycopg", "postgres": "psycopg"}
+
+
+def safe_url(url: URL | str) -> str:
+    """The URL with its password hidden, for messages and listings."""
+    try:
+        parsed = url if isinstance(url, URL) else make_url(url)
+    except ArgumentError:
+        return "(an unparseable URL)"
+    return parsed.render_as_string(hide_password=True)
+
+
+def resolve_url(raw: str, *, where: str = "[tool.executus.checkpoint_sql] url") -> URL:
+    """Parse ``raw`` and give it an async driver; raise `ConfigError` saying what to write instead."""
+    try:
+        url = make_url(raw)
+    except ArgumentError as exc:
+        raise ConfigError(f"{where}: {exc}; write e.g. sqlite+aiosqlite:///path/checkpoints.db") from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend == "postgres":
+        backend = "postgresql"
+    if backend not in _DEFAULT_DRIVER:
+        raise ConfigError(
+            f"{where} {safe_url(url)!r}: executus-checkpoint-sql works with SQLite and PostgreSQL, "
+            f"not {backend!r}"
+        )
+    drivername = f"{backend}+{driver or _DEFAULT_DRIVER[backend]}"
+    if drivername not in _ASYNC_DRIVERS:
+        asyncs = ", ".join(d for d in _ASYNC_DRIVERS if d.startswith(backend) and not d.endswith("_async"))
+        raise ConfigError(
+            f"{where} {safe_url(url)!r}: {drivername} is not an async driver, and checkpoints are written "
+            f"on the event loop; use {asyncs}"
+        )
+    module, extra = _ASYNC_DRIVERS[drivername]
+    if importlib.util.find_spec(module) is None:
+        install = f"pip install {extra}" if extra else f"pip install {module}"
+        raise ConfigError(f"{where} {safe_url(url)!r} needs the {module} driver: {install}")
+    url = url.set(drivername=drivername)
+    if backend == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:") or database.startswith("file::memory:"):
+            raise ConfigError(
+                f"{where} {safe_url(url)!r}: an in-memory SQLite database lives and dies with one "
+                "connection, so checkpoints could never be recovered; give a file path"
+            )
+    return url
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """The database file of a SQLite URL (``None`` for other databases)."""
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return None
+    return Path(url.database).expanduser()
+
+
+def _dumps(value: Any) -> str:
+    # default=str: an agent's model_settings may carry values JSON has no type for (a Decimal, ...)
+    return orjson.dumps(value, default=str).decode()
+
+
+def create_engine(
+    url: URL, *, db_schema: str | None, connect_timeout: float, busy_timeout: float
+) -> AsyncEngine:
+    """An engine for ``url`` with this battery's connection settings (no I/O until first used)."""
+    backend = url.get_backend_name()
+    kwargs: dict[str, Any] = {
+        "json_serializer": _dumps,
+        "json_deserializer": orjson.loads,
+        # No pre-ping: it would add a round trip to every save. A connection that died with a
+        # database restart fails one save (a warning; the next save catches up) and SQLAlchemy then
+        # replaces every connection of the pool.
+        "pool_pre_ping": False,
+    }
+    connect_args: dict[str, Any] = {}
+    if backend == "sqlite":
+        path = sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        connect_args["timeout"] = busy_timeout
+    elif url.get_driver_name() == "asyncpg":
+        connect_args["timeout"] = connect_timeout
+        if db_schema:
+            connect_args["server_settings"] = {"search_path": db_schema}
+    else:
+        connect_args["connect_timeout"] = max(1, round(connect_timeout))
+        if db_schema:
+            # A startup option, not a SET: it holds for the whole session, whatever is rolled back.
+            connect_args["options"] = f"-c search_path={db_schema}"
+    engine = create_async_engine(url, connect_args=connect_args, **kwargs)
+    if backend == "sqlite":
+        timeout_ms = int(busy_timeout * 1000)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={timeout_ms}")
+            cursor.close()
+
+    return engine
+
+
+def db_epoch(dialect: str) -> ColumnElement[float]:
+    """The database's clock as epoch seconds (with fractions): what leases are measured on."""
+    if dialect == "sqlite":
+        return cast((func.julianday(literal_column("'now'")) - 2440587.5) * 86400.0, Float)
+    # clock_timestamp(), not now(): a lease must not be measured from the start of a long transaction
+    return cast(func.extract("epoch", func.clock_timestamp()), Float)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` means the database could not be reached (or dropped the connection)."""
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated) or isinstance(exc, OperationalError | InterfaceError)
+    return isinstance(exc, OSError | ConnectionError | TimeoutError)

@@ -1,0 +1,162 @@
+"""Create and upgrade the checkpoint tables with the Alembic migrations shipped in this package.
+
+No alembic.ini is needed: the `Config` is built in code, the migrations run on a connection of the
+store's own engine, and the version is kept in this battery's own table,
+``executus_checkpoint_sql_version``, so a host's Alembic history in the same database is untouched.
+
+Several workers may start at once against one database: on PostgreSQL the upgrade holds a
+transaction-level advisory lock, on SQLite an exclusive lock on a file beside the database, so one
+upgrades and the others then find the tables at head.
+
+::
+
+    from executus_checkpoint_sql.migrate import upgrade_url
+
+    report = await upgrade_url("postgresql+psycopg://app@db/app", db_schema="executus")
+    print(report.before, "->", report.after)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from executus_checkpoint_sql.engine import create_engine, safe_url, sqlite_path
+
+try:  # POSIX; elsewhere SQLite upgrades are not serialized between processes
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "VERSION_TABLE",
+    "UpgradeReport",
+    "alembic_config",
+    "current_revision",
+    "head_revision",
+    "upgrade_engine",
+    "upgrade_url",
+]
+
+VERSION_TABLE = "executus_checkpoint_sql_version"
+"""The table that holds this battery's schema revision (apart from the host's ``alembic_version``)."""
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# A fixed key for pg_advisory_xact_lock, so concurrent upgrades of this battery's tables queue up.
+_LOCK_KEY = zlib.crc32(b"executus_checkpoint_sql.migrate")
+
+
+@dataclasses.dataclass(frozen=True)
+class UpgradeReport:
+    """What an upgrade did: the database (password hidden), and the revision before and after.
+
+    ``before`` is ``None`` for a database that had no checkpoint tables.
+    """
+
+    database: str
+    before: str | None
+    after: str | None
+
+    @property
+    def changed(self) -> bool:
+        """True when the upgrade ran at least one migration."""
+        return self.before != self.after
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic `Config` for this battery's migrations, built in code (no ini file)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str | None:
+    """The revision the shipped migrations lead to."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _current(connection: Connection) -> str | None:
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def _upgrade(connection: Connection, revision: str) -> tuple[str | None, str | None]:
+    before = _current(connection)
+    command.upgrade(alembic_config(connection), revision)
+    return before, _current(connection)
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(path: Path | None) -> AsyncIterator[None]:
+    if path is None or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.with_name(path.name + ".upgrade-lock").open("a+b")
+    try:
+        # flock blocks: wait for it in a thread, never on the event loop
+        await asyncio.to_thread(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # closing the file releases the lock
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database's checkpoint tables are at (``None``: no tables yet)."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_current)
+
+
+async def upgrade_engine(
+    engine: AsyncEngine, *, db_schema: str | None = None, revision: str = "head"
+) -> UpgradeReport:
+    """Upgrade the checkpoint tables reached through ``engine`` to ``revision`` (default: head).
+
+    With ``db_schema`` (PostgreSQL), the schema is created first if it does not exist; the engine's
+    connections must have it on their ``search_path`` (`create_engine` does that).
+    """
+    url = engine.url
+    async with _file_lock(sqlite_path(url)), engine.begin() as conn:
+        if url.get_backend_name() == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+            if db_schema:
+                # db_schema is checked against an identifier pattern by the settings model
+                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db_schema}"'))
+        before, after = await conn.run_sync(_upgrade, revision)
+    return UpgradeReport(safe_url(url), before, after)
+
+
+async def upgrade_url(
+    url: URL | str,
+    *,
+    db_schema: str | None = None,
+    revision: str = "head",
+    connect_timeout: float = 5.0,
+    busy_timeout: float = 5.0,
+) -> UpgradeReport:
+    """Upgrade the checkpoint tables at ``url`` (an async SQLAlchemy URL) and dispose of the engine."""
+    from executus_checkpoint_sql.engine import resolve_url
+
+    resolved = resolve_url(str(url) if isinstance(url, str) else url.render_as_string(hide_password=False))
+    engine = create_engine(
+        resolved, db_schema=db_schema, connect_timeout=connect_timeout, busy_timeout=busy_timeout
+    )
+    try:
+        return await upgrade_engine(engine, db_schema=db_schema, revision=revision)
+    finally:
+        await engine.dispose()

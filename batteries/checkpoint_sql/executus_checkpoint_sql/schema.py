@@ -1,0 +1,112 @@
+"""The two tables: one row per run, one row per saved message.
+
+``executus_checkpoint_runs`` holds what a worker needs to resume a run (its `RunInfo`, its agent's
+spec, the last save's counters) and who holds it now (``owner``, ``boot``, ``lease_until``).
+``executus_checkpoint_messages`` holds the transcript, one message per row at its ``position``: a
+save appends the new messages and never rewrites earlier rows, so a checkpoint costs the same at
+step 200 as at step 2.
+
+Times that decide ownership (``lease_until``, ``claimed_at``) are seconds since the epoch on the
+database's clock, so workers on hosts whose clocks disagree still agree on who holds a run. The
+others are timestamps for people.
+
+The tables are created and changed only by the migrations in ``executus_checkpoint_sql/migrations``
+(see `executus_checkpoint_sql.migrate`); these models describe what the latest migration makes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "COMPLETED",
+    "FAILED",
+    "LIVE",
+    "MESSAGES_TABLE",
+    "RUNS_TABLE",
+    "Base",
+    "CheckpointMessage",
+    "CheckpointRun",
+    "JsonType",
+]
+
+RUNS_TABLE = "executus_checkpoint_runs"
+MESSAGES_TABLE = "executus_checkpoint_messages"
+
+LIVE = "live"
+"""A run that may still be resumed: running, interrupted, or handed out to a recover."""
+COMPLETED = "completed"
+"""The run ended (ok, error, timeout, cancelled): its messages are gone."""
+FAILED = "failed"
+"""The run failed for good: its messages are gone, ``error`` says why."""
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+"""JSON on SQLite, JSONB on PostgreSQL (queryable with its operators)."""
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """The declarative base of this battery's tables (its own `MetaData`, apart from the host's)."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class CheckpointRun(Base):
+    """One run a worker checkpointed: who ran what, how far it got, and who holds it now."""
+
+    __tablename__ = RUNS_TABLE
+
+    run_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    """``live``, ``completed`` or ``failed``."""
+    info: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    """The `RunInfo`, as JSON."""
+    agent: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    """The agent's ``spec()``: what `Executor.recover` rebuilds it from."""
+    subject_id: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(255))
+    caller_id: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    iteration: Mapped[int] = mapped_column(Integer, default=0)
+    tool_calls: Mapped[int] = mapped_column(Integer, default=0)
+    usage: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+    """How many messages are saved: the rows at positions ``0 .. message_count - 1``."""
+    owner: Mapped[str | None] = mapped_column(String(255))
+    """The ``worker_id`` holding the run (or that held it last)."""
+    boot: Mapped[str | None] = mapped_column(String(64))
+    """Which start of that worker's process holds it; NULL once released at shutdown."""
+    lease_until: Mapped[float | None] = mapped_column(Float)
+    """Epoch seconds (database clock) until which ``owner`` holds the run."""
+    claimed_at: Mapped[float | None] = mapped_column(Float)
+    """Epoch seconds (database clock) at which ``interrupted()`` handed the run out; NULL while a
+    checkpointer saves it."""
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index(None, "status", "lease_until"),)
+
+
+class CheckpointMessage(Base):
+    """One message of a live run's transcript, at its position (0-based)."""
+
+    __tablename__ = MESSAGES_TABLE
+
+    run_id: Mapped[str] = mapped_column(
+        String(255), ForeignKey(f"{RUNS_TABLE}.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    message: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    """The `Message` as JSON (fields at their defaults left out)."""

@@ -26,7 +26,7 @@ import os
 import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import httpx2
@@ -39,17 +39,20 @@ from executus_core.errors import (
     ConfigError,
     ProviderConnectionError,
     ProviderError,
+    ProviderResponseError,
     ProviderStatusError,
     RateLimited,
 )
-from executus_core.types import Message, ModelRequest
+from executus_core.types import Message, ModelRequest, ModelResponse, ToolSpec
 
 __all__ = [
     "ApiDefaults",
     "Endpoint",
     "EndpointSettings",
+    "HttpModel",
     "HttpSettings",
     "ProviderSettings",
+    "compact",
     "get_endpoint",
     "iter_sse",
     "named_endpoint",
@@ -642,3 +645,90 @@ async def iter_sse(response: httpx2.Response) -> AsyncIterator[tuple[bytes, byte
                 event = value
         if start:
             del buffer[:start]
+
+
+_TOOL_CACHE_SIZE = 1024
+
+
+class HttpModel:
+    """What the HTTP providers share; a subclass speaks one wire format.
+
+    A subclass writes the request (`body`, `_tool_wire`) and reads the answer (`_parse`,
+    `_complete_stream`); the endpoint, dry-run previews, tool caching and error building are here.
+    """
+
+    request_id_header = "x-request-id"
+
+    def __init__(self, model: str, endpoint: Endpoint) -> None:
+        self.model = model
+        self.endpoint = endpoint
+        self.id = f"{endpoint.name}:{model}"
+        self._tools: dict[int, tuple[ToolSpec, bytes]] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.id!r}, endpoint={self.endpoint.display_url!r})"
+
+    async def aclose(self) -> None:
+        """Close the endpoint's pooled client (shared with the endpoint's other models)."""
+        await self.endpoint.aclose()
+
+    def body(self, request: ModelRequest, *, stream: bool = False) -> bytes:
+        """The request body for ``request``, assembled from each message's cached wire bytes."""
+        raise NotImplementedError
+
+    def _tool_wire(self, spec: ToolSpec) -> dict[str, Any]:
+        """One tool declaration in this wire format."""
+        raise NotImplementedError
+
+    def _tool_bytes(self, tools: Sequence[ToolSpec]) -> bytes:
+        cache = self._tools
+        out = []
+        for spec in tools:
+            # A Tool builds its spec once, so specs are cached by identity (the entry keeps the
+            # spec alive, so its id cannot be reused while it is cached).
+            hit = cache.get(id(spec))
+            if hit is None or hit[0] is not spec:
+                if len(cache) >= _TOOL_CACHE_SIZE:
+                    cache.clear()
+                hit = cache[id(spec)] = (spec, compact(orjson.dumps(self._tool_wire(spec))))
+            out.append(hit[1])
+        return b",".join(out)
+
+    def preview(self, request: ModelRequest) -> dict[str, Any]:
+        """The JSON body `complete` would send (without headers, so without the key): for dry runs."""
+        return orjson.loads(self.body(request, stream=request.settings.stream))
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """Send the transcript, return the answer; raises the `ProviderError` family."""
+        stream = request.settings.stream
+        body = self.body(request, stream=stream)
+        if stream:
+            return await self._complete_stream(body, request)
+        response = await self.endpoint.post(body, request)
+        return self._parse(response)
+
+    def _parse(self, response: httpx2.Response) -> ModelResponse:
+        raise NotImplementedError
+
+    async def _complete_stream(self, body: bytes, request: ModelRequest) -> ModelResponse:
+        raise NotImplementedError
+
+    def _bad(self, message: str, response: httpx2.Response | None, **fields: Any) -> ProviderResponseError:
+        if response is not None:
+            fields["status_code"] = response.status_code
+            fields["request_id"] = response.headers.get(self.request_id_header)
+        error = self.endpoint.error(ProviderResponseError, message, **fields)
+        assert isinstance(error, ProviderResponseError)
+        return error
+
+    def _load(self, response: httpx2.Response) -> dict[str, Any]:
+        """The answer's JSON object, or a `ProviderResponseError` that quotes what came instead."""
+        content = response.content
+        try:
+            data = orjson.loads(content)
+        except orjson.JSONDecodeError as exc:
+            snippet = content[:200].decode("utf-8", "replace")
+            raise self._bad(f"the answer is not valid JSON ({exc}): {snippet!r}", response) from None
+        if not isinstance(data, dict):
+            raise self._bad(f"the answer is JSON but not an object: {type(data).__name__}", response)
+        return data

@@ -23,18 +23,18 @@ assembled from those bytes.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import httpx2
 import orjson
 
 from executus_core.config import Settings
-from executus_core.errors import ConfigError, ProviderResponseError
+from executus_core.errors import ConfigError
 from executus_core.providers._http import (
     ApiDefaults,
     Endpoint,
     EndpointSettings,
+    HttpModel,
     compact,
     get_endpoint,
     iter_sse,
@@ -72,7 +72,6 @@ _STOP = {
 
 _RESERVED = frozenset({"model", "messages", "tools", "stream", "system", "max_tokens"})
 _TURN = {"user": b'{"role":"user","content":[', "assistant": b'{"role":"assistant","content":['}
-_TOOL_CACHE_SIZE = 1024
 _WIRE_KEY = "anthropic"
 
 
@@ -105,7 +104,7 @@ def _usage(data: Any) -> Usage:
     )
 
 
-class AnthropicModel:
+class AnthropicModel(HttpModel):
     """A model behind a Messages API endpoint. Built by `create_anthropic` from ``anthropic:<model>``.
 
     Args:
@@ -113,20 +112,12 @@ class AnthropicModel:
         endpoint: the shared `Endpoint` (address, key, pooled client, retry policy).
     """
 
+    request_id_header = "request-id"
+
     def __init__(self, model: str, endpoint: Endpoint) -> None:
-        self.model = model
-        self.endpoint = endpoint
-        self.id = f"{endpoint.name}:{model}"
+        super().__init__(model, endpoint)
         self.max_tokens = endpoint.settings.max_tokens
         self._head = b'{"model":' + orjson.dumps(model)
-        self._tools: dict[int, tuple[ToolSpec, bytes]] = {}
-
-    def __repr__(self) -> str:
-        return f"AnthropicModel({self.id!r}, endpoint={self.endpoint.display_url!r})"
-
-    async def aclose(self) -> None:
-        """Close the endpoint's pooled client (shared with the endpoint's other models)."""
-        await self.endpoint.aclose()
 
     # -- the request ---------------------------------------------------------------------------
 
@@ -156,21 +147,12 @@ class AnthropicModel:
         # user text, and system messages past the leading ones (the API has no system turn)
         return "user", compact(orjson.dumps({"type": "text", "text": message.content or ""}))
 
-    def _tool_bytes(self, tools: Sequence[ToolSpec]) -> bytes:
-        cache = self._tools
-        out = []
-        for spec in tools:
-            hit = cache.get(id(spec))
-            if hit is None or hit[0] is not spec:
-                if len(cache) >= _TOOL_CACHE_SIZE:
-                    cache.clear()
-                data: dict[str, Any] = {"name": spec.name}
-                if spec.description:
-                    data["description"] = spec.description
-                data["input_schema"] = spec.parameters
-                hit = cache[id(spec)] = (spec, orjson.dumps(data))
-            out.append(hit[1])
-        return b",".join(out)
+    def _tool_wire(self, spec: ToolSpec) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": spec.name}
+        if spec.description:
+            data["description"] = spec.description
+        data["input_schema"] = spec.parameters
+        return data
 
     def _settings(self, settings: ModelSettings) -> tuple[int, bytes]:
         fields: dict[str, Any] = {}
@@ -241,38 +223,8 @@ class AnthropicModel:
         chunks.append(b"}")
         return b"".join(chunks)
 
-    def preview(self, request: ModelRequest) -> dict[str, Any]:
-        """The JSON body `complete` would send (without headers, so without the key): for dry runs."""
-        return orjson.loads(self.body(request, stream=request.settings.stream))
-
-    # -- the call ------------------------------------------------------------------------------
-
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        """Send the transcript, return the answer; raises the `ProviderError` family."""
-        stream = request.settings.stream
-        body = self.body(request, stream=stream)
-        if stream:
-            return await self._complete_stream(body, request)
-        response = await self.endpoint.post(body, request)
-        return self._parse(response)
-
-    def _bad(self, message: str, response: httpx2.Response | None, **fields: Any) -> ProviderResponseError:
-        if response is not None:
-            fields["status_code"] = response.status_code
-            fields["request_id"] = response.headers.get("request-id")
-        error = self.endpoint.error(ProviderResponseError, message, **fields)
-        assert isinstance(error, ProviderResponseError)
-        return error
-
     def _parse(self, response: httpx2.Response) -> ModelResponse:
-        content = response.content
-        try:
-            data = orjson.loads(content)
-        except orjson.JSONDecodeError as exc:
-            snippet = content[:200].decode("utf-8", "replace")
-            raise self._bad(f"the answer is not valid JSON ({exc}): {snippet!r}", response) from None
-        if not isinstance(data, dict):
-            raise self._bad(f"the answer is JSON but not an object: {type(data).__name__}", response)
+        data = self._load(response)
         if data.get("type") == "error":
             error = data.get("error")
             said = error.get("message") if isinstance(error, dict) else None

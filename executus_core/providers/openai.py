@@ -19,15 +19,14 @@ body is the concatenation of those cached bytes.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import httpx2
 import orjson
 
 from executus_core.config import Settings
-from executus_core.errors import ConfigError, ProviderResponseError
-from executus_core.providers._http import ApiDefaults, Endpoint, compact, get_endpoint, iter_sse
+from executus_core.errors import ConfigError
+from executus_core.providers._http import ApiDefaults, Endpoint, HttpModel, compact, get_endpoint, iter_sse
 from executus_core.types import (
     Message,
     ModelRequest,
@@ -67,8 +66,6 @@ _FINISH = {
 
 # Body fields executus writes itself; a ModelSettings extra of the same name would clash.
 _RESERVED = frozenset({"model", "messages", "tools", "stream", "stream_options"})
-
-_TOOL_CACHE_SIZE = 1024
 
 
 def _settings_bytes(settings: ModelSettings) -> bytes:
@@ -142,7 +139,7 @@ def _usage(data: Any) -> Usage:
     )
 
 
-class OpenAIModel:
+class OpenAIModel(HttpModel):
     """A model behind a Chat Completions endpoint. Built by `create_openai` from ``openai:<model>``.
 
     Args:
@@ -151,9 +148,7 @@ class OpenAIModel:
     """
 
     def __init__(self, model: str, endpoint: Endpoint) -> None:
-        self.model = model
-        self.endpoint = endpoint
-        self.id = f"{endpoint.name}:{model}"
+        super().__init__(model, endpoint)
         self._head = b'{"model":' + orjson.dumps(model) + b',"messages":['
         empty = endpoint.settings.tool_only_content == "empty"
         self._tool_only_content: str | None = "" if empty else None
@@ -164,14 +159,6 @@ class OpenAIModel:
             if endpoint.settings.stream_usage
             else b',"stream":true'
         )
-        self._tools: dict[int, tuple[ToolSpec, bytes]] = {}
-
-    def __repr__(self) -> str:
-        return f"OpenAIModel({self.id!r}, endpoint={self.endpoint.display_url!r})"
-
-    async def aclose(self) -> None:
-        """Close the endpoint's pooled client (shared with the endpoint's other models)."""
-        await self.endpoint.aclose()
 
     # -- the request ---------------------------------------------------------------------------
 
@@ -211,23 +198,12 @@ class OpenAIModel:
                 data["name"] = message.name
         return compact(orjson.dumps(data))
 
-    def _tool_bytes(self, tools: Sequence[ToolSpec]) -> bytes:
-        cache = self._tools
-        out = []
-        for spec in tools:
-            # A Tool builds its spec once, so specs are cached by identity (the entry keeps the
-            # spec alive, so its id cannot be reused while it is cached).
-            hit = cache.get(id(spec))
-            if hit is None or hit[0] is not spec:
-                if len(cache) >= _TOOL_CACHE_SIZE:
-                    cache.clear()
-                function: dict[str, Any] = {"name": spec.name}
-                if spec.description:
-                    function["description"] = spec.description
-                function["parameters"] = spec.parameters
-                hit = cache[id(spec)] = (spec, orjson.dumps({"type": "function", "function": function}))
-            out.append(hit[1])
-        return b",".join(out)
+    def _tool_wire(self, spec: ToolSpec) -> dict[str, Any]:
+        function: dict[str, Any] = {"name": spec.name}
+        if spec.description:
+            function["description"] = spec.description
+        function["parameters"] = spec.parameters
+        return {"type": "function", "function": function}
 
     def body(self, request: ModelRequest, *, stream: bool = False) -> bytes:
         """The request body for ``request``, assembled from each message's cached wire bytes."""
@@ -251,38 +227,8 @@ class OpenAIModel:
         chunks.append(b"}")
         return b"".join(chunks)
 
-    def preview(self, request: ModelRequest) -> dict[str, Any]:
-        """The JSON body `complete` would send (without headers, so without the key): for dry runs."""
-        return orjson.loads(self.body(request, stream=request.settings.stream))
-
-    # -- the call ------------------------------------------------------------------------------
-
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        """Send the transcript, return the answer; raises the `ProviderError` family."""
-        stream = request.settings.stream
-        body = self.body(request, stream=stream)
-        if stream:
-            return await self._complete_stream(body, request)
-        response = await self.endpoint.post(body, request)
-        return self._parse(response)
-
-    def _bad(self, message: str, response: httpx2.Response | None, **fields: Any) -> ProviderResponseError:
-        if response is not None:
-            fields["status_code"] = response.status_code
-            fields["request_id"] = response.headers.get("x-request-id")
-        error = self.endpoint.error(ProviderResponseError, message, **fields)
-        assert isinstance(error, ProviderResponseError)
-        return error
-
     def _parse(self, response: httpx2.Response) -> ModelResponse:
-        content = response.content
-        try:
-            data = orjson.loads(content)
-        except orjson.JSONDecodeError as exc:
-            snippet = content[:200].decode("utf-8", "replace")
-            raise self._bad(f"the answer is not valid JSON ({exc}): {snippet!r}", response) from None
-        if not isinstance(data, dict):
-            raise self._bad(f"the answer is JSON but not an object: {type(data).__name__}", response)
+        data = self._load(response)
         choices = data.get("choices")
         if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
             error = data.get("error")

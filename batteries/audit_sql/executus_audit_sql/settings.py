@@ -1,0 +1,165 @@
+"""``[tool.executus.audit_sql]``: where the trail goes and how it is written.
+
+::
+
+    [tool.executus.audit_sql]
+    url = "postgresql+psycopg://audit@db.internal/app"   # default: SQLite file audit.db in data_dir
+    db_schema = "executus"                               # PostgreSQL only: tables go in this schema
+    auto_migrate = false                                 # default: true for SQLite, false otherwise
+    batch_size = 500
+    flush_interval = 0.5
+    retention_days = 30
+
+The same from the environment: ``EXECUTUS_AUDIT_SQL__URL=...``; in code:
+``Executor(settings={"audit_sql": {"url": ...}})``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from executus_core.errors import ConfigError
+
+__all__ = ["DEFAULT_DB_FILE", "AuditSqlSettings", "async_url", "public_url", "sync_url"]
+
+SECTION = "audit_sql"
+DEFAULT_DB_FILE = "audit.db"
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+# The drivers this battery speaks, and the async / sync driver pair each URL scheme maps to. The sync
+# one runs migrations (in a worker thread, or in `executus db upgrade`).
+_ASYNC = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "postgresql+psycopg_async": "postgresql+psycopg_async",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+_SYNC = {
+    "sqlite+aiosqlite": "sqlite+pysqlite",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "postgresql+psycopg_async": "postgresql+psycopg",
+    "postgresql+asyncpg": "postgresql+psycopg",
+}
+
+
+class AuditSqlSettings(BaseModel):
+    """The settings of the ``audit_sql`` battery (``[tool.executus.audit_sql]``). Durations are seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the database: postgresql+psycopg://user@host/db, or "
+        "sqlite:///path.db. Default: a SQLite file audit.db in the executus data directory.",
+    )
+    db_schema: str | None = Field(
+        None, description="PostgreSQL only: keep the tables (and the version table) in this schema."
+    )
+    auto_migrate: bool | None = Field(
+        None,
+        description="Bring the tables up to date when first used. Default: true for SQLite, false "
+        "otherwise (run `executus db upgrade` when you deploy).",
+    )
+    batch_size: int = Field(500, ge=1, description="Buffered rows that make the writer flush at once.")
+    flush_interval: float = Field(0.5, gt=0, description="Longest a buffered row waits to be written.")
+    write_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Longest one write may take; close() gives up after it and saves the rows to a file. "
+        "Default: half the core's port_timeout, at most 5 s.",
+    )
+    connect_timeout: float = Field(
+        5.0, gt=0, description="Longest wait for a connection (SQLite: for a locked database)."
+    )
+    skip_events: list[str] = Field(
+        default_factory=lambda: ["model.delta"],
+        description="Run event types not stored (streamed text deltas: the step row holds the text).",
+    )
+    retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="Delete finished runs older than this, hourly and with `executus runs prune`.",
+    )
+    spill_dir: Path | None = Field(
+        None,
+        description="Where rows that could not be written are saved (default: audit_sql-unwritten/ in "
+        "the data directory); `executus runs import` loads them.",
+    )
+
+    @field_validator("db_schema")
+    @classmethod
+    def _schema_is_an_identifier(cls, value: str | None) -> str | None:
+        if value is not None and not _IDENTIFIER.match(value):
+            raise ValueError(
+                "must be a plain identifier (letters, digits and _, not starting with a digit, at most 63)"
+            )
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            async_url(value)  # raises ValueError naming what is wrong
+        return value
+
+
+def async_url(url: str | URL) -> URL:
+    """The URL with this battery's async driver: ``sqlite:///x.db`` becomes ``sqlite+aiosqlite:///x.db``,
+    ``postgresql://...`` becomes ``postgresql+psycopg://...``.
+
+    Raises ``ValueError`` for a URL that does not parse, a database this battery does not speak, or
+    an in-memory SQLite database (each connection would see a database of its own).
+    """
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError as exc:
+        raise ValueError(f"not a database URL ({exc}); example: postgresql+psycopg://user@host/db") from None
+    driver = _ASYNC.get(parsed.drivername)
+    if driver is None:
+        raise ValueError(
+            f"the driver {parsed.drivername!r} is not supported; use sqlite:///path.db, "
+            "postgresql+psycopg://... or postgresql+asyncpg://..."
+        )
+    if driver.startswith("sqlite") and parsed.database in (None, "", ":memory:"):
+        raise ValueError(
+            "an in-memory SQLite database cannot hold an audit trail; give a file: sqlite:///audit.db"
+        )
+    return parsed.set(drivername=driver)
+
+
+def sync_url(url: str | URL) -> URL:
+    """The URL with the synchronous driver migrations use (psycopg serves both; SQLite has sqlite3)."""
+    parsed = async_url(url)
+    return parsed.set(drivername=_SYNC[parsed.drivername])
+
+
+def public_url(url: str | URL) -> str:
+    """The URL for messages: never the password."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        return "(a database URL)"
+    return parsed.render_as_string(hide_password=True)
+
+
+def resolve_url(settings: AuditSqlSettings, data_dir: Path) -> URL:
+    """The async URL to use: the setting, or ``sqlite+aiosqlite:///<data_dir>/audit.db``."""
+    if settings.url is None:
+        return async_url(f"sqlite:///{Path(data_dir).expanduser() / DEFAULT_DB_FILE}")
+    url = async_url(settings.url)
+    if settings.db_schema is not None and not url.drivername.startswith("postgresql"):
+        raise ConfigError(
+            f"[tool.executus.audit_sql] db_schema: schemas are a PostgreSQL setting, but url is "
+            f"{public_url(url)}; remove db_schema (plugin 'audit_sql')"
+        )
+    return url

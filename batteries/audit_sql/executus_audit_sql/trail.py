@@ -1,0 +1,175 @@
+"""Reading the trail back: runs (with their roll-up) and each run's rows in order.
+
+`SqlAudit.list_runs`, `SqlAudit.get_run` and `SqlAudit.trail` use these; so do the ``executus runs``
+commands. Everything returned is a pydantic model, so it dumps to JSON as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from sqlalchemy import Table, select
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from executus_audit_sql.schema import RunEventRow, RunRow
+from executus_core.types import RunInfo, RunStats, RunStatus, utcnow
+
+__all__ = ["RUNNING", "RunRecord", "TrailEntry", "find_runs", "get_run", "get_trail", "list_runs"]
+
+RUNS: Table = RunRow.__table__  # type: ignore[assignment]
+EVENTS: Table = RunEventRow.__table__  # type: ignore[assignment]
+
+RUNNING = "running"
+"""The status filter (and the status shown) for runs whose recorder is not closed yet."""
+
+
+class RunRecord(BaseModel):
+    """A run as stored: its info, how many times it started, and its roll-up (``status`` None: running)."""
+
+    run_id: str
+    subject_id: str
+    name: str
+    caller_id: str
+    channel_id: str | None = None
+    parent_run_id: str | None = None
+    inputs: dict[str, Any] | None = None
+    started_at: datetime
+    attempts: int = 1
+    status: RunStatus | None = None
+    output: str | None = None
+    error: str | None = None
+    steps: int = 0
+    tool_calls: int = 0
+    runtime_seconds: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    thinking_tokens: int = 0
+    ended_at: datetime | None = None
+
+    @property
+    def running(self) -> bool:
+        """True until the run's recorder was closed (a run whose process died stays so until recovered)."""
+        return self.status is None
+
+    @property
+    def shown_status(self) -> str:
+        """The status as the CLI shows it: a `RunStatus` value or ``running``."""
+        return self.status.value if self.status is not None else RUNNING
+
+    @property
+    def tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def duration_seconds(self) -> float:
+        """The run's runtime; for a running run, the time since it started."""
+        if self.runtime_seconds is not None:
+            return self.runtime_seconds
+        return max(0.0, (utcnow() - self.started_at).total_seconds())
+
+    @property
+    def info(self) -> RunInfo:
+        """The `RunInfo` the run started with."""
+        return RunInfo(
+            run_id=self.run_id,
+            subject_id=self.subject_id,
+            name=self.name,
+            caller_id=self.caller_id,
+            channel_id=self.channel_id,
+            parent_run_id=self.parent_run_id,
+            inputs=self.inputs,
+            started_at=self.started_at,
+        )
+
+    @property
+    def stats(self) -> RunStats | None:
+        """The roll-up ``close`` wrote, or ``None`` while the run goes on."""
+        if self.status is None:
+            return None
+        return RunStats(
+            status=self.status,
+            output=self.output,
+            error=self.error,
+            steps=self.steps,
+            tool_calls=self.tool_calls,
+            runtime_seconds=self.runtime_seconds or 0.0,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            thinking_tokens=self.thinking_tokens,
+        )
+
+
+class TrailEntry(BaseModel):
+    """One row of a run's trail.
+
+    ``kind`` ``step``: ``iteration``, ``text`` (the model's), ``data`` (tool calls, usage, model);
+    ``tool``: ``name``, ``call_id``, ``text`` (the result), ``data`` (arguments);
+    ``event``: ``name`` (the event type), ``data`` (its payload); ``error``: ``text``.
+    """
+
+    seq: int
+    kind: Literal["step", "tool", "event", "error"]
+    at: datetime
+    name: str | None = None
+    iteration: int | None = None
+    call_id: str | None = None
+    text: str | None = None
+    data: Any = None
+
+
+def _record(row: RowMapping) -> RunRecord:
+    return RunRecord.model_validate(dict(row))
+
+
+async def list_runs(
+    conn: AsyncConnection,
+    *,
+    caller_id: str | None = None,
+    status: str | None = None,
+    name: str | None = None,
+    limit: int = 20,
+) -> list[RunRecord]:
+    """The most recent runs first; ``status`` is a `RunStatus` value or ``running``."""
+    query = select(RUNS).order_by(RUNS.c.started_at.desc(), RUNS.c.run_id).limit(limit)
+    if caller_id is not None:
+        query = query.where(RUNS.c.caller_id == caller_id)
+    if name is not None:
+        query = query.where(RUNS.c.name == name)
+    if status == RUNNING:
+        query = query.where(RUNS.c.status.is_(None))
+    elif status is not None:
+        query = query.where(RUNS.c.status == status)
+    return [_record(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def get_run(conn: AsyncConnection, run_id: str) -> RunRecord | None:
+    """The run with this id, or ``None``."""
+    row = (await conn.execute(select(RUNS).where(RUNS.c.run_id == run_id))).mappings().first()
+    return _record(row) if row is not None else None
+
+
+async def find_runs(conn: AsyncConnection, prefix: str, *, limit: int = 5) -> list[str]:
+    """Ids of runs that start with ``prefix`` (for ``executus runs show 3f2a``)."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    query = (
+        select(RUNS.c.run_id)
+        .where(RUNS.c.run_id.like(escaped + "%", escape="\\"))
+        .order_by(RUNS.c.run_id)
+        .limit(limit)
+    )
+    return list((await conn.execute(query)).scalars())
+
+
+async def get_trail(
+    conn: AsyncConnection, run_id: str, *, kinds: Sequence[str] | None = None
+) -> list[TrailEntry]:
+    """The run's rows in order (all kinds, or only ``kinds``)."""
+    query = select(EVENTS).where(EVENTS.c.run_id == run_id).order_by(EVENTS.c.seq)
+    if kinds is not None:
+        query = query.where(EVENTS.c.kind.in_(list(kinds)))
+    return [TrailEntry.model_validate(dict(row)) for row in (await conn.execute(query)).mappings()]

@@ -8,7 +8,8 @@
 Batteries add their own commands (``executus runs``, ``executus recover``, ...) through the
 ``executus_register_commands`` hook, called for every loadable plugin when the command starts. A
 plugin that fails to import, or whose hook raises, never takes the command line down: it is listed
-as broken by ``executus plugins``.
+as broken by ``executus plugins``. SQL batteries share one ``executus db upgrade`` through
+`db_upgraders`.
 
 Output: people get tables, live progress and colours on stderr, and the answer on stdout; scripts
 get JSON on stdout with ``--json`` and nothing else there.
@@ -31,7 +32,7 @@ import sys
 import tomllib
 import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -55,11 +56,13 @@ if TYPE_CHECKING:
     from executus_core.executor import Executor
 
 __all__ = [
+    "DB_UPGRADERS",
     "AgentFile",
     "AgentFileError",
     "PluginReport",
     "Progress",
     "create_app",
+    "db_upgraders",
     "describe_model",
     "inspect_plugins",
     "load_agent",
@@ -445,6 +448,16 @@ def describe_model(executor: Executor, agent: Agent) -> str | None:
     return f"model: {resolved_id}{via}{where}"
 
 
+def describe_batteries(executor: Executor) -> str:
+    """``batteries: audit_sql (audit), critic (critic)``: the installed plugins taking part in runs."""
+    engaged = [
+        f"{r.name} ({', '.join(p for p in r.ports if p != 'commands')})"
+        for r in executor.plugins
+        if r.status == "enabled" and r.distribution != "executus-core" and set(r.ports) - {"commands"}
+    ]
+    return "batteries: " + ", ".join(engaged) if engaged else ""
+
+
 # -------------------------------------------------------------------------------------------------
 # Plugins
 # -------------------------------------------------------------------------------------------------
@@ -499,6 +512,109 @@ def inspect_plugins(
         rows.append(row)
     executor.close()  # port objects may hold pools (webhook client, database engines)
     return PluginReport(rows, notes)
+
+
+# -------------------------------------------------------------------------------------------------
+# executus db upgrade: shared by every SQL battery
+# -------------------------------------------------------------------------------------------------
+
+DB_UPGRADERS = "executus_db_upgraders"
+"""The attribute of the shared ``db`` group's `typer.Typer` that holds ``{name: step(settings) -> str}``."""
+
+
+def db_upgraders(cli: typer.Typer) -> dict[str, Callable[[Settings], str]]:
+    """The registry of ``executus db upgrade`` steps on ``cli``, adding the ``db`` group if it is not there.
+
+    Each SQL battery has tables to migrate, and one ``executus db upgrade [NAME ...] [--json]`` runs
+    them all. A SQL battery calls this from its ``executus_register_commands`` hook and adds its step,
+    a function of the loaded `Settings` that migrates its tables and returns one line saying what it
+    did::
+
+        @hookimpl
+        def executus_register_commands(cli):
+            db_upgraders(cli)["audit_sql"] = upgrade_step
+
+    The first call adds a ``db`` group to ``cli`` whose `typer.Typer` carries the registry (a dict)
+    in its `DB_UPGRADERS` attribute; later calls find the group and return the same dict, so the
+    command is registered once whichever battery comes first.
+
+    ``executus db upgrade`` loads the settings (``-s key=value`` like ``executus run``), runs every
+    step in name order (or only the named ones) and prints a line per step; with ``--json``, only
+    ``{"upgraded": {name: {"ok": bool, "message": str}}}`` on stdout. A step that raises is reported
+    as failed with its message (an `ExecutusError`'s own text, else the exception's type and text)
+    and the others still run. Exit codes: ``0`` every step succeeded; ``1`` one failed; ``2`` bad
+    settings or a name no battery registered.
+
+    Raises ``ValueError`` when ``cli`` has a ``db`` group that does not follow this convention.
+    """
+    for group in cli.registered_groups:
+        if group.name == "db":
+            registry = getattr(group.typer_instance, DB_UPGRADERS, None)
+            if not isinstance(registry, dict):
+                raise ValueError(
+                    "the `executus db` group was added by a plugin that does not share it "
+                    f"(no {DB_UPGRADERS} registry on it); `executus db upgrade` cannot include the SQL "
+                    "batteries: make that plugin add its step with executus_core.cli.db_upgraders"
+                )
+            return registry
+    db = typer.Typer(help="The tables executus batteries keep in your databases.", no_args_is_help=True)
+    steps: dict[str, Callable[[Settings], str]] = {}
+    setattr(db, DB_UPGRADERS, steps)
+
+    @db.command("upgrade")
+    def upgrade_command(
+        names: Annotated[
+            list[str] | None,
+            typer.Argument(
+                help="Only these batteries (default: every installed SQL battery).", show_default=False
+            ),
+        ] = None,
+        setting: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--setting", "-s", help="A setting as key=value (repeatable), as for run: audit_sql.url=..."
+            ),
+        ] = None,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print JSON for scripts on stdout, and nothing else.")
+        ] = False,
+    ) -> None:
+        """Create or migrate the tables of every installed SQL battery (safe to run again)."""
+        err = _stderr()
+        try:
+            settings = load_settings(parse_settings(setting or []))
+        except ConfigError as exc:
+            raise _fail(err, str(exc)) from None
+        unknown = sorted(set(names or ()) - set(steps))
+        if unknown:
+            raise _fail(
+                err,
+                f"no SQL battery named {', '.join(unknown)}; installed: {', '.join(sorted(steps)) or 'none'}",
+            )
+        report: dict[str, dict[str, Any]] = {}
+        for name, step in sorted(steps.items()):
+            if names and name not in names:
+                continue
+            try:
+                report[name] = {"ok": True, "message": step(settings)}
+            except Exception as exc:
+                # An ExecutusError's message is written for people already; others need their type.
+                message = str(exc) if isinstance(exc, ExecutusError) else f"{type(exc).__name__}: {exc}"
+                report[name] = {"ok": False, "message": message}
+        if as_json:
+            typer.echo(json.dumps({"upgraded": report}, indent=2))
+        else:
+            out = Console(soft_wrap=True)
+            for name, outcome in report.items():
+                mark = "[green]✓[/]" if outcome["ok"] else "[bold red]✗[/]"
+                out.print(f"{mark} [bold]{escape(name)}[/]: {escape(outcome['message'])}", highlight=False)
+            if not report:
+                out.print("no SQL battery is installed: nothing to upgrade")
+        if not all(outcome["ok"] for outcome in report.values()):
+            raise typer.Exit(EXIT_RUN_FAILED)
+
+    cli.add_typer(db, name="db")
+    return steps
 
 
 # -------------------------------------------------------------------------------------------------
@@ -786,6 +902,8 @@ async def _run(
                 line = describe_model(executor, agent)
                 header = f"[bold]{escape(agent.name)}[/] · caller {escape(caller)}"
                 err.print(header + (f"\n[dim]{escape(line)}[/]" if line else ""), highlight=False)
+                if batteries := describe_batteries(executor):
+                    err.print(f"[dim]{escape(batteries)}[/]", highlight=False)
             if show is not None and not dry_run:
                 show.start()
             try:

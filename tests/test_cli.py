@@ -513,3 +513,27 @@ def test_version_and_help() -> None:
     assert invoke("--version").stdout == f"executus-core {__version__}\n"
     help_text = invoke("--help").stdout
     assert "run" in help_text and "plugins" in help_text
+
+
+def test_the_run_header_names_the_batteries_taking_part() -> None:
+    from executus_core import Executor, hookimpl
+    from executus_core.cli import describe_batteries
+
+    class Budget:
+        executus_name = "my_budget"
+
+        @hookimpl
+        def executus_budget(self, settings: object) -> object:
+            return self
+
+        async def check(self, caller_id: str) -> None:
+            return None
+
+        async def commit(self, caller_id: str, runtime_seconds: float, usage: object) -> None:
+            return None
+
+    assert describe_batteries(Executor(entry_points=False)) == ""
+    assert (
+        describe_batteries(Executor(entry_points=False, plugins=[Budget()]))
+        == "batteries: my_budget (budget)"
+    )

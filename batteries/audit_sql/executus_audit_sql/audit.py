@@ -75,9 +75,7 @@ class SqlAudit:
         self.url = resolve_url(settings, base)
         self.db_schema = settings.db_schema
         self.backend = self.url.get_backend_name()
-        self.auto_migrate = (
-            settings.auto_migrate if settings.auto_migrate is not None else self.backend == "sqlite"
-        )
+        self.auto_upgrade = settings.auto_upgrade
         self.write_timeout = settings.write_timeout or min(5.0, port_timeout / 2)
         self.skip_events = frozenset(settings.skip_events)
         self.spill_dir = settings.spill_dir or base / SPILL_DIR_NAME
@@ -122,10 +120,10 @@ class SqlAudit:
         return self._writer
 
     async def ensure_schema(self) -> None:
-        """Migrate the tables to head (``auto_migrate``), or check they are there; once per process.
+        """Migrate the tables to head (``auto_upgrade``), or check they are there; once per process.
 
         Raises:
-            SchemaNotReady: the tables are not at head and ``auto_migrate`` is off.
+            SchemaNotReady: the tables are not at head and ``auto_upgrade`` is off.
         """
         if self._schema_ready:
             return
@@ -136,7 +134,7 @@ class SqlAudit:
                 await ensure_schema(
                     self.url,
                     db_schema=self.db_schema,
-                    auto_migrate=self.auto_migrate,
+                    auto_upgrade=self.auto_upgrade,
                     connect_timeout=self.settings.connect_timeout,
                 )
                 self._schema_ready = True

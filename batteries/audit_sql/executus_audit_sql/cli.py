@@ -11,12 +11,9 @@
 Every command takes ``-s key=value`` settings like ``executus run`` (``-s audit_sql.url=...``).
 
 **The shared ``executus db`` group.** Several SQL batteries each have tables to migrate, and
-``executus db upgrade`` must run all of them. The convention (see `db_upgraders`): the first SQL
-battery to register its commands adds a ``db`` group to the root app whose ``typer.Typer`` carries a
-dict in the attribute ``executus_db_upgraders``; every SQL battery (the first included) puts its
-step in that dict, ``name -> step(settings) -> str``. ``db upgrade`` runs every step in name order,
-prints each one's line, and exits 1 if any failed. A battery that comes second finds the group and
-only adds its step, so no command name is registered twice.
+``executus db upgrade`` runs all of them: the core's `executus_core.cli.db_upgraders` adds the ``db``
+group once, and every SQL battery puts its step in its registry, ``name -> step(settings) -> str``.
+``db upgrade`` runs every step in name order, prints each one's line, and exits 1 if any failed.
 """
 
 from __future__ import annotations
@@ -36,21 +33,18 @@ from rich.table import Table
 from rich.tree import Tree
 
 from executus_audit_sql.audit import SqlAudit
-from executus_audit_sql.errors import describe_error
+from executus_audit_sql.errors import AuditSqlError, describe_error
 from executus_audit_sql.migrate import upgrade
 from executus_audit_sql.settings import SECTION, AuditSqlSettings
 from executus_audit_sql.trail import RUNNING, RunRecord, TrailEntry
-from executus_core.cli import parse_settings
+from executus_core.cli import db_upgraders, parse_settings
 from executus_core.config import Settings, load_settings
 from executus_core.errors import ConfigError, ExecutusError
 from executus_core.types import RunStatus
 
-__all__ = ["DB_UPGRADERS", "db_upgraders", "register", "upgrade_step"]
+__all__ = ["register", "upgrade_step"]
 
 T = TypeVar("T")
-
-DB_UPGRADERS = "executus_db_upgraders"
-"""The attribute of the shared ``db`` group's `typer.Typer` that holds ``{name: step(settings) -> str}``."""
 
 EXIT_FAILED = 1
 EXIT_CANNOT_START = 2
@@ -82,86 +76,21 @@ def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
 
 
 # -------------------------------------------------------------------------------------------------
-# executus db upgrade: shared by every SQL battery
+# executus db upgrade: the group is shared by every SQL battery (executus_core.cli.db_upgraders)
 # -------------------------------------------------------------------------------------------------
-
-
-def db_upgraders(cli: typer.Typer) -> dict[str, Callable[[Settings], str]]:
-    """The registry of ``executus db upgrade`` steps on ``cli``, adding the ``db`` group if it is not there.
-
-    A SQL battery calls this from its ``executus_register_commands`` and adds its step::
-
-        db_upgraders(cli)["audit_sql"] = upgrade_step
-
-    Raises ``ValueError`` when ``cli`` has a ``db`` group that does not follow the convention.
-    """
-    for group in cli.registered_groups:
-        if group.name == "db":
-            registry = getattr(group.typer_instance, DB_UPGRADERS, None)
-            if not isinstance(registry, dict):
-                raise ValueError(
-                    "the `executus db` group was added by a plugin that does not share it "
-                    f"(no {DB_UPGRADERS} registry on it); `executus db upgrade` cannot include audit_sql"
-                )
-            return registry
-    db = typer.Typer(
-        help="The tables executus batteries keep in your databases.",
-        no_args_is_help=True,
-    )
-    registry = {}
-    setattr(db, DB_UPGRADERS, registry)
-
-    @db.command("upgrade")
-    def upgrade_command(
-        names: Annotated[
-            list[str] | None,
-            typer.Argument(
-                help="Only these batteries (default: every installed SQL battery).", show_default=False
-            ),
-        ] = None,
-        setting: SettingOption = None,
-        as_json: JsonOption = False,
-    ) -> None:
-        """Create or migrate the tables of every installed SQL battery (safe to run again)."""
-        try:
-            settings = load_settings(parse_settings(setting or []))
-        except ConfigError as exc:
-            raise _fail(str(exc), EXIT_CANNOT_START) from None
-        unknown = sorted(set(names or ()) - set(registry))
-        if unknown:
-            raise _fail(
-                f"no SQL battery named {', '.join(unknown)}; installed: {', '.join(sorted(registry)) or 'none'}",
-                EXIT_CANNOT_START,
-            )
-        report: dict[str, dict[str, Any]] = {}
-        for name, step in sorted(registry.items()):
-            if names and name not in names:
-                continue
-            try:
-                report[name] = {"ok": True, "message": step(settings)}
-            except Exception as exc:
-                report[name] = {"ok": False, "message": describe_error(exc)}
-        if as_json:
-            typer.echo(json.dumps({"upgraded": report}, indent=2))
-        else:
-            out = Console(soft_wrap=True)
-            for name, outcome in report.items():
-                mark = "[green]✓[/]" if outcome["ok"] else "[bold red]✗[/]"
-                out.print(f"{mark} [bold]{escape(name)}[/]: {escape(outcome['message'])}", highlight=False)
-            if not report:
-                out.print("no SQL battery is installed: nothing to upgrade")
-        if not all(outcome["ok"] for outcome in report.values()):
-            raise typer.Exit(EXIT_FAILED)
-
-    cli.add_typer(db, name="db")
-    return registry
 
 
 def upgrade_step(settings: Settings) -> str:
     """This battery's step of ``executus db upgrade``: migrate the audit tables to head."""
     section = settings.section(SECTION, AuditSqlSettings, plugin=SECTION)
     audit = SqlAudit(section, data_dir=settings.core.data_dir)  # resolves the default URL
-    report = upgrade(audit.url, db_schema=audit.db_schema, connect_timeout=section.connect_timeout)
+    try:
+        report = upgrade(audit.url, db_schema=audit.db_schema, connect_timeout=section.connect_timeout)
+    except ExecutusError:
+        raise
+    except Exception as exc:
+        # The driver's own line, without SQLAlchemy's statement dump and "background" link.
+        raise AuditSqlError(describe_error(exc)) from exc
     where = f" (schema {audit.db_schema})" if audit.db_schema else ""
     return str(report) + where
 

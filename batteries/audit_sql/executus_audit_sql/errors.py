@@ -36,7 +36,7 @@ class AuditSqlError(ExecutusError):
 
 
 class SchemaNotReady(AuditSqlError):
-    """The audit tables are missing or at an older revision, and ``auto_migrate`` is off.
+    """The audit tables are missing or at an older revision, and ``auto_upgrade`` is off.
 
     The message names the database, the revision found and the one needed, and says to run
     ``executus db upgrade``.

@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, text
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from executus_audit_sql.database import make_sync_engine
 from executus_audit_sql.errors import SchemaNotReady
 from executus_audit_sql.schema import VERSION_TABLE
 from executus_audit_sql.settings import async_url, public_url
+from executus_core.sql import migration_lock  # one Alembic at a time in this process, for every battery
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -56,22 +57,6 @@ _LOCK_KEY = zlib.crc32(VERSION_TABLE.encode()) & 0x7FFFFFFF
 # (url, schema) pairs found at head in this process: checked once, not on every engine.
 _ready: set[tuple[str, str | None]] = set()
 _ready_lock = threading.Lock()
-
-MIGRATION_LOCK_NAME = "_executus_migration_lock"
-
-
-def migration_lock() -> Any:
-    """The process-wide lock held while Alembic runs, shared by every executus SQL battery.
-
-    Alembic's ``op`` and ``context`` are module-level proxies: two migrations running at once in one
-    process (two batteries migrating on their first run, or two threads) would send one's DDL down the
-    other's connection. The lock lives on the ``alembic`` module itself, so batteries that do not
-    import each other still find the same one (a thread holds it; async code acquires it with
-    ``await asyncio.to_thread(lock.acquire)``).
-    """
-    import alembic
-
-    return alembic.__dict__.setdefault(MIGRATION_LOCK_NAME, threading.Lock())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +117,21 @@ def current_revision(
         engine.dispose()
 
 
+def _create_schema(engine: Engine, db_schema: str) -> None:
+    """Create the PostgreSQL schema in a transaction of its own, committed before migrating.
+
+    Another SQL battery (or worker) may create the same schema at the same moment, under its own
+    advisory lock: ``IF NOT EXISTS`` does not cover that race, and the loser gets a unique violation
+    on ``pg_namespace`` (after waiting for the winner's transaction, so kept short), meaning the
+    schema exists now.
+    """
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db_schema}"'))
+    except IntegrityError:
+        pass
+
+
 def upgrade(
     url: str | URL,
     *,
@@ -151,11 +151,11 @@ def upgrade(
     engine = make_sync_engine(parsed, connect_timeout=connect_timeout, db_schema=db_schema)
     postgres = parsed.get_backend_name() == "postgresql"
     try:
+        if postgres and db_schema:
+            _create_schema(engine, db_schema)
         with engine.begin() as connection:
             if postgres:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-                if db_schema:
-                    connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db_schema}"'))
             with migration_lock():
                 before = _current(connection, db_schema)
                 command.upgrade(alembic_config(connection, db_schema), revision)
@@ -173,13 +173,13 @@ def upgrade(
     return UpgradeReport(public_url(parsed), before, after)
 
 
-def _ensure_sync(url: URL, db_schema: str | None, auto_migrate: bool, connect_timeout: float) -> None:
+def _ensure_sync(url: URL, db_schema: str | None, auto_upgrade: bool, connect_timeout: float) -> None:
     key = (url.render_as_string(hide_password=False), db_schema)
     with _ready_lock:
         if key in _ready:
             return
     head = head_revision()
-    if auto_migrate:
+    if auto_upgrade:
         upgrade(url, db_schema=db_schema, connect_timeout=connect_timeout)
     else:
         found = current_revision(url, db_schema=db_schema, connect_timeout=connect_timeout)
@@ -188,7 +188,7 @@ def _ensure_sync(url: URL, db_schema: str | None, auto_migrate: bool, connect_ti
             state = "has no audit tables" if found is None else f"is at revision {found}"
             raise SchemaNotReady(
                 f"the audit database {where} {state}; this executus-audit-sql needs revision {head}: run "
-                "`executus db upgrade`, or set [tool.executus.audit_sql] auto_migrate = true",
+                "`executus db upgrade`, or set [tool.executus.audit_sql] auto_upgrade = true",
                 found=found,
                 needed=head,
             )
@@ -197,14 +197,14 @@ def _ensure_sync(url: URL, db_schema: str | None, auto_migrate: bool, connect_ti
 
 
 async def ensure_schema(
-    url: URL, *, db_schema: str | None, auto_migrate: bool, connect_timeout: float
+    url: URL, *, db_schema: str | None, auto_upgrade: bool, connect_timeout: float
 ) -> None:
-    """Make sure the tables are at head: migrate (``auto_migrate``) or check, in a worker thread.
+    """Make sure the tables are at head: migrate (``auto_upgrade``) or check, in a worker thread.
 
-    Raises `SchemaNotReady` when the tables are not at head and ``auto_migrate`` is off; a
+    Raises `SchemaNotReady` when the tables are not at head and ``auto_upgrade`` is off; a
     database that cannot be reached raises the driver's error.
     """
-    await asyncio.to_thread(_ensure_sync, url, db_schema, auto_migrate, connect_timeout)
+    await asyncio.to_thread(_ensure_sync, url, db_schema, auto_upgrade, connect_timeout)
 
 
 def forget_ready() -> None:

@@ -5,7 +5,7 @@
     [tool.executus.audit_sql]
     url = "postgresql+psycopg://audit@db.internal/app"   # default: SQLite file audit.db in data_dir
     db_schema = "executus"                               # PostgreSQL only: tables go in this schema
-    auto_migrate = false                                 # default: true for SQLite, false otherwise
+    auto_upgrade = false                                 # default true; false: `executus db upgrade` does it
     batch_size = 500
     flush_interval = 0.5
     retention_days = 30
@@ -65,10 +65,11 @@ class AuditSqlSettings(BaseModel):
     db_schema: str | None = Field(
         None, description="PostgreSQL only: keep the tables (and the version table) in this schema."
     )
-    auto_migrate: bool | None = Field(
-        None,
-        description="Bring the tables up to date when first used. Default: true for SQLite, false "
-        "otherwise (run `executus db upgrade` when you deploy).",
+    auto_upgrade: bool = Field(
+        True,
+        description="Create or upgrade the tables on first use (workers starting together on PostgreSQL "
+        "take turns under an advisory lock); set false where a deploy step runs `executus db upgrade`, "
+        "and a schema that is not at head is then refused.",
     )
     batch_size: int = Field(500, ge=1, description="Buffered rows that make the writer flush at once.")
     flush_interval: float = Field(0.5, gt=0, description="Longest a buffered row waits to be written.")

@@ -28,7 +28,7 @@ class Backend:
 
     def settings(self, **extra: Any) -> dict[str, Any]:
         """The ``audit_sql`` settings table for this backend."""
-        table: dict[str, Any] = {"url": self.url, "auto_migrate": True}
+        table: dict[str, Any] = {"url": self.url}
         if self.db_schema:
             table["db_schema"] = self.db_schema
         table.update(extra)

@@ -17,13 +17,13 @@ import executus_audit_sql.plugin
 import pytest
 import typer
 from audit_sql_helpers import Backend, arithmetic_agent, other_plugins
-from executus_audit_sql.cli import _short_id, db_upgraders
+from executus_audit_sql.cli import _short_id
 from executus_audit_sql.migrate import head_revision
 from executus_audit_sql.writes import RunState
 from typer.testing import CliRunner
 
 from executus_core import Agent, Executor, ModelResponse, RunStatus, hookimpl
-from executus_core.cli import create_app
+from executus_core.cli import create_app, db_upgraders
 from executus_core.config import Settings
 from executus_core.testing import ScriptedModel
 from executus_core.testing.conformance import make_info

@@ -147,10 +147,10 @@ async def test_a_run_resumed_by_recover_continues_its_trail(backend: Backend) ->
         assert [(e.call_id, e.text) for e in trail if e.kind == "tool"] == [("s1", "done 7")]
 
 
-async def test_without_auto_migrate_a_missing_schema_is_a_clear_warning_and_nothing_is_lost(
+async def test_without_auto_upgrade_a_missing_schema_is_a_clear_warning_and_nothing_is_lost(
     tmp_path: Path,
 ) -> None:
-    settings = {"audit_sql": {"url": f"sqlite:///{tmp_path / 'fresh.db'}", "auto_migrate": False}}
+    settings = {"audit_sql": {"url": f"sqlite:///{tmp_path / 'fresh.db'}", "auto_upgrade": False}}
     async with Executor(settings=settings, disable=other_plugins()) as executor:
         result = await executor.run(arithmetic_agent(), "add", caller_id="dave")
     assert result.status is RunStatus.OK
@@ -160,7 +160,7 @@ async def test_without_auto_migrate_a_missing_schema_is_a_clear_warning_and_noth
     spilled = list((tmp_path / "data" / "audit_sql-unwritten").glob("*.jsonl"))
     assert len(spilled) == 1 and str(spilled[0]) in warning
 
-    audit = SqlAudit(url=f"sqlite:///{tmp_path / 'fresh.db'}", data_dir=tmp_path / "data")  # auto_migrate
+    audit = SqlAudit(url=f"sqlite:///{tmp_path / 'fresh.db'}", data_dir=tmp_path / "data")  # upgrades
     try:
         await audit.import_spill(spilled[0])
         record = await audit.get_run(result.run_id)

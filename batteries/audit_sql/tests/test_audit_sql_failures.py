@@ -170,7 +170,7 @@ async def test_a_database_that_is_not_there_at_all_never_fails_a_run(tmp_path: P
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-    settings = {"audit_sql": {"url": f"postgresql+psycopg://127.0.0.1:{port}/nowhere", "auto_migrate": True}}
+    settings = {"audit_sql": {"url": f"postgresql+psycopg://127.0.0.1:{port}/nowhere"}}
     async with Executor(settings=settings, disable=other_plugins()) as executor:
         model = ScriptedModel([ModelResponse(text="fine")])
         result = await executor.run(Agent(name="lonely", model=model), "hi", caller_id="gina")

@@ -12,19 +12,17 @@ Exit codes: ``0`` done (every recovered run ended ``ok``); ``1`` a run did not e
 database could not be read; ``2`` the command could not start (bad settings, no checkpoint store).
 
 **The shared ``executus db`` group.** Each SQL battery has tables to migrate, and one
-``executus db upgrade`` runs them all. The convention, shared with executus-audit-sql (see
-`db_upgraders`): the first SQL battery to register its commands adds a ``db`` group to the root app
-whose `typer.Typer` carries a dict in its ``executus_db_upgraders`` attribute; every SQL battery (the
-first included) puts its step there, ``name -> step(settings) -> str``. ``db upgrade`` runs the steps
-in name order, prints each one's line, and exits 1 if any failed. Whichever battery comes first, the
-command is the same.
+``executus db upgrade`` runs them all: the core's `executus_core.cli.db_upgraders` adds the ``db``
+group once, and every SQL battery (executus-audit-sql too) puts its step in its registry,
+``name -> step(settings) -> str``. ``db upgrade`` runs the steps in name order, prints each one's
+line, and exits 1 if any failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -34,7 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from executus_checkpoint_sql.settings import SECTION
-from executus_core.cli import load_agent, parse_settings
+from executus_core.cli import db_upgraders, load_agent, parse_settings
 from executus_core.config import Settings, load_settings
 from executus_core.errors import ConfigError, ExecutusError, PluginError
 from executus_core.types import Result, RunEvent, RunStatus
@@ -45,10 +43,7 @@ if TYPE_CHECKING:
     from executus_checkpoint_sql.store import CheckpointListing, SqlCheckpointStore
     from executus_core.types import Agent
 
-__all__ = ["DB_UPGRADERS", "RecoverProgress", "db_upgraders", "register_commands", "upgrade_step"]
-
-DB_UPGRADERS = "executus_db_upgraders"
-"""The attribute of the shared ``db`` group's `typer.Typer` that holds ``{name: step(settings) -> str}``."""
+__all__ = ["RecoverProgress", "register_commands", "upgrade_step"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -92,76 +87,8 @@ def _short(text: str | None, limit: int = 60) -> str:
 
 
 # -------------------------------------------------------------------------------------------------
-# executus db upgrade: shared by every SQL battery
+# executus db upgrade: the group is shared by every SQL battery (executus_core.cli.db_upgraders)
 # -------------------------------------------------------------------------------------------------
-
-
-def db_upgraders(cli: typer.Typer) -> dict[str, Callable[[Settings], str]]:
-    """The registry of ``executus db upgrade`` steps on ``cli``, adding the ``db`` group if it is not there.
-
-    A SQL battery calls this from its ``executus_register_commands`` and adds its step::
-
-        db_upgraders(cli)["checkpoint_sql"] = upgrade_step
-
-    Raises ``ValueError`` when ``cli`` has a ``db`` group that does not follow the convention.
-    """
-    for group in cli.registered_groups:
-        if group.name == "db":
-            shared = getattr(group.typer_instance, DB_UPGRADERS, None)
-            if not isinstance(shared, dict):
-                raise ValueError(
-                    "the `executus db` group was added by a plugin that does not share it "
-                    f"(no {DB_UPGRADERS} registry on it); `executus db upgrade` cannot include checkpoint_sql"
-                )
-            return shared
-    db = typer.Typer(help="The tables executus batteries keep in your databases.", no_args_is_help=True)
-    registry: dict[str, Callable[[Settings], str]] = {}
-    setattr(db, DB_UPGRADERS, registry)
-
-    @db.command("upgrade")
-    def upgrade_command(
-        names: Annotated[
-            list[str] | None,
-            typer.Argument(
-                help="Only these batteries (default: every installed SQL battery).", show_default=False
-            ),
-        ] = None,
-        setting: SettingOption = None,
-        as_json: JsonOption = False,
-    ) -> None:
-        """Create or migrate the tables of every installed SQL battery (safe to run again)."""
-        try:
-            settings = load_settings(parse_settings(setting or []))
-        except ConfigError as exc:
-            raise _fail(str(exc), EXIT_CANNOT_START) from None
-        unknown = sorted(set(names or ()) - set(registry))
-        if unknown:
-            raise _fail(
-                f"no SQL battery named {', '.join(unknown)}; installed: {', '.join(sorted(registry)) or 'none'}",
-                EXIT_CANNOT_START,
-            )
-        report: dict[str, dict[str, Any]] = {}
-        for name, step in sorted(registry.items()):
-            if names and name not in names:
-                continue
-            try:
-                report[name] = {"ok": True, "message": step(settings)}
-            except Exception as exc:
-                report[name] = {"ok": False, "message": f"{type(exc).__name__}: {exc}"}
-        if as_json:
-            typer.echo(json.dumps({"upgraded": report}, indent=2))
-        else:
-            out = Console(soft_wrap=True)
-            for name, outcome in report.items():
-                mark = "[green]✓[/]" if outcome["ok"] else "[bold red]✗[/]"
-                out.print(f"{mark} [bold]{escape(name)}[/]: {escape(outcome['message'])}", highlight=False)
-            if not report:
-                out.print("no SQL battery is installed: nothing to upgrade")
-        if not all(outcome["ok"] for outcome in report.values()):
-            raise typer.Exit(EXIT_FAILED)
-
-    cli.add_typer(db, name="db")
-    return registry
 
 
 def upgrade_step(settings: Settings) -> str:

@@ -6,7 +6,9 @@ store's own engine, and the version is kept in this battery's own table,
 
 Several workers may start at once against one database: on PostgreSQL the upgrade holds a
 transaction-level advisory lock, on SQLite an exclusive lock on a file beside the database, so one
-upgrades and the others then find the tables at head.
+upgrades and the others then find the tables at head. Within one process, Alembic runs under
+`executus_core.sql.migration_lock`, shared with the other SQL batteries (Alembic's ``op`` and
+``context`` are module globals, so two migrations at once in one process would collide).
 
 ::
 
@@ -31,9 +33,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from executus_checkpoint_sql.engine import create_engine, safe_url, sqlite_path
+from executus_core.sql import hold_migration_lock
 
 try:  # POSIX; elsewhere SQLite upgrades are not serialized between processes
     import fcntl
@@ -116,6 +120,22 @@ async def _file_lock(path: Path | None) -> AsyncIterator[None]:
         handle.close()  # closing the file releases the lock
 
 
+async def _create_schema(engine: AsyncEngine, db_schema: str) -> None:
+    """Create the PostgreSQL schema in a transaction of its own, committed before migrating.
+
+    Another SQL battery (or worker) may create the same schema at the same moment, under its own
+    advisory lock: ``IF NOT EXISTS`` does not cover that race, and the loser gets a unique violation
+    on ``pg_namespace`` (after waiting for the winner's transaction, so kept short), meaning the
+    schema exists now.
+    """
+    try:
+        async with engine.begin() as conn:
+            # db_schema is checked against an identifier pattern by the settings model
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db_schema}"'))
+    except IntegrityError:
+        pass
+
+
 async def current_revision(engine: AsyncEngine) -> str | None:
     """The revision the database's checkpoint tables are at (``None``: no tables yet)."""
     async with engine.connect() as conn:
@@ -131,13 +151,17 @@ async def upgrade_engine(
     connections must have it on their ``search_path`` (`create_engine` does that).
     """
     url = engine.url
+    postgres = url.get_backend_name() == "postgresql"
+    if postgres and db_schema:
+        await _create_schema(engine, db_schema)
     async with _file_lock(sqlite_path(url)), engine.begin() as conn:
-        if url.get_backend_name() == "postgresql":
+        if postgres:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-            if db_schema:
-                # db_schema is checked against an identifier pattern by the settings model
-                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db_schema}"'))
-        before, after = await conn.run_sync(_upgrade, revision)
+        # Alembic's op/context are module globals: hold the process-wide lock every SQL battery
+        # takes, or another battery migrating now in this process would get our DDL. Taken last,
+        # after the file and advisory locks, as executus-audit-sql does.
+        async with hold_migration_lock():
+            before, after = await conn.run_sync(_upgrade, revision)
     return UpgradeReport(safe_url(url), before, after)
 
 

@@ -89,6 +89,7 @@ class ModelRegistry:
         self.providers[prefix] = _Provider(prefix, factory, description, plugin)
 
     def known(self) -> str:
+        """What ids can name, for error messages: the provider prefixes, named endpoints and tiers."""
         tiers = ", ".join(f"{k} -> {v}" for k, v in self.settings.core.models.items()) or "none"
         prefixes = ", ".join(f"{p}:" for p in sorted(self.providers)) or "none"
         try:
@@ -168,6 +169,7 @@ class ModelRegistry:
 
 @hookimpl
 def executus_register_models(register: Callable[..., None]) -> None:
+    """Register the core's providers: ``openai:``, ``anthropic:`` and ``scripted:``."""
     register("openai", create_openai, "Chat Completions: OpenAI or any compatible server (OPENAI_BASE_URL)")
     register("anthropic", create_anthropic, "Anthropic Messages API (ANTHROPIC_API_KEY)")
     register("scripted", create_scripted, "replays model responses from a JSON file (offline, no API key)")

@@ -43,7 +43,7 @@ from executus_core.errors import (
     ProviderStatusError,
     RateLimited,
 )
-from executus_core.types import Message, ModelRequest, ModelResponse, ToolSpec
+from executus_core.types import ModelRequest, ModelResponse, ToolSpec
 
 __all__ = [
     "ApiDefaults",
@@ -55,11 +55,11 @@ __all__ = [
     "compact",
     "get_endpoint",
     "iter_sse",
+    "json_object",
     "named_endpoint",
     "parse_retry_after",
     "provider_settings",
     "safe_url",
-    "wire_cache",
 ]
 
 SECTION = "providers"
@@ -210,16 +210,20 @@ def compact(data: bytes) -> bytes:
     return bytes(memoryview(data))
 
 
-def wire_cache(message: Message) -> dict[str, Any]:
-    """The message's private ``_wire`` dict, where providers keep its serialized forms.
+def json_object(raw: str) -> tuple[dict[str, Any], str | None]:
+    """Parse tool-call arguments sent as JSON text; ``({}, why)`` when they are not a JSON object.
 
-    Read through ``__pydantic_private__`` directly: pydantic's ``__getattr__`` for private attributes
-    costs about a microsecond, which adds up over a long transcript on every step.
+    An empty string is a call without arguments (servers send ``""`` for those).
     """
-    private = message.__pydantic_private__
-    if private is not None:
-        return private["_wire"]
-    return message._wire
+    if not raw:
+        return {}, None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return {}, str(exc)
+    if not isinstance(value, dict):
+        return {}, f"expected a JSON object, got {type(value).__name__}"
+    return value, None
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -732,3 +736,26 @@ class HttpModel:
         if not isinstance(data, dict):
             raise self._bad(f"the answer is JSON but not an object: {type(data).__name__}", response)
         return data
+
+    def _stream_event(self, data: bytes, events: int, response: httpx2.Response) -> dict[str, Any]:
+        """Stream event number ``events`` as a JSON object, or a `ProviderResponseError`."""
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise self._bad(f"stream event {events} is not valid JSON ({exc})", response) from None
+        if not isinstance(event, dict):
+            raise self._bad(f"stream event {events} is not a JSON object", response)
+        return event
+
+    def _stream_error(self, error: Any, response: httpx2.Response) -> ProviderResponseError:
+        """The error a server reported mid-stream (``error`` is its error object or text)."""
+        said = error.get("message") if isinstance(error, dict) else str(error)
+        return self._bad("the server reported an error mid-stream", response, provider_message=said)
+
+    def _cut_off(
+        self, exc: httpx2.TransportError, events: int, response: httpx2.Response
+    ) -> ProviderResponseError:
+        """The error for a stream whose connection failed after ``events`` events."""
+        return self._bad(
+            f"the stream was cut off after {events} events ({type(exc).__name__}: {exc})", response
+        )

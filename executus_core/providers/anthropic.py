@@ -38,7 +38,7 @@ from executus_core.providers._http import (
     compact,
     get_endpoint,
     iter_sse,
-    wire_cache,
+    json_object,
 )
 from executus_core.types import Message, ModelRequest, ModelResponse, ModelSettings, ToolCall, ToolSpec, Usage
 
@@ -73,19 +73,6 @@ _STOP = {
 _RESERVED = frozenset({"model", "messages", "tools", "stream", "system", "max_tokens"})
 _TURN = {"user": b'{"role":"user","content":[', "assistant": b'{"role":"assistant","content":['}
 _WIRE_KEY = "anthropic"
-
-
-def _tool_input(raw: str) -> tuple[dict[str, Any], str | None]:
-    """Parse streamed ``input_json_delta`` pieces; ``({}, why)`` when they are not a JSON object."""
-    if not raw:
-        return {}, None
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return {}, str(exc)
-    if not isinstance(value, dict):
-        return {}, f"expected a JSON object, got {type(value).__name__}"
-    return value, None
 
 
 def _usage(data: Any) -> Usage:
@@ -193,8 +180,8 @@ class AnthropicModel(HttpModel):
         encode = self._encode
         for index in range(start, len(messages)):
             message = messages[index]
-            private = message.__pydantic_private__
-            cache = private["_wire"] if private is not None else wire_cache(message)
+            private = message.__pydantic_private__  # not message._wire: see OpenAIModel.body
+            cache = private["_wire"] if private is not None else message._wire
             wire = cache.get(_WIRE_KEY)
             if wire is None:
                 wire = cache[_WIRE_KEY] = encode(message)
@@ -317,7 +304,9 @@ class AnthropicModel(HttpModel):
         response = await self.endpoint.post(body, request, stream=True)
         emit = request.emit
         blocks: dict[int, dict[str, Any]] = {}
-        pieces: dict[int, list[str]] = {}  # tool_use input_json_delta pieces per block
+        # (block index, field) -> the streamed pieces, joined once at the end: adding each piece to
+        # the block's string would copy the whole text again per delta.
+        pieces: dict[tuple[int, str], list[str]] = {}
         usage: dict[str, Any] = {}
         model: Any = None
         stop_reason: Any = None
@@ -326,12 +315,7 @@ class AnthropicModel(HttpModel):
         try:
             async for name, data in iter_sse(response):
                 events += 1
-                try:
-                    event = orjson.loads(data)
-                except orjson.JSONDecodeError as exc:
-                    raise self._bad(f"stream event {events} is not valid JSON ({exc})", response) from None
-                if not isinstance(event, dict):
-                    raise self._bad(f"stream event {events} is not a JSON object", response)
+                event = self._stream_event(data, events, response)
                 kind = event.get("type") or name.decode()
                 if kind == "content_block_delta":
                     index = event.get("index", 0)
@@ -344,12 +328,12 @@ class AnthropicModel(HttpModel):
                     dtype = delta.get("type")
                     if dtype == "text_delta":
                         piece = delta.get("text") or ""
-                        block["text"] = block.get("text", "") + piece
+                        pieces.setdefault((index, "text"), []).append(piece)
                         if emit is not None and piece:
                             emit("model.delta", {"text": piece})
                     elif dtype == "input_json_delta":
                         piece = delta.get("partial_json") or ""
-                        pieces.setdefault(index, []).append(piece)
+                        pieces.setdefault((index, "input"), []).append(piece)
                         if emit is not None:
                             emit(
                                 "model.delta",
@@ -364,11 +348,11 @@ class AnthropicModel(HttpModel):
                             )
                     elif dtype == "thinking_delta":
                         piece = delta.get("thinking") or ""
-                        block["thinking"] = block.get("thinking", "") + piece
+                        pieces.setdefault((index, "thinking"), []).append(piece)
                         if emit is not None and piece:
                             emit("model.delta", {"thinking": piece})
                     elif dtype == "signature_delta":
-                        block["signature"] = block.get("signature", "") + (delta.get("signature") or "")
+                        pieces.setdefault((index, "signature"), []).append(delta.get("signature") or "")
                 elif kind == "content_block_start":
                     block = dict(event.get("content_block") or {})
                     blocks[event.get("index", len(blocks))] = block
@@ -398,16 +382,10 @@ class AnthropicModel(HttpModel):
                     done = True
                     break
                 elif kind == "error":
-                    error = event.get("error")
-                    said = error.get("message") if isinstance(error, dict) else str(error)
-                    raise self._bad(
-                        "the server reported an error mid-stream", response, provider_message=said
-                    )
+                    raise self._stream_error(event.get("error"), response)
                 # ping, content_block_stop and event types added later need nothing
         except httpx2.TransportError as exc:
-            raise self._bad(
-                f"the stream was cut off after {events} events ({type(exc).__name__}: {exc})", response
-            ) from None
+            raise self._cut_off(exc, events, response) from None
         finally:
             await response.aclose()
         if not done:
@@ -417,8 +395,12 @@ class AnthropicModel(HttpModel):
         content: list[Any] = []
         errors: dict[int, str] = {}
         for position, (index, block) in enumerate(sorted(blocks.items())):
+            for field in ("text", "thinking", "signature"):
+                streamed = pieces.get((index, field))
+                if streamed is not None:
+                    block[field] = block.get(field, "") + "".join(streamed)
             if block.get("type") == "tool_use":
-                block["input"], error = _tool_input("".join(pieces.get(index, ())))
+                block["input"], error = json_object("".join(pieces.get((index, "input"), ())))
                 if error is not None:
                     errors[position] = error
             content.append(block)

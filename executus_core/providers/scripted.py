@@ -62,6 +62,7 @@ class ScriptedModel:
         return sum(message.role == "assistant" for message in request.messages)
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
+        """The next scripted step: a copy of its response, its exception raised, or its callable's answer."""
         # The request's messages are the live transcript: keep a snapshot of what this call saw.
         self.requests.append(dataclasses.replace(request, messages=list(request.messages)))
         index = self._index(request)

@@ -26,6 +26,13 @@ async def server() -> AsyncIterator[LoopbackServer]:
         await srv.close()
 
 
+def messages_bytes(body: bytes) -> bytes:
+    """The messages array of a request body, as sent (without its closing bracket)."""
+    start = body.index(b'"messages":[')
+    end = body.index(b'],"tools"') if b'],"tools"' in body else body.rindex(b"]")
+    return body[start:end]
+
+
 async def close_endpoints(settings: Settings) -> None:
     pool = _http._pools.get(settings)
     if pool is not None:

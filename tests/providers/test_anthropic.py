@@ -12,7 +12,7 @@ from executus_core import Message, ModelRequest, ModelSettings, ProviderResponse
 from executus_core.providers.anthropic import AnthropicModel
 from executus_core.types import ToolSpec, Usage
 
-from .conftest import ANTHROPIC_KEY
+from .conftest import ANTHROPIC_KEY, messages_bytes
 from .replies import (
     ANTHROPIC_HELLO,
     ANTHROPIC_PARALLEL,
@@ -34,12 +34,6 @@ WEATHER = ToolSpec(
 )
 
 AnthropicFactory = Callable[..., AnthropicModel]
-
-
-def messages_bytes(body: bytes) -> bytes:
-    start = body.index(b'"messages":[')
-    end = body.index(b'],"tools"') if b'],"tools"' in body else body.rindex(b"]")
-    return body[start:end]
 
 
 async def test_a_plain_answer(server: LoopbackServer, anthropic_model: AnthropicFactory) -> None:

@@ -12,7 +12,7 @@ from executus_core import ConfigError, Message, ModelRequest, ModelSettings, Pro
 from executus_core.providers.openai import OpenAIModel
 from executus_core.types import ToolSpec, Usage
 
-from .conftest import OPENAI_KEY
+from .conftest import OPENAI_KEY, messages_bytes
 from .replies import OPENAI_HELLO, OPENAI_PARALLEL, OPENAI_TOOL_CALL, openai_completion
 from .server import LoopbackServer, Reply
 
@@ -27,13 +27,6 @@ WEATHER = ToolSpec(
 )
 
 OpenAIFactory = Callable[..., OpenAIModel]
-
-
-def messages_bytes(body: bytes) -> bytes:
-    """The messages array of a request body, as sent (without its closing bracket)."""
-    start = body.index(b'"messages":[')
-    end = body.index(b'],"tools"') if b'],"tools"' in body else body.rindex(b"]")
-    return body[start:end]
 
 
 async def test_a_plain_answer(server: LoopbackServer, openai_model: OpenAIFactory) -> None:

@@ -51,6 +51,7 @@ class AuditSubject:
 
     @property
     def port(self) -> Audit:
+        """The port object under test; the harness closes it (``aclose``) after each check."""
         return self.audit
 
 

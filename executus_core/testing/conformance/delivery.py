@@ -41,6 +41,7 @@ class DeliverySubject:
 
     @property
     def port(self) -> Delivery:
+        """The port object under test; the harness closes it (``aclose``) after each check."""
         return self.delivery
 
 

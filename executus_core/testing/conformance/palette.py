@@ -46,6 +46,7 @@ class PaletteSubject:
 
     @property
     def port(self) -> PaletteSource:
+        """The port object under test; the harness closes it (``aclose``) after each check."""
         return self.palette
 
 

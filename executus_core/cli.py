@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from executus_core.config import Settings, load_settings
+from executus_core.config import Settings, _env_value, load_settings
 from executus_core.errors import ConfigError, ExecutusError, PluginError
 from executus_core.plugins import PluginRecord, build_plugin_manager
 from executus_core.tools import Tool, tool
@@ -211,15 +211,6 @@ def load_agent(reference: str) -> Agent:
 # -------------------------------------------------------------------------------------------------
 
 
-def _setting_value(key: str, raw: str) -> Any:
-    if key == "disable":
-        return [part.strip() for part in raw.split(",") if part.strip()]
-    try:
-        return json.loads(raw)  # numbers, booleans, lists and tables; anything else is a string
-    except ValueError:
-        return raw
-
-
 def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
     """Turn ``--setting key=value`` pairs into a settings mapping; dotted keys name sections.
 
@@ -243,7 +234,7 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
             node = child
         if isinstance(node.get(path[-1]), dict):
             raise ConfigError(f"--setting {pair!r}: {key} is a table; set its keys ({key}.name=...)")
-        node[path[-1]] = _setting_value(path[-1], raw)
+        node[path[-1]] = _env_value(path[-1], raw)  # read like EXECUTUS_* variables
     return table
 
 

@@ -357,8 +357,11 @@ class WebhookDelivery:
         if options.secret is not None:
             secrets.append(options.secret.get_secret_value())
 
+        # longest first, so a secret that contains another is hidden whole
+        hidden = sorted((s for s in secrets if len(s) > 1 and s != "/"), key=len, reverse=True)
+
         def scrub(text: str) -> str:
-            for secret in sorted((s for s in secrets if len(s) > 1 and s != "/"), key=len, reverse=True):
+            for secret in hidden:
                 text = text.replace(secret, "***")
             return text
 

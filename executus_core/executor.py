@@ -26,7 +26,7 @@ from typing import Any
 from executus_core.config import Settings, load_settings
 from executus_core.loop import AgentRun, EventHandler
 from executus_core.palette import InProcessPalette
-from executus_core.plugins import PluginRecord, broken_error, build_plugin_manager, call_hook
+from executus_core.plugins import PluginRecord, broken_error, build_plugin_manager, call_hook, record_for
 from executus_core.ports import Audit, Budget, CheckpointStore, Critic, Delivery, PaletteSource
 from executus_core.providers import ModelRegistry
 from executus_core.tools import Tool
@@ -49,6 +49,7 @@ class Ports:
     deliveries: list[tuple[str, Delivery]] = dataclasses.field(default_factory=list)
 
     def objects(self) -> list[object]:
+        """Every port object, in no particular order (one object filling two ports appears twice)."""
         found: list[object] = [o for _, o in (*self.audits, *self.budgets, *self.palettes, *self.deliveries)]
         found += [pair[1] for pair in (self.critic, self.checkpoints) if pair is not None]
         return found
@@ -186,7 +187,7 @@ class Executor:
                     if not skip:
                         from executus_core.errors import PluginError
 
-                        record = next((r for r in self.plugin_records if r.name == name), None)
+                        record = record_for(self.plugin_records, name)
                         raise PluginError(
                             message, plugin=name, distribution=record.distribution if record else None
                         )

@@ -241,6 +241,7 @@ class AgentRun:
 
     @staticmethod
     def new_id() -> str:
+        """A fresh run id (uuid4 hex), for a caller that must know the id before the run starts."""
         return uuid.uuid4().hex
 
     # -- helpers -----------------------------------------------------------------------------
@@ -259,11 +260,11 @@ class AgentRun:
         """Send a run event to every consumer; free when there are none."""
         if not self.pumps:
             return
-        event = RunEvent(self.run_id, type, data, utcnow())
         for link in self.recorders:
             link.pump.put("log_event", link.recorder.log_event, type, data)
         if self.event_pump is not None and self.on_event is not None:
-            self.event_pump.put("on_event", self.on_event, event)
+            # only the on_event consumer takes a RunEvent: recorders get (type, data)
+            self.event_pump.put("on_event", self.on_event, RunEvent(self.run_id, type, data, utcnow()))
 
     async def _port(
         self, label: str, fn: Callable[..., Any], *args: Any, _timeout: float | None = None, **kwargs: Any
@@ -888,6 +889,9 @@ class AgentRun:
                 await self._port_call(
                     f"{label}: fail", self.checkpointer.fail, self.error or self.status.value
                 )
+            elif callable(release := getattr(self.checkpointer, "release", None)):
+                # kept for recovery, and let go now, so another worker need not wait for a lease
+                await self._port_call(f"{label}: release", release)
         if self.critic is not None:
             self._critic_call("stop")
         result = self._result(stats)

@@ -31,7 +31,7 @@ from executus_core.config import Settings
 from executus_core.hookspecs import hookimpl
 from executus_core.ports import EventCallback, PaletteSource
 from executus_core.tools import Tool, ToolArgumentsError
-from executus_core.types import Agent, PaletteEntry, RunEvent, RunStatus
+from executus_core.types import Agent, PaletteEntry, Result, RunEvent, RunStatus
 
 if TYPE_CHECKING:
     from executus_core.executor import Executor
@@ -216,7 +216,7 @@ class InProcessPalette:
             inputs=checked,
             on_event=_event_handler(forward),
         )
-        return _outcome(result.output, result.error, result.run_id, result.status)
+        return _outcome(result)
 
     async def invoke_agent(
         self,
@@ -255,7 +255,7 @@ class InProcessPalette:
             parent_run_id=parent_run_id,
             on_event=_event_handler(on_event),
         )
-        return _outcome(result.output, result.error, result.run_id, result.status)
+        return _outcome(result)
 
 
 def _event_handler(on_event: EventCallback | None) -> Callable[[RunEvent], Any] | None:
@@ -271,9 +271,11 @@ def _event_handler(on_event: EventCallback | None) -> Callable[[RunEvent], Any] 
     return handle
 
 
-def _outcome(output: str | None, error: str | None, run_id: str, status: RunStatus) -> tuple[str, str, str]:
-    text = (output or "") if status is RunStatus.OK else (error or output or "")
-    return text, run_id, status.value
+def _outcome(result: Result) -> tuple[str, str, str]:
+    """A child run's ``(text, run_id, status)``: its output if ``ok``, else what went wrong."""
+    ok = result.status is RunStatus.OK
+    text = (result.output or "") if ok else (result.error or result.output or "")
+    return text, result.run_id, result.status.value
 
 
 async def _resolve(run: AgentRun, kind: str, name: str) -> tuple[PaletteEntry, str, PaletteSource] | None:

@@ -62,6 +62,7 @@ class PluginRecord:
     version: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The record as JSON-able data (``executus plugins --json``)."""
         return dataclasses.asdict(self)
 
 
@@ -142,6 +143,7 @@ def _version(dist: str) -> str | None:
 
 
 def record_for(records: list[PluginRecord], name: str) -> PluginRecord | None:
+    """The first record of the plugin ``name``, or ``None``."""
     return next((r for r in records if r.name == name), None)
 
 

@@ -155,6 +155,10 @@ class Checkpointer(Protocol):
     async def fail(self, error: str) -> None:
         """The run failed for good: drop its checkpoint (keeping the error where the store can)."""
 
+    # Optional: ``async release()``. Called when a run ends ``interrupted`` (shutdown, or its
+    # caller's task cancelled): the checkpoint is kept for recovery, and a store that holds runs
+    # under a lease gives this one up at once, so any worker's ``interrupted()`` may hand it out.
+
 
 @runtime_checkable
 class CheckpointStore(Protocol):

@@ -45,10 +45,12 @@ class Tally:
 
     @property
     def elapsed_seconds(self) -> float:
+        """Seconds since the run started."""
         return time.monotonic() - self.started
 
     @property
     def seconds_left(self) -> float | None:
+        """Seconds until the deadline in force (never below 0), or ``None`` before one is set."""
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
 
@@ -70,6 +72,7 @@ class ToolContext:
     def add_artifact(
         self, name: str, content: bytes | str, media_type: str = "application/octet-stream"
     ) -> None:
+        """Attach ``content`` (text is UTF-8 encoded) to the run's result as the file ``name``."""
         data = content.encode() if isinstance(content, str) else content
         self.artifacts.append(Artifact(name=name, content=data, media_type=media_type))
 
@@ -107,6 +110,7 @@ class Tool:
 
     @property
     def is_async(self) -> bool:
+        """True when ``fn`` is a coroutine function (awaited on the loop, never sent to a thread)."""
         return inspect.iscoroutinefunction(self.fn)
 
     async def __call__(self, arguments: dict[str, Any], context: ToolContext | None = None) -> Any:

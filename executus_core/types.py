@@ -89,20 +89,24 @@ class Message(BaseModel):
 
     @classmethod
     def system(cls, content: str) -> Message:
+        """A system message."""
         return cls(role="system", content=content)
 
     @classmethod
     def user(cls, content: str) -> Message:
+        """A user message."""
         return cls(role="user", content=content)
 
     @classmethod
     def assistant(cls, content: str | None, tool_calls: list[ToolCall] | None = None) -> Message:
+        """An assistant message: text, tool calls, or both."""
         return cls(role="assistant", content=content, tool_calls=tool_calls or [])
 
     @classmethod
     def tool(
         cls, tool_call_id: str, content: str, *, name: str | None = None, is_error: bool = False
     ) -> Message:
+        """The result of the tool call ``tool_call_id``."""
         return cls(role="tool", content=content, tool_call_id=tool_call_id, name=name, is_error=is_error)
 
 
@@ -124,6 +128,7 @@ class Usage(BaseModel):
 
     @property
     def total_tokens(self) -> int:
+        """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
 
 
@@ -219,6 +224,7 @@ class RunStats(BaseModel):
 
     @property
     def usage(self) -> Usage:
+        """The run's tokens as a `Usage` (what budgets are charged)."""
         return Usage(
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
@@ -256,6 +262,7 @@ class Result(BaseModel):
 
     @property
     def ok(self) -> bool:
+        """True when the run ended ``ok``."""
         return self.status is RunStatus.OK
 
     def raise_for_status(self) -> Result:
@@ -339,6 +346,7 @@ class Agent(BaseModel):
         return data
 
     def tool_objects(self) -> list[Tool]:
+        """The `Tool` objects in ``tools`` (names of registered tools left out)."""
         from executus_core.tools import Tool
 
         return [t for t in self.tools if isinstance(t, Tool)]
@@ -356,6 +364,7 @@ class DeliveryTarget(BaseModel):
 
     @property
     def options(self) -> dict[str, Any]:
+        """The target's fields other than ``kind``, for its `Delivery` to validate."""
         return dict(self.model_extra or {})
 
     def __repr__(self) -> str:

@@ -233,6 +233,10 @@ class SqlCheckpointer:
         """The run failed for good: delete its messages and mark it ``failed`` with ``error``."""
         await self.store._finish(self.run_id, FAILED, error, registered=self._registered)
 
+    async def release(self) -> None:
+        """The run ended ``interrupted``: keep its checkpoint and give up its lease at once."""
+        await self.store.release([self.run_id])
+
 
 class SqlCheckpointStore:
     """A `CheckpointStore` in SQLite or PostgreSQL, shared by every worker that points at it.
@@ -675,12 +679,13 @@ class SqlCheckpointStore:
             )
         return int(result.rowcount)
 
-    async def release(self) -> int:
+    async def release(self, run_ids: Iterable[str] | None = None) -> int:
         """Give up this store's live runs at once (``aclose`` does this), so any worker may resume them.
 
-        Returns how many runs were released.
+        ``run_ids`` limits it to those runs (a run the core ended ``interrupted``). Returns how many
+        runs were released.
         """
-        owned = sorted(self._owned)
+        owned = sorted(self._owned if run_ids is None else self._owned.intersection(run_ids))
         released = 0
         if not owned or not self._ready:
             return 0
@@ -697,7 +702,7 @@ class SqlCheckpointStore:
                     .values(boot=None, lease_until=None, claimed_at=None)
                 )
                 released += int(result.rowcount)
-        self._owned.clear()
+        self._owned.difference_update(owned)
         return released
 
     async def aclose(self) -> None:

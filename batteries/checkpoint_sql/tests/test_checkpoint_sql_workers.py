@@ -178,3 +178,26 @@ async def test_a_run_handed_out_but_never_resumed_is_free_again_once_its_claimer
         assert [i.info.run_id for i in await late.interrupted()] == [run_id]
     finally:
         await late.aclose()
+
+
+async def test_a_run_ended_interrupted_is_released_at_once_for_another_worker(backend: Backend) -> None:
+    """The core calls Checkpointer.release() when a run ends interrupted (e.g. its caller's task was
+    cancelled while the process lives on): the checkpoint stays, and the lease goes now, not at shutdown."""
+    owner = backend.store(worker_id="cancelled-worker", lease_seconds=60)
+    other = backend.store(worker_id="rescuer")
+    try:
+        info = make_info(7, caller_id="workers")
+        checkpointer = await owner.for_run(info, AGENT)
+        await checkpointer.save(
+            CheckpointState(run_id=info.run_id, iteration=1, offset=0, messages=[Message.user("hello")])
+        )
+        kept = await _live_run(owner, 8)  # another live run of the same worker keeps its lease
+        assert await other.interrupted() == []
+        await checkpointer.release()
+        taken = await other.interrupted()
+        assert [item.info.run_id for item in taken] == [info.run_id]
+        assert [m.content for m in taken[0].messages] == ["hello"]
+        assert kept not in [item.info.run_id for item in await other.interrupted()]
+    finally:
+        await owner.aclose()
+        await other.aclose()

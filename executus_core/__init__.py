@@ -28,6 +28,7 @@ from executus_core.errors import (
     ProviderStatusError,
     RateLimited,
     RunFailed,
+    RunTakenOver,
 )
 from executus_core.executor import Executor
 from executus_core.hookspecs import hookimpl, hookspec
@@ -107,6 +108,7 @@ __all__ = [
     "RunRecorder",
     "RunStats",
     "RunStatus",
+    "RunTakenOver",
     "Settings",
     "Tally",
     "Tool",

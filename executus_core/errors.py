@@ -8,6 +8,7 @@ The tree::
     ├── ModelNotFound          a model id or tier that no provider or setting knows
     ├── BudgetExceeded         raised by a Budget to refuse a run (reason, retry_after)
     ├── RunFailed              raised by Result.raise_for_status() for a run that did not end ok
+    ├── RunTakenOver           raised by a Checkpointer when this process no longer owns the run
     └── ProviderError          a model provider failed (provider, endpoint, status code, request id)
         ├── ProviderConnectionError   the server could not be reached, or timed out
         ├── ProviderStatusError       the server answered with an HTTP error status
@@ -41,6 +42,7 @@ __all__ = [
     "ProviderStatusError",
     "RateLimited",
     "RunFailed",
+    "RunTakenOver",
 ]
 
 
@@ -94,6 +96,24 @@ class RunFailed(ExecutusError):
     def __init__(self, result: Result) -> None:
         super().__init__(f"run {result.run_id} ended {result.status.value}: {result.error or 'no error'}")
         self.result = result
+
+
+class RunTakenOver(ExecutusError):
+    """Raised by any `Checkpointer` method when this process no longer owns the run.
+
+    Another worker took the run over (its lease lapsed while this one was paused, say). The loop
+    ends the run ``interrupted`` at once: no further model call, tool, delivery or write, so the
+    run has one owner and one output.
+
+    Attributes:
+        run_id: the run that was taken over.
+        owner: the owner that holds it now, when the store knows.
+    """
+
+    def __init__(self, message: str, *, run_id: str = "", owner: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.owner = owner
 
 
 class ProviderError(ExecutusError):

@@ -145,7 +145,12 @@ class Critic(Protocol):
 
 @runtime_checkable
 class Checkpointer(Protocol):
-    """Persists one run's progress, appending only what is new."""
+    """Persists one run's progress, appending only what is new.
+
+    Any method raises `executus_core.RunTakenOver` when this process no longer owns the run (its
+    lease lapsed and another worker took it): the loop then ends the run ``interrupted`` before
+    any further model call, tool or delivery.
+    """
 
     async def save(self, state: CheckpointState) -> None: ...
 

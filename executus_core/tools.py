@@ -60,6 +60,10 @@ class ToolContext:
 
     ``idempotency_key`` is stable for this call across a crash and `Executor.recover`: pass it to
     anything with side effects. ``add_artifact`` attaches a file to the result.
+
+    ``attempt`` is 1 the first time this call executes, and 2 or more when a recovered run executes
+    it again because the earlier attempt was in flight at a crash (``resumed`` is then True): the
+    earlier attempt may or may not have taken effect, so check by ``idempotency_key``.
     """
 
     info: RunInfo
@@ -68,6 +72,8 @@ class ToolContext:
     idempotency_key: str
     artifacts: list[Artifact]
     max_steps: int = 0
+    attempt: int = 1
+    resumed: bool = False
 
     def add_artifact(
         self, name: str, content: bytes | str, media_type: str = "application/octet-stream"

@@ -248,6 +248,8 @@ class Result(BaseModel):
     ``error`` says what ended the run when ``status`` is not ``ok``. ``warnings`` lists the port
     failures the run survived (an audit recorder that raised, a delivery that failed, ...).
     ``request`` holds, for a ``dry_run``, the first request that would have been sent.
+    ``retry_after`` is, for a refused run (``budget_exceeded``, or a provider's rate limit), the
+    seconds to wait before trying again, where the refusing side knows it; else ``None``.
     """
 
     run_id: str
@@ -259,6 +261,7 @@ class Result(BaseModel):
     artifacts: list[Artifact] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     request: dict[str, Any] | None = None
+    retry_after: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -293,6 +296,8 @@ class Agent(BaseModel):
     ``model`` is a model id (``"openai:gpt-4o-mini"``), a tier name mapped under
     ``[tool.executus.models]``, or any object with ``async complete(request)``. ``tools`` holds
     `Tool` objects or names of registered tools. Unset limits take the executor's settings.
+    ``source`` says where the agent was loaded from (a TOML file's path or ``module:attribute``),
+    so a checkpointed run can be rebuilt by `executus recover` with no flags.
 
     Example::
 
@@ -313,6 +318,7 @@ class Agent(BaseModel):
     soft_timeout: float | None = Field(default=None, gt=0)
     hard_timeout: float | None = Field(default=None, gt=0)
     model_settings: ModelSettings = Field(default_factory=ModelSettings)
+    source: str | None = None
 
     def model_post_init(self, __context: Any) -> None:
         if not self.id:
@@ -378,7 +384,9 @@ class CheckpointState(BaseModel):
     """What one `Checkpointer.save` call persists: only what is new since the previous save.
 
     ``messages`` are appended after the ``offset`` messages already saved; ``iteration`` is the step
-    count so far and ``usage`` the run's tokens so far.
+    count so far and ``usage`` the run's tokens so far. ``attempts`` maps a tool call id to how many
+    times it has been started (sent only when a recovered run starts a call again); a store keeps
+    the latest count per call and hands it back in `Interrupted.attempts`.
     """
 
     run_id: str
@@ -387,10 +395,15 @@ class CheckpointState(BaseModel):
     messages: list[Message]
     usage: Usage = Field(default_factory=Usage)
     tool_calls: int = 0
+    attempts: dict[str, int] = Field(default_factory=dict)
 
 
 class Interrupted(BaseModel):
-    """A run a `CheckpointStore` holds for recovery: its info, its agent and its saved transcript."""
+    """A run a `CheckpointStore` holds for recovery: its info, its agent and its saved transcript.
+
+    ``attempts`` holds, per tool call id, the starts the store recorded (see `CheckpointState`); a
+    call without a result and without an entry was started once, by the run that was interrupted.
+    """
 
     info: RunInfo
     agent: dict[str, Any]
@@ -398,6 +411,7 @@ class Interrupted(BaseModel):
     iteration: int = 0
     usage: Usage = Field(default_factory=Usage)
     tool_calls: int = 0
+    attempts: dict[str, int] = Field(default_factory=dict)
 
 
 class PaletteEntry(BaseModel):

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from executus_core.errors import ConfigError
+from executus_core.secrets import MASK, is_secret_name, mask_text, mask_value
 
 __all__ = ["CoreSettings", "Settings", "default_data_dir", "load_settings"]
 
@@ -140,8 +141,13 @@ def _describe(exc: ValidationError, where: str, plugin: str) -> str:
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(table)"
         value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"{where} {key}: {err['msg']}{shown}")
+        if isinstance(value, dict):
+            shown = ""
+        elif any(is_secret_name(part) for part in err["loc"]) and value not in (None, ""):
+            shown = f" (got {MASK}: the value of a secret is never shown)"
+        else:
+            shown = f" (got {mask_text(repr(value))})"
+        lines.append(f"{where} {key}: {mask_text(err['msg'])}{shown}")
     return f"bad settings for plugin {plugin!r}:\n  " + "\n  ".join(lines)
 
 
@@ -191,6 +197,18 @@ class Settings:
     def get(self, name: str, default: Any = None) -> Any:
         """The raw value of a top-level key or table."""
         return self.raw.get(name, default)
+
+    def masked(self) -> dict[str, Any]:
+        """The merged table with every secret masked (`executus_core.secrets`): for dumps and logs.
+
+        >>> Settings({"audit_sql": {"url": "postgresql://app:pw@db/prod"}}).masked()
+        {'audit_sql': {'url': 'postgresql://app:***@db/prod'}}
+        """
+        masked = mask_value(self.raw)
+        return dict(masked) if isinstance(masked, Mapping) else {}
+
+    def __repr__(self) -> str:
+        return f"Settings({self.masked()!r}, source={self.source!r})"
 
 
 def load_settings(

@@ -17,6 +17,9 @@ The tree::
         └── ProviderResponseError     the answer was not what the API promises (bad JSON, no choices,
                                       unknown finish reason, a stream cut off)
 
+Beside them, one warning class: ``ExecutusWarning`` (a ``UserWarning``), for a setting that is
+accepted but almost surely not what was meant (a name in ``disable`` that no plugin has).
+
 `Executor.run` never raises any of these at its caller: it returns a `Result` whose `error` says
 what failed. They are raised by `Executor()` itself (bad settings, broken plugins), by
 `Result.raise_for_status()`, and inside ports and providers, where the core catches them.
@@ -26,6 +29,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from executus_core.secrets import mask_text
+
 if TYPE_CHECKING:
     from executus_core.types import Result
 
@@ -34,6 +39,7 @@ __all__ = [
     "BudgetExceeded",
     "ConfigError",
     "ExecutusError",
+    "ExecutusWarning",
     "ModelNotFound",
     "PluginError",
     "ProviderConnectionError",
@@ -54,12 +60,18 @@ class ConfigError(ExecutusError):
     """A setting is unknown or has a bad value.
 
     The message names the setting as a user writes it (``[tool.executus.audit_sql] url``), the
-    plugin that owns it, and what was wrong.
+    plugin that owns it, and what was wrong. Secrets in it are masked (`executus_core.secrets`):
+    a URL's password, an ``api_key=...`` value.
     """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(mask_text(str(message)), *args)
 
 
 class PluginError(ExecutusError):
     """A plugin could not be loaded, or one of its hooks raised while an ``Executor`` was built.
+
+    The message is masked like `ConfigError`'s: it never holds a URL password or a key's value.
 
     Attributes:
         plugin: the plugin's name (its entry-point name, or the name it was registered under).
@@ -67,7 +79,7 @@ class PluginError(ExecutusError):
     """
 
     def __init__(self, message: str, *, plugin: str, distribution: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(mask_text(message))
         self.plugin = plugin
         self.distribution = distribution
 
@@ -206,3 +218,11 @@ class RateLimited(ProviderStatusError):
 
 class ProviderResponseError(ProviderError):
     """The provider's answer broke the API's promise: bad JSON, no choices, a cut stream, ..."""
+
+
+class ExecutusWarning(UserWarning):
+    """A setting executus accepts but that is almost surely a mistake; the message says what to fix.
+
+    Emitted with `warnings.warn` (and logged on ``executus.*``): a name in ``disable`` that no
+    plugin has (``budget-redis`` for ``budget_redis``), the same plugin object passed twice.
+    """

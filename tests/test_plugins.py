@@ -16,8 +16,9 @@ from executus_core import (
     RunStatus,
     hookimpl,
 )
+from executus_core.errors import ExecutusWarning
 from executus_core.plugins import DEFAULT_PLUGINS
-from executus_core.testing import ScriptedModel
+from executus_core.testing import MemoryAudit, ScriptedModel
 
 from .conftest import answer
 
@@ -219,3 +220,140 @@ async def test_budgets_that_admitted_a_refused_run_get_it_back() -> None:
     assert result.status is RunStatus.BUDGET_EXCEEDED
     assert admits.checked == ["u1"] and admits.committed == [("u1", 0.0)]
     assert refuses.committed == []
+
+
+# -- issue 16, case 11: a misspelled hook, an unknown name in disable ------------------------------
+
+
+class MisspelledPlugin:
+    executus_name = "typo"
+
+    @hookimpl
+    def executus_checkpoint(self, settings: object) -> object:  # executus_checkpointer
+        return object()
+
+
+def test_a_misspelled_hook_refuses_to_start_naming_plugin_hook_and_the_close_match() -> None:
+    with pytest.raises(PluginError) as info:
+        Executor(entry_points=False, plugins=[MisspelledPlugin()])
+    message = str(info.value)
+    assert info.value.plugin == "typo"
+    assert "'executus_checkpoint'" in message and "did you mean 'executus_checkpointer'?" in message
+    assert "reinstall" not in message, "a host object is not a package"
+    with pytest.warns(RuntimeWarning, match="executus_checkpoint"):
+        ex = Executor(
+            entry_points=False, plugins=[MisspelledPlugin()], settings={"skip_broken_plugins": True}
+        )
+    record = {r.name: r for r in ex.plugins}["typo"]
+    assert record.status == "broken" and record.ports == []
+    assert ex.ports.checkpoints is None
+
+
+def test_a_misspelled_hook_in_an_installed_plugin_names_its_distribution(installed) -> None:
+    installed(
+        "demo-typo",
+        {"demo_typo": "demo_typo_plugin"},
+        {
+            "demo_typo_plugin": """
+            from executus_core import hookimpl
+
+            @hookimpl
+            def executus_budgets(settings):
+                return None
+            """
+        },
+    )
+    with pytest.raises(PluginError) as info:
+        Executor()
+    assert info.value.plugin == "demo_typo" and info.value.distribution == "demo-typo"
+    assert "did you mean 'executus_budget'?" in str(info.value)
+
+
+class UnmarkedPlugin:
+    executus_name = "unmarked"
+
+    def executus_audit(self, settings: object) -> object:  # no @hookimpl: pluggy never calls it
+        return object()
+
+
+def test_a_hook_without_the_marker_is_broken_not_shown_as_a_port() -> None:
+    with pytest.raises(PluginError, match=r"executus_audit without the @hookimpl marker"):
+        Executor(entry_points=False, plugins=[UnmarkedPlugin()])
+
+
+def test_an_unknown_name_in_disable_warns_with_the_close_match(
+    installed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed(
+        "demo-budget-store",
+        {"demo_budget_store": "demo_budget_store_plugin"},
+        {"demo_budget_store_plugin": ""},
+    )
+    # the distribution's spelling, in each of the three places disable is read from
+    with pytest.warns(ExecutusWarning, match=r"'demo-budget-store'.*did you mean 'demo_budget_store'\?"):
+        Executor(entry_points=False, disable=["demo-budget-store"])
+    with pytest.warns(ExecutusWarning, match=r"did you mean 'demo_budget_store'\?"):
+        Executor(entry_points=False, settings={"disable": ["executus-demo-budget-store"]})
+    monkeypatch.setenv("EXECUTUS_DISABLE", "tool")
+    with pytest.warns(ExecutusWarning, match=r"'tool'.*did you mean 'tools'\?"):
+        Executor(entry_points=False)
+
+
+def test_known_names_in_disable_do_not_warn(installed, recwarn: pytest.WarningsRecorder) -> None:
+    installed("demo-quiet", {"demo_quiet": "demo_quiet_plugin"}, {"demo_quiet_plugin": ""})
+    # an installed plugin's name is known even when entry points are not loaded
+    Executor(entry_points=False, disable=["demo_quiet", "tools", "palette"])
+    assert not [w for w in recwarn if issubclass(w.category, ExecutusWarning)]
+
+
+# -- issue 16, case 12: host objects of one class side by side ------------------------------------
+
+
+class Audit:
+    """A host's own audit plugin: no executus_name, so it is named after its class."""
+
+    def __init__(self, sink: list[str]) -> None:
+        self.sink = sink
+
+    @hookimpl
+    def executus_audit(self, settings: object) -> object:
+        return MemoryAudit(name="unused")
+
+
+async def test_host_objects_of_one_class_register_side_by_side() -> None:
+    a, b = MemoryAudit(), MemoryAudit()  # the same default executus_name
+    first, second = Audit([]), Audit([])
+    async with Executor(entry_points=False, plugins=[a, b, first, second]) as ex:
+        names = [r.name for r in ex.plugins if r.origin == "host"]
+        assert names == ["memory_audit", "memory_audit#2", "Audit", "Audit#2"]
+        assert all(r.status == "enabled" for r in ex.plugins)
+        assert len(ex.ports.audits) == 4
+        result = await ex.run(Agent(name="x", model=ScriptedModel([answer("hi")])), "hi", caller_id="u")
+    assert result.status is RunStatus.OK
+    assert a.run(result.run_id).stats is not None and b.run(result.run_id).stats is not None
+
+
+def test_disable_by_the_shared_name_turns_off_every_such_object() -> None:
+    ex = Executor(entry_points=False, plugins=[MemoryAudit(), MemoryAudit()], disable=["memory_audit"])
+    assert {r.name: r.status for r in ex.plugins if r.origin == "host"} == {
+        "memory_audit": "disabled",
+        "memory_audit#2": "disabled",
+    }
+
+
+def test_the_same_object_twice_is_used_once_with_a_warning() -> None:
+    audit = MemoryAudit()
+    with pytest.warns(ExecutusWarning, match="passed twice"):
+        ex = Executor(entry_points=False, plugins=[audit, audit])
+    assert [r.name for r in ex.plugins if r.origin == "host"] == ["memory_audit"]
+
+
+def test_a_broken_host_object_is_never_told_to_reinstall_a_package() -> None:
+    class Broken:
+        @hookimpl
+        def executus_budget(self, settings: object, extra: object) -> object:  # not the hook's arguments
+            return None
+
+    with pytest.raises(PluginError) as info:
+        Executor(entry_points=False, plugins=[Broken()])
+    assert "reinstall" not in str(info.value) and "plugins=" in str(info.value)

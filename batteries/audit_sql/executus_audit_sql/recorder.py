@@ -5,6 +5,9 @@ row tuple and appends it — no I/O, no await, nothing that grows with the trans
 (`executus_audit_sql.writer`) takes the buffered rows of every recorder every ``flush_interval``
 seconds, or as soon as ``batch_size`` rows are waiting, and writes them in one transaction.
 
+Tool arguments and event payloads are stored masked (`executus_core.secrets.mask_value`): a field
+named ``password``, ``api_key``, ``token``... is kept as ``***``, and a URL's password too.
+
 ``close(stats)`` waits for the writer's batch in flight, writes what is left with the roll-up in one
 transaction, and — if the database will not take them within ``write_timeout`` — saves them to a
 spill file and raises `AuditWriteError` naming it: nothing accepted is dropped silently.
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from executus_audit_sql.errors import AuditWriteError, describe_error
 from executus_audit_sql.schema import EventKind
 from executus_audit_sql.writes import Row, RunState
+from executus_core.secrets import mask_value
 from executus_core.types import ModelResponse, RunInfo, RunStats, ToolCall, utcnow
 
 if TYPE_CHECKING:
@@ -127,7 +131,8 @@ class SqlRecorder:
         }
         if response.tool_calls:
             data["tool_calls"] = [
-                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in response.tool_calls
+                {"id": c.id, "name": c.name, "arguments": mask_value(c.arguments)}
+                for c in response.tool_calls
             ]
         if response.finish_reason is not None:
             data["finish_reason"] = response.finish_reason
@@ -138,14 +143,15 @@ class SqlRecorder:
     def on_tool(self, call: ToolCall, result: str) -> None:
         """Record a finished tool call: its name, id, arguments and the result sent to the model."""
         self.state.tool_calls += 1
-        self._append(EventKind.TOOL, call.name, None, call.id, result, {"arguments": call.arguments})
+        arguments = mask_value(call.arguments)
+        self._append(EventKind.TOOL, call.name, None, call.id, result, {"arguments": arguments})
 
     def log_event(self, type: str, payload: Mapping[str, Any]) -> None:
         """Record a run event (types listed in ``skip_events`` are not stored)."""
         if type in self._skip:
             return
         # Copied: the caller may reuse its dict before the writer serialises this one.
-        self._append(EventKind.EVENT, type, None, None, None, dict(payload))
+        self._append(EventKind.EVENT, type, None, None, None, mask_value(dict(payload)))
 
     def log_error(self, message: str) -> None:
         """Record an error the run survived, or the one that ended it."""

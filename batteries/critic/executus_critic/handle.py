@@ -52,6 +52,13 @@ log = logging.getLogger("executus.critic")
 _MAX_SEEN = 4096
 _SHOWN_ARGUMENTS = 200  # characters of the arguments a loop warning quotes
 
+_DEFAULT_MESSAGES = {name: field.default for name, field in CriticMessages.model_fields.items()}
+_LAST_RESORT = {
+    "wrap_up": "You have been working on this longer than planned. Wrap up now and give your final answer.",
+    "repeat": "You are repeating the same tool call. Try something different, or give your final answer.",
+    "stall": "You are going in circles. Try something different, or give your final answer.",
+}
+
 
 def _canonical(arguments: Mapping[str, Any]) -> bytes:
     """The arguments as bytes that are equal exactly when the calls are the same (keys sorted)."""
@@ -125,6 +132,7 @@ class RunCriticHandle:
         self._decisions: list[Decision] = []
         self._unannounced: list[Decision] = []
         self._children: set[str] = set()  # delegated runs being watched now
+        self._bad_templates: set[str] = set()  # message templates already warned about
 
     # -- what the host reads -----------------------------------------------------------------
 
@@ -194,7 +202,7 @@ class RunCriticHandle:
                     now,
                     DecisionKind.LOOP,
                     f"tool {name!r} was called with the same arguments {self._streak} times in a row",
-                    lambda: self._messages.repeat.format(tool=name, count=self._streak, arguments=shown),
+                    lambda: self._render("repeat", tool=name, count=self._streak, arguments=shown),
                 )
         if self._unannounced:
             self._announce()
@@ -215,9 +223,7 @@ class RunCriticHandle:
             if not self._nudged and not self._ended and steer_at is not None and now >= steer_at:
                 self._nudged = True
                 self._pending.append(
-                    Message.user(
-                        self._messages.wrap_up.format(elapsed=now, soft_timeout=self.policy.soft_timeout)
-                    )
+                    Message.user(self._render("wrap_up", elapsed=now, soft_timeout=self.policy.soft_timeout))
                 )
                 self._decide(
                     now,
@@ -337,8 +343,35 @@ class RunCriticHandle:
                 now,
                 DecisionKind.STALL,
                 f"{steps} steps in a row made no new tool call",
-                lambda: self._messages.stall.format(steps=steps),
+                lambda: self._render("stall", steps=steps),
             )
+
+    def _render(self, which: str, **values: Any) -> str:
+        """The steering message ``which`` filled with ``values``; never raises.
+
+        Settings validation refuses templates that can fail, but a `CriticMessages` can be built
+        without it (``model_construct``): a template that fails here falls back to the default
+        text, with a warning, instead of breaking the core's call into the critic.
+        """
+        template = getattr(self._messages, which, None)
+        try:
+            return str(template).format(**values)
+        except Exception as exc:
+            if which not in self._bad_templates:
+                self._bad_templates.add(which)
+                log.warning(
+                    "executus-critic: the %s message template %r does not format (%s: %s); the default "
+                    "text is used instead. Fix [tool.executus.critic.messages] %s",
+                    which,
+                    template,
+                    type(exc).__name__,
+                    exc,
+                    which,
+                )
+        try:
+            return str(_DEFAULT_MESSAGES[which]).format(**values)
+        except Exception:  # the defaults are known to format; this is the last line of defence
+            return _LAST_RESORT[which]
 
     def _looping(self) -> bool:
         threshold, limit = self.policy.loop_threshold, self.policy.stall_steps

@@ -39,30 +39,57 @@ _SECONDS = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*s\s*$")
 # A bare number above this is almost surely meant as seconds: refuse it rather than nudge at 90 x soft.
 _MAX_FRACTION = 10.0
 
-# The placeholders each template may use, with sample values that prove a template formats.
+# The placeholders each template may use, with sample values that prove a template formats. Each
+# placeholder always has the type of its sample; the second set holds the edge values a run can give.
 PLACEHOLDERS: dict[str, dict[str, Any]] = {
     "wrap_up": {"elapsed": 95.0, "soft_timeout": 90.0},
     "repeat": {"tool": "search", "count": 4, "arguments": '{"query":"x"}'},
     "stall": {"steps": 6},
 }
+_EDGE_SAMPLES: dict[str, dict[str, Any]] = {
+    "wrap_up": {"elapsed": 0.0, "soft_timeout": 1e-3},
+    "repeat": {"tool": "", "count": 2, "arguments": ""},
+    "stall": {"steps": 1},
+}
 
 
 def _check_template(name: str, template: str) -> str:
+    """Refuse a template that could fail when the critic formats it during a run.
+
+    Only bare placeholders are accepted (``{tool}``, ``{count:d}``, ``{arguments!r}``): an index or
+    attribute (``{tool[4]}``, ``{tool.upper}``) or a placeholder inside a format spec
+    (``{tool:{count}}``) depends on the value a run gives, so it may format with the sample and fail
+    on the next tool's name. The template is then formatted against sample values of each
+    placeholder's type, so a format spec that cannot fit the type (``{elapsed:d}``) is refused too.
+    """
     allowed = PLACEHOLDERS[name]
     names = ", ".join("{" + key + "}" for key in allowed)
     try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        parsed = [
+            (field, spec) for _, field, spec, _ in string.Formatter().parse(template) if field is not None
+        ]
     except ValueError as exc:
         raise ValueError(f"not a valid template ({exc}); write braces as {{{{ and }}}}") from None
-    for field in fields:
+    for field, spec in parsed:
         key = re.split(r"[.\[]", field, maxsplit=1)[0]
+        shown = "{" + field + "}" if field else "{}"
         if key not in allowed:
-            shown = "{" + field + "}" if field else "{}"
             raise ValueError(f"unknown placeholder {shown}; this message can use {names}")
-    try:
-        template.format(**allowed)
-    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
-        raise ValueError(f"does not format ({type(exc).__name__}: {exc}); it can use {names}") from None
+        if field != key:
+            raise ValueError(
+                f"placeholder {shown} indexes or looks up an attribute of {{{key}}}, which depends on the "
+                f"run (a shorter tool name, say) and can fail mid-run; use {{{key}}} itself"
+            )
+        if spec and ("{" in spec or "}" in spec):
+            raise ValueError(
+                f"placeholder {shown} has a placeholder in its format spec ({spec!r}), which depends on "
+                "the run; write the spec out"
+            )
+    for sample in (allowed, _EDGE_SAMPLES[name]):
+        try:
+            template.format(**sample)
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+            raise ValueError(f"does not format ({type(exc).__name__}: {exc}); it can use {names}") from None
     return template
 
 

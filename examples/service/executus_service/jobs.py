@@ -1,0 +1,203 @@
+"""The job queue: Procrastinate on the service's PostgreSQL, one job per run.
+
+A job means "see run X to its end". The web app defers it; a worker takes it and:
+
+- starts the run (``Executor.run`` with the job's run id) if the checkpoint store has never seen it;
+- if the run is live but its lease lapsed (the worker that held it died, or was paused past its
+  lease), resumes it from its checkpoint with ``Executor.recover()``; a tool call whose result was
+  saved is not run again, and the call that was in flight is run again flagged
+  (``ToolContext.attempt`` > 1, ``resumed``);
+- if another live worker holds the run, waits for it (and takes it over if that worker dies);
+- returns only once the run has ended, so a job that Procrastinate marks succeeded always belongs
+  to a run that ended.
+
+A worker that dies leaves its jobs ``doing``; every worker looks for such stalled jobs (workers
+whose Procrastinate heartbeat is older than ``stalled_seconds``) and retries them, so another
+worker takes them up and resumes the runs. This is Procrastinate's ``retry_stalled_jobs`` pattern,
+run as a loop beside the worker rather than as a periodic task, so it works at second granularity
+and does not wait for a free job slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from procrastinate import App, JobContext, PsycopgConnector, RetryDecision
+from procrastinate.jobs import Job
+from procrastinate.retry import BaseRetryStrategy
+from psycopg_pool import AsyncConnectionPool
+
+from executus_core import Agent, Executor, Result, RunStatus
+from executus_service.ledger import record_output
+from executus_service.settings import ServiceSettings
+
+__all__ = ["RUN_TASK", "RunHost", "RunNotFinished", "make_app", "sweep_stalled_jobs"]
+
+log = logging.getLogger("executus_service.jobs")
+
+RUN_TASK = "executus_service.run_agent"
+"""The Procrastinate task name of a run job."""
+
+_FINAL_CHECKPOINT = {"completed", "failed"}
+
+
+class RunNotFinished(Exception):
+    """The run did not end in this job (the worker is shutting down): the job is retried later."""
+
+
+class _Backoff(BaseRetryStrategy):
+    """Retry every failed run job: at once after a shutdown, else after 0.5 s, 1 s, 2 s ... at most 30 s.
+
+    A run job is never given up on: it ends only when its run has ended (a run that cannot go on
+    ends ``error`` and the job then succeeds).
+    """
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, RunNotFinished):
+            return RetryDecision(retry_in={"seconds": 0})
+        return RetryDecision(retry_in={"seconds": min(30.0, 0.5 * 2 ** min(job.attempts, 6))})
+
+
+def make_app(service: ServiceSettings, conninfo: str) -> App:
+    """The Procrastinate app of the service, with its one task ``run_agent`` registered."""
+    app = App(connector=PsycopgConnector(conninfo=conninfo, min_size=1, max_size=service.concurrency + 4))
+
+    @app.task(name=RUN_TASK, queue=service.queue, pass_context=True, retry=_Backoff())
+    async def run_agent(context: JobContext, run_id: str, prompt: str, caller_id: str, agent: str) -> str:
+        """Run (or resume, or wait for) run ``run_id`` until it ends; returns its status."""
+        host: RunHost = context.additional_context["host"]
+        return await host.drive(run_id, prompt=prompt, caller_id=caller_id, agent_name=agent)
+
+    return app
+
+
+async def sweep_stalled_jobs(app: App, service: ServiceSettings) -> None:
+    """Forever: retry the run jobs of workers whose heartbeat is older than ``stalled_seconds``."""
+    while True:
+        await asyncio.sleep(service.sweep_seconds)
+        try:
+            stalled = await app.job_manager.get_stalled_jobs(
+                queue=service.queue, seconds_since_heartbeat=service.stalled_seconds
+            )
+            for job in stalled:
+                # Another worker may retry the same job at the same moment: one of the two wins,
+                # the other's "not in doing status" is expected.
+                try:
+                    await app.job_manager.retry_job(job)
+                except Exception as exc:
+                    log.debug("stalled job %s was retried elsewhere: %s", job.id, exc)
+                else:
+                    log.warning("job %s (run %s) was stalled: retried", job.id, job.task_kwargs.get("run_id"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("looking for stalled jobs failed: %s", exc)
+
+
+class RunHost:
+    """What a worker process runs jobs with: one `Executor`, its agents and the ledger's pool."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        agents: Mapping[str, Agent],
+        pool: AsyncConnectionPool,
+        service: ServiceSettings,
+    ) -> None:
+        self.executor = executor
+        self.agents = dict(agents)
+        self.pool = pool
+        self.service = service
+        checkpoints = executor.ports.checkpoints
+        if checkpoints is None or not callable(getattr(checkpoints[1], "run_row", None)):
+            raise RuntimeError(
+                "the service needs executus-checkpoint-sql: install it and leave it enabled "
+                "([tool.executus.checkpoint_sql] enabled = true), with url pointing at PostgreSQL"
+            )
+        self.store: Any = checkpoints[1]
+        for agent in self.agents.values():
+            executor.register_agent(agent)
+        self.stopping = False
+
+    async def drive(self, run_id: str, *, prompt: str, caller_id: str, agent_name: str) -> str:
+        """See run ``run_id`` to its end (start it, resume it, or wait for the worker that holds it)."""
+        agent = self.agents.get(agent_name)
+        if agent is None:
+            # The web app checks names; a job for an agent this worker lacks is a deploy mismatch.
+            raise LookupError(f"this worker has no agent {agent_name!r} (it has {', '.join(self.agents)})")
+        while True:
+            row = await self.store.run_row(run_id)
+            if row is None:
+                result = await self.executor.run(agent, prompt, caller_id=caller_id, run_id=run_id)
+                if (status := await self._ended(result)) is not None:
+                    return status
+                continue
+            if row["status"] in _FINAL_CHECKPOINT:
+                return await self._already_ended(run_id)
+            if run_id in self.executor.running or not self._lease_lapsed(row):
+                await asyncio.sleep(self.service.busy_retry_seconds)  # held by a live worker: wait
+                continue
+            for result in await self._recover():
+                if result.run_id == run_id:
+                    if (status := await self._ended(result)) is not None:
+                        return status
+                elif result.status is RunStatus.OK:
+                    await record_output(self.pool, result.run_id, result.output, produced=True)
+
+    @staticmethod
+    def _lease_lapsed(row: Mapping[str, Any]) -> bool:
+        lease = row.get("lease_until")
+        return lease is None or float(lease) < time.time()
+
+    async def _recover(self) -> list[Result]:
+        """``Executor.recover()``: resume every run whose lease lapsed, this one among them."""
+        return await self.executor.recover(agents={a.id: a for a in self.agents.values()})
+
+    async def _ended(self, result: Result) -> str | None:
+        """The status of a run that ended in this worker, or None when it did not end here."""
+        if result.status is RunStatus.INTERRUPTED:
+            if self.stopping:
+                raise RunNotFinished(f"run {result.run_id} was interrupted by this worker's shutdown")
+            return None  # taken over by another worker (or it stopped): look again
+        if result.status is RunStatus.OK:
+            await record_output(self.pool, result.run_id, result.output, produced=True)
+        elif result.status is RunStatus.ERROR and "already running" in (result.error or ""):
+            return None
+        return result.status.value
+
+    async def _already_ended(self, run_id: str) -> str:
+        """The run ended in an earlier job (or another worker): keep its output if it was ok."""
+        audit: Any = next(
+            (a for _, a in self.executor.ports.audits if callable(getattr(a, "get_run", None))), None
+        )
+        record = await audit.get_run(run_id) if audit is not None else None
+        if record is not None and record.status is RunStatus.OK:
+            await record_output(self.pool, run_id, record.output, produced=False)
+        return record.shown_status if record is not None else "ended"
+
+
+async def run_worker(
+    app: App, host: RunHost, service: ServiceSettings, *, name: str, shutdown_timeout: float = 5.0
+) -> None:
+    """Run one Procrastinate worker (until SIGINT or SIGTERM) with the stalled-job sweeper beside it."""
+    sweeper = asyncio.create_task(sweep_stalled_jobs(app, service), name="stalled job sweeper")
+    try:
+        await app.run_worker_async(
+            queues=[service.queue],
+            name=name,
+            concurrency=service.concurrency,
+            update_heartbeat_interval=service.heartbeat_seconds,
+            stalled_worker_timeout=service.stalled_seconds,
+            shutdown_graceful_timeout=shutdown_timeout,
+            additional_context={"host": host},
+        )
+    finally:
+        host.stopping = True
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper

@@ -1,0 +1,164 @@
+"""The service's tables, and the ledger agent whose tool appends to them.
+
+``append_ledger`` is a tool with a side effect, written the way the durability docs ask a host to
+write one: the entry is keyed by ``ToolContext.idempotency_key``, so running the call again (a
+recovered run re-executes the call that was in flight at a crash, flagged with ``attempt`` > 1 and
+``resumed``) finds the entry instead of adding a second one. Every execution is also logged in
+``service_ledger_calls`` with its attempt and resumed flag, which is how the proof test sees what
+ran where and how often.
+
+Tables (PostgreSQL, created by `ensure_tables`):
+
+- ``service_ledger_entries``: one row per entry, primary key the idempotency key (the effect);
+- ``service_ledger_calls``: one row per execution of the tool (no constraint: duplicates show);
+- ``service_outputs``: one row per run that ended ``ok``, with its output; ``deliveries`` counts
+  how many times a worker produced an ``ok`` result for the run (1, unless a run ended twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from executus_core import Agent, ToolContext, tool
+from executus_core.tools import Tool
+
+__all__ = ["TABLES", "build_agents", "ensure_tables", "record_output", "worker_name"]
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS service_ledger_entries (
+    idempotency_key text PRIMARY KEY,
+    run_id text NOT NULL,
+    account text NOT NULL,
+    amount bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE IF NOT EXISTS service_ledger_calls (
+    id bigserial PRIMARY KEY,
+    idempotency_key text NOT NULL,
+    run_id text NOT NULL,
+    call_id text NOT NULL,
+    attempt integer NOT NULL,
+    resumed boolean NOT NULL,
+    worker text NOT NULL,
+    account text NOT NULL,
+    amount bigint NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS service_ledger_calls_run ON service_ledger_calls (run_id);
+CREATE TABLE IF NOT EXISTS service_outputs (
+    run_id text PRIMARY KEY,
+    output text,
+    worker text NOT NULL,
+    deliveries integer NOT NULL DEFAULT 1,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+"""
+
+# Workers starting together take turns creating the tables (CREATE ... IF NOT EXISTS races otherwise).
+_LOCK = 0x65786563_7376  # "execsv"
+
+
+def worker_name() -> str:
+    """``<hostname>:<pid>``: this process, as the ledger and the outputs name it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def ensure_tables(conn: AsyncConnection) -> None:
+    """Create the service's tables if they are missing (under an advisory lock; idempotent)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+        await conn.execute(TABLES)
+
+
+async def record_output(
+    pool: AsyncConnectionPool, run_id: str, output: str | None, *, produced: bool
+) -> None:
+    """Keep the output of a run that ended ``ok``.
+
+    ``produced``: this worker's run just ended ``ok`` (a second such end for one run counts in
+    ``deliveries``); False: a job found the run already ended and only makes sure its output is kept.
+    """
+    async with pool.connection() as conn:
+        if produced:
+            await conn.execute(
+                "INSERT INTO service_outputs (run_id, output, worker) VALUES (%s, %s, %s) "
+                "ON CONFLICT (run_id) DO UPDATE SET deliveries = service_outputs.deliveries + 1",
+                (run_id, output, worker_name()),
+            )
+        else:
+            await conn.execute(
+                "INSERT INTO service_outputs (run_id, output, worker) VALUES (%s, %s, %s) "
+                "ON CONFLICT (run_id) DO NOTHING",
+                (run_id, output, worker_name()),
+            )
+
+
+def build_agents(pool: AsyncConnectionPool, *, model: str, tool_seconds: float) -> dict[str, Agent]:
+    """The agents this service runs, by name; their tools write through ``pool``."""
+
+    @tool
+    async def append_ledger(account: str, amount: int, context: ToolContext) -> dict[str, object]:
+        """Append a payment of ``amount`` to the ledger of ``account``; returns the entry and the balance."""
+        me = worker_name()
+        key = context.idempotency_key
+        async with pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "INSERT INTO service_ledger_calls "
+                    "(idempotency_key, run_id, call_id, attempt, resumed, worker, account, amount) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                    (
+                        key,
+                        context.info.run_id,
+                        context.call_id,
+                        context.attempt,
+                        context.resumed,
+                        me,
+                        account,
+                        amount,
+                    ),
+                )
+            ).fetchone()
+        assert row is not None
+        call_row = row[0]
+        # The slow part of a real tool (a payment API): the window in which a crash leaves a call in flight.
+        await asyncio.sleep(tool_seconds)
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO service_ledger_entries (idempotency_key, run_id, account, amount) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING",
+                (key, context.info.run_id, account, amount),
+            )
+            balance = await (
+                await conn.execute(
+                    "SELECT coalesce(sum(amount), 0) FROM service_ledger_entries WHERE account = %s",
+                    (account,),
+                )
+            ).fetchone()
+            await conn.execute(
+                "UPDATE service_ledger_calls SET finished_at = clock_timestamp() WHERE id = %s", (call_row,)
+            )
+        return {
+            "entry": key,
+            "account": account,
+            "amount": amount,
+            "balance": int(balance[0]) if balance else 0,
+        }
+
+    tools: list[Tool | str] = [append_ledger]
+    ledger = Agent(
+        id="ledger",
+        name="ledger",
+        instructions="You keep the payment ledger. Record each payment with append_ledger, then say what "
+        "you recorded in one sentence.",
+        model=model,
+        tools=tools,
+        max_steps=40,
+    )
+    return {ledger.name: ledger}

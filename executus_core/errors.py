@@ -6,7 +6,7 @@ The tree::
     ├── ConfigError            a setting is unknown or has a bad value (names the key and the plugin)
     ├── PluginError            a plugin failed to import, or its hook raised, while an Executor was built
     ├── ModelNotFound          a model id or tier that no provider or setting knows
-    ├── BudgetExceeded         raised by a Budget to refuse a run (reason, retry_after)
+    ├── BudgetExceeded         raised by a Budget to refuse a run (reason, retry_after, limit)
     ├── RunFailed              raised by Result.raise_for_status() for a run that did not end ok
     ├── RunTakenOver           raised by a Checkpointer when this process no longer owns the run
     └── ProviderError          a model provider failed (provider, endpoint, status code, request id)
@@ -94,12 +94,15 @@ class BudgetExceeded(ExecutusError):
     Args:
         reason: what limit was hit, for a person ("daily token limit of 100000 reached").
         retry_after: seconds until the caller may try again, where the budget knows it.
+        limit: the setting that refused the run, for programs (``"max_tokens"``,
+            ``'callers."vip-*".max_runs'``), where the budget can name one.
     """
 
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, *, retry_after: float | None = None, limit: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.limit = limit
 
 
 class RunFailed(ExecutusError):

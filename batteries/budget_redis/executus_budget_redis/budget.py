@@ -1,8 +1,9 @@
 """`RedisBudget`: per-caller limits on runs, tokens, runtime and runs in flight, shared through Redis.
 
 Every worker process that points at the same Redis and ``key_prefix`` shares the same budgets.
-``check`` and ``commit`` are one Lua script each (`executus_budget_redis.lua`): one round trip,
-atomic, so two workers can never both admit the eleventh run of ten.
+``check``, ``commit`` and the void of a check given up on are one Lua script each
+(`executus_budget_redis.lua`): one round trip, atomic, keyed by the run id, so two workers can
+never both admit the eleventh run of ten, and no check, commit or release is applied twice.
 
 Windows are **fixed windows that start with a caller's first run in them**: the window's key is
 created with a TTL of the window's length, and when it expires the caller starts afresh. The TTL is
@@ -13,12 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import dataclasses
-import logging
-import uuid
-import weakref
-from collections.abc import Sequence
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -28,87 +25,24 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from executus_budget_redis import lua
-from executus_budget_redis.durations import format_duration, window_phrase
-from executus_budget_redis.errors import BudgetUnavailable
-from executus_budget_redis.settings import (
-    SECTION,
-    BudgetRedisSettings,
-    ResolvedLimits,
-    WindowLimits,
-    resolve_limits,
+from executus_budget_redis.base import (
+    AVERAGE_SPAN,
+    LIST_RUNS,
+    STATS_TTL,
+    CallerUsage,
+    CheckReply,
+    InFlightRun,
+    StoreBudget,
+    WindowUsage,
+    error_text,
 )
-from executus_budget_redis.spool import Pending, Spool
-from executus_core import BudgetExceeded, Usage
+from executus_budget_redis.errors import BudgetUnavailable
+from executus_budget_redis.settings import SECTION, BudgetRedisSettings, ResolvedLimits, WindowLimits
+from executus_budget_redis.spool import Commit
 
 __all__ = ["CallerUsage", "RedisBudget", "WindowUsage"]
 
-log = logging.getLogger("executus_budget_redis")
-
-# The slots a task's checks took and its commits have not released yet:
-# (budget id, caller, token, task). The kernel calls ``check`` and ``commit`` of one run from the
-# run's own task, so the commit finds the slot its check took; nested runs in one task release
-# theirs last-in, first-out. The task is part of the entry because tasks started from a run copy
-# its context: a commit in another task (a resumed run) must not release the run's slot.
-_HELD: contextvars.ContextVar[tuple[tuple[str, str, str, weakref.ref[asyncio.Task[Any]] | None], ...]] = (
-    contextvars.ContextVar("executus_budget_redis_held", default=())
-)
-_MAX_HELD = 64  # a task that checks without ever committing must not grow this forever
-_LIMITS_CACHE = 4096
-_FLUSH_FIRST_DELAY = 0.5
-_FLUSH_MAX_DELAY = 30.0
-
-# What one unit of each limit is called in a refusal, by the scripts' kind numbers.
-_KINDS = {1: "max_runs", 2: "max_tokens", 3: "max_seconds", 4: "max_concurrent"}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class WindowUsage:
-    """One window of one caller: what it used, its limits (``None``: none), and when it resets.
-
-    ``resets_in`` is ``None`` when the window has not started (nothing used in it yet).
-    """
-
-    window_seconds: float
-    runs: int
-    tokens: int
-    seconds: float
-    max_runs: int | None
-    max_tokens: int | None
-    max_seconds: float | None
-    resets_in: float | None
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (``window`` is the readable form, ``1d``)."""
-        return {"window": format_duration(self.window_seconds), **dataclasses.asdict(self)}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CallerUsage:
-    """A caller's usage against its limits, as ``executus budget show`` prints it.
-
-    Attributes:
-        caller_id: the caller.
-        source: where its limits come from: ``defaults`` or ``callers."pattern"``.
-        in_flight: runs admitted and not committed yet (slots that have not expired).
-        max_concurrent: the limit on ``in_flight`` (``None``: none).
-        windows: one `WindowUsage` per window, shortest first.
-    """
-
-    caller_id: str
-    source: str
-    in_flight: int
-    max_concurrent: int | None
-    windows: tuple[WindowUsage, ...]
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {
-            "caller": self.caller_id,
-            "limits_from": self.source,
-            "in_flight": self.in_flight,
-            "max_concurrent": self.max_concurrent,
-            "windows": [w.as_dict() for w in self.windows],
-        }
+_POOL_EXHAUSTED = "No connection available"
 
 
 @dataclasses.dataclass(slots=True)
@@ -119,10 +53,11 @@ class _Connection:
     client: aioredis.Redis
     check: Any
     commit: Any
+    void: Any
     usage: Any
 
 
-class RedisBudget:
+class RedisBudget(StoreBudget):
     """A `Budget` whose usage lives in Redis, so every worker process shares it.
 
     Build it from settings, or with the settings' fields as keywords::
@@ -130,51 +65,52 @@ class RedisBudget:
         budget = RedisBudget(BudgetRedisSettings(max_runs=100, window="1h"))
         budget = RedisBudget(url="redis://cache:6379/2", max_tokens=1_000_000, max_concurrent=4)
 
-    ``check`` admits a run (counting it, and taking an in-flight slot) or raises `BudgetExceeded`
-    with the limit that was hit and ``retry_after``; ``commit`` adds the run's tokens and runtime
-    and releases its slot. When Redis cannot be reached, ``check`` raises `BudgetUnavailable` (the
-    kernel refuses the run: budgets fail closed) and ``commit`` raises it too, after keeping the
-    usage in this process's spool, which is replayed as soon as Redis answers again.
+    ``check`` admits a run (counting it, taking an in-flight slot, holding its tokens) or raises
+    `BudgetExceeded` with the limit that was hit, ``retry_after`` and ``limit``; ``commit`` charges
+    the run's tokens and runtime and frees its slot and hold. Each is applied once per run id.
+    When Redis cannot be reached, ``check`` raises `BudgetUnavailable` (the core refuses the run:
+    budgets fail closed) and ``commit`` raises it too, after keeping the usage in this process's
+    spool, which is replayed (exactly once) as soon as Redis answers again.
 
     The client and its connection pool are made on first use, in the running event loop, and
     closed by `aclose` (`Executor.shutdown` calls it).
     """
 
+    backend = "redis"
+    _errors = (RedisError, OSError)
+
     def __init__(self, config: BudgetRedisSettings | None = None, /, **fields: Any) -> None:
-        if config is not None and fields:
-            raise TypeError("pass either a BudgetRedisSettings or its fields as keywords, not both")
-        self.config = config if config is not None else BudgetRedisSettings.model_validate(fields)
-        self.url = self.config.masked_url()
+        super().__init__(config, **fields)
+        self._masked = self.config.masked_url()
         self._url_set = "url" in self.config.model_fields_set
-        self._id = uuid.uuid4().hex
-        self._limits: dict[str, ResolvedLimits] = {}
-        self._spool = Spool(self.config.spool_limit)
         self._conn: _Connection | None = None
-        self._flusher: asyncio.Task[None] | None = None
-        self._closed = False
+        # Redis's clock minus ours (ms), a lower bound read off the last reply: a check carries its
+        # deadline in Redis time, so Redis refuses to apply it once this process has given up.
+        self._offset_ms: float | None = None
 
     def __repr__(self) -> str:
-        return f"RedisBudget(url={self.url!r}, key_prefix={self.config.key_prefix!r})"
+        return f"RedisBudget(url={self._masked!r}, key_prefix={self.config.key_prefix!r})"
 
-    # -- limits and keys ---------------------------------------------------------------------
+    def describe(self) -> str:
+        """``Redis at redis://host:6379/0 (shared by every process using it)``."""
+        return f"Redis at {self._masked} (shared by every process using it)"
 
-    def limits_for(self, caller_id: str) -> ResolvedLimits:
-        """The limits that apply to ``caller_id`` (cached: settings do not change in a budget's life)."""
-        found = self._limits.get(caller_id)
-        if found is None:
-            if len(self._limits) >= _LIMITS_CACHE:
-                self._limits.clear()
-            found = self._limits[caller_id] = resolve_limits(self.config, caller_id)
-        return found
+    def _location(self) -> str:
+        return self._masked
+
+    # -- keys ------------------------------------------------------------------------------------
 
     def _base(self, caller_id: str) -> str:
         return f"{self.config.key_prefix}{{{caller_id}}}:"
 
-    def _keys(self, caller_id: str, windows: Sequence[WindowLimits]) -> list[str]:
+    def _keys(self, caller_id: str, windows: tuple[WindowLimits, ...], run_id: str | None) -> list[str]:
         base = self._base(caller_id)
-        return [base + "slots", *(f"{base}w:{w.millis}" for w in windows)]
+        head = [base + "slots", base + "holds", base + "stats"]
+        if run_id is not None:
+            head.append(f"{base}r:{run_id}")
+        return [*head, *(f"{base}w:{w.millis}" for w in windows)]
 
-    # -- connection ----------------------------------------------------------------------------
+    # -- connection ------------------------------------------------------------------------------
 
     def _connection(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -191,7 +127,7 @@ class RedisBudget:
             socket_connect_timeout=self.config.timeout,
             socket_timeout=self.config.timeout,
             # One immediate retry on a dropped connection (a pooled socket Redis closed when it
-            # restarted); none on timeouts, where the script may have run already.
+            # restarted): every script is keyed by the run id, so a retry is never applied twice.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         client = aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
@@ -201,27 +137,34 @@ class RedisBudget:
             client=client,
             check=client.register_script(lua.CHECK),
             commit=client.register_script(lua.COMMIT),
+            void=client.register_script(lua.VOID),
             usage=client.register_script(lua.USAGE),
         )
         return conn
 
-    # -- the Budget port ---------------------------------------------------------------------
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        async with asyncio.timeout(self.config.timeout):
+            reply = await script(keys=keys, args=args)
+        # Redis read its clock before we got the reply: now - received is a lower bound of the offset.
+        self._offset_ms = float(reply[-1]) - time.time() * 1000
+        return reply
 
-    async def check(self, caller_id: str) -> None:
-        """Admit a run of ``caller_id`` (count it, take a slot) or raise `BudgetExceeded`.
+    # -- the store -------------------------------------------------------------------------------
 
-        Raises `BudgetUnavailable` when Redis cannot be asked; the kernel then refuses the run.
-        """
-        limits = self.limits_for(caller_id)
+    async def _store_check(
+        self, limits: ResolvedLimits, run_id: str, nonce: str, deadline: float
+    ) -> CheckReply:
         conn = self._connection()
-        if caller_id in self._spool:
-            # Meter what this caller used while Redis was away before judging its next run.
-            await self._flush_one(conn, caller_id)
-        token = uuid.uuid4().hex
+        offset = self._offset_ms
         args: list[Any] = [
-            token,
+            run_id,
+            nonce,
+            0 if offset is None else int(deadline * 1000 + offset),
             round(self.config.slot_ttl * 1000),
+            self._run_record_ms,
             -1 if limits.max_concurrent is None else limits.max_concurrent,
+            self._hold_arg(limits),
+            self.config.token_hold_initial,
         ]
         for w in limits.windows:
             args += [
@@ -230,94 +173,39 @@ class RedisBudget:
                 -1 if w.max_tokens is None else w.max_tokens,
                 -1 if w.max_seconds is None else round(w.max_seconds * 1000),
             ]
-        try:
-            reply = await conn.check(keys=self._keys(caller_id, limits.windows), args=args)
-        except (RedisError, OSError) as exc:
-            raise self._unavailable_for_check(caller_id, exc) from exc
-        if len(self._spool):
-            self._start_flusher()
-        if int(reply[0]) == 1:
-            task = asyncio.current_task()
-            owner = weakref.ref(task) if task is not None else None  # weak: no task <-> context cycle
-            held = (*_HELD.get()[-(_MAX_HELD - 1) :], (self._id, caller_id, token, owner))
-            _HELD.set(held)
-            return
-        raise self._refusal(limits, reply[2])
+        reply = await self._call(conn.check, self._keys(limits.caller_id, limits.windows, run_id), args)
+        return CheckReply(int(reply[0]), int(reply[1]), int(reply[2]), reply[3])
 
-    async def commit(self, caller_id: str, runtime_seconds: float, usage: Usage) -> None:
-        """Add the run's tokens (input + output) and runtime to every window of ``caller_id``, and
-        release the slot its ``check`` took.
-
-        When Redis cannot be reached the usage is kept in this process (and replayed when Redis
-        answers again), and `BudgetUnavailable` says so; the kernel turns it into a warning.
-        """
-        limits = self.limits_for(caller_id)
-        token = self._release(caller_id)
-        tokens = int(getattr(usage, "input_tokens", 0) or 0) + int(getattr(usage, "output_tokens", 0) or 0)
-        pending = Pending(
-            tokens=max(0, tokens),
-            millis=max(0, round(float(runtime_seconds or 0.0) * 1000)),
-            commits=1,
-            slots=[token] if token else [],
+    async def _store_commit(self, limits: ResolvedLimits, commit: Commit) -> int:
+        conn = self._connection()
+        args: list[Any] = [
+            commit.run_id,
+            commit.tokens,
+            commit.millis,
+            1 if commit.release else 0,
+            round(self.config.run_ttl * 1000),
+            AVERAGE_SPAN,
+            round(STATS_TTL * 1000),
+            *(w.millis for w in limits.windows),
+        ]
+        reply = await self._call(
+            conn.commit, self._keys(limits.caller_id, limits.windows, commit.run_id), args
         )
+        return int(reply[1])
+
+    async def _store_void(self, limits: ResolvedLimits, run_id: str, nonce: str) -> int:
         conn = self._connection()
-        try:
-            await self._send(conn, caller_id, limits, pending)
-        except (RedisError, OSError) as exc:
-            raise self._spool_failed(caller_id, pending, exc) from exc
-        except asyncio.CancelledError:
-            # Cut off mid-call (the kernel's port_timeout): keep the usage rather than lose it.
-            self._keep(caller_id, pending)
-            raise
-        if len(self._spool):
-            self._start_flusher()
+        args = [run_id, nonce, self._run_record_ms]
+        reply = await self._call(conn.void, self._keys(limits.caller_id, limits.windows, run_id), args)
+        return int(reply[0])
 
-    async def aclose(self) -> None:
-        """Replay what the spool holds (briefly), then close the connection pool.
-
-        Usage that still cannot be metered is logged as lost, with the totals.
-        """
-        self._closed = True
-        flusher, self._flusher = self._flusher, None
-        if flusher is not None and not flusher.done():
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await flusher
-        conn, running = self._conn, None
-        with contextlib.suppress(RuntimeError):
-            running = asyncio.get_running_loop()
-        if len(self._spool) and conn is not None and conn.loop is running:
-            try:
-                async with asyncio.timeout(self.config.timeout * 2):
-                    await self._flush_all(conn)
-            except (RedisError, OSError, TimeoutError):
-                pass
-        if len(self._spool):
-            callers, tokens, commits = self._spool.totals()
-            log.error(
-                "executus-budget-redis closed with %d unmetered commits of %d callers (%d tokens) that "
-                "Redis at %s never took: that usage is lost",
-                commits,
-                callers,
-                tokens,
-                self.url,
+    async def _store_read(self, limits: ResolvedLimits) -> CallerUsage:
+        conn = self._connection()
+        async with asyncio.timeout(self.config.timeout):
+            reply = await conn.usage(
+                keys=self._keys(limits.caller_id, limits.windows, None), args=[LIST_RUNS]
             )
-        self._conn = None
-        if conn is not None and conn.loop is running:
-            with contextlib.suppress(Exception):
-                await conn.client.aclose()
-
-    # -- reading and resetting (the CLI) -----------------------------------------------------
-
-    async def usage(self, caller_id: str) -> CallerUsage:
-        """``caller_id``'s usage in each of its windows, against its limits."""
-        limits = self.limits_for(caller_id)
-        conn = self._connection()
-        try:
-            reply = await conn.usage(keys=self._keys(caller_id, limits.windows), args=[])
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(f"read the budget of caller {caller_id}", caller_id, exc) from exc
-        in_flight, _wait, rows = reply
+        in_flight, _wait, rows, held, avg, runs = reply
         windows = tuple(
             WindowUsage(
                 window_seconds=w.seconds,
@@ -331,7 +219,92 @@ class RedisBudget:
             )
             for w, row in zip(limits.windows, rows, strict=True)
         )
-        return CallerUsage(caller_id, limits.source, int(in_flight), limits.max_concurrent, windows)
+        average = float(avg) if avg not in (b"", "", None) else None
+        return CallerUsage(
+            caller_id=limits.caller_id,
+            source=limits.source,
+            in_flight=int(in_flight),
+            max_concurrent=limits.max_concurrent,
+            windows=windows,
+            held=int(held),
+            average_tokens=average,
+            next_hold=self._next_hold(limits, average),
+            runs=tuple(
+                InFlightRun(
+                    run_id=r[0].decode() if isinstance(r[0], bytes) else str(r[0]),
+                    hold=int(r[2]),
+                    expires_in=int(r[1]) / 1000,
+                )
+                for r in runs
+            ),
+        )
+
+    def _next_hold(self, limits: ResolvedLimits, average: float | None) -> int:
+        if not limits.limits_tokens:
+            return 0
+        if limits.token_hold is not None:
+            return limits.token_hold
+        return self.config.token_hold_initial if average is None else int(-(-average // 1))
+
+    async def _close_store(self) -> None:
+        conn, running = self._conn, None
+        with contextlib.suppress(RuntimeError):
+            running = asyncio.get_running_loop()
+        self._conn = None
+        if conn is not None and conn.loop is running:
+            with contextlib.suppress(Exception):
+                await conn.client.aclose()
+
+    def _can_flush_on_close(self) -> bool:
+        with contextlib.suppress(RuntimeError):
+            return self._conn is not None and self._conn.loop is asyncio.get_running_loop()
+        return False
+
+    def _unsent(self, exc: BaseException) -> bool:
+        return _pool_exhausted(exc)
+
+    def _cause(self, exc: BaseException) -> str:
+        if _pool_exhausted(exc):
+            return "pool_exhausted"
+        if isinstance(exc, ResponseError):
+            return "error"
+        return super()._cause(exc)
+
+    def _problem(self, exc: BaseException) -> str:
+        if _pool_exhausted(exc):
+            return (
+                f"is up, but all {self.config.max_connections} connections of this process's pool were "
+                f"busy for {self.config.timeout:g}s (max_connections = {self.config.max_connections}): "
+                f"raise [tool.executus.{SECTION}] max_connections (or EXECUTUS_BUDGET_REDIS__MAX_CONNECTIONS), "
+                "or start fewer runs at once in this process"
+            )
+        if isinstance(exc, TimeoutError) and not str(exc):
+            return f"could not be reached (TimeoutError: no answer within {self.config.timeout:g}s)"
+        problem = "answered with an error" if isinstance(exc, ResponseError) else "could not be reached"
+        return f"{problem} ({type(exc).__name__}: {error_text(exc)})"
+
+    def _unavailable(self, action: str, caller_id: str | None, exc: BaseException) -> BudgetUnavailable:
+        if _pool_exhausted(exc):
+            return BudgetUnavailable(
+                f"cannot {action}: {self._where()} {self._problem(exc)}",
+                url=self.url,
+                caller_id=caller_id,
+                cause="pool_exhausted",
+            )
+        return super()._unavailable(action, caller_id, exc)
+
+    def _unavailable_for_check(self, caller_id: str, exc: BaseException) -> BudgetUnavailable:
+        if _pool_exhausted(exc):
+            return BudgetUnavailable(
+                f"cannot check the budget of caller {caller_id}: {self._where()} {self._problem(exc)}. "
+                "Budgets fail closed, so the run is refused; nothing was counted.",
+                url=self.url,
+                caller_id=caller_id,
+                cause="pool_exhausted",
+            )
+        return super()._unavailable_for_check(caller_id, exc)
+
+    # -- reading and resetting (the CLI) -----------------------------------------------------
 
     async def callers(self) -> list[str]:
         """Every caller with a key under ``key_prefix`` (usage in a window, or runs in flight), sorted."""
@@ -349,7 +322,8 @@ class RedisBudget:
         return sorted(found)
 
     async def reset(self, caller_id: str) -> int:
-        """Forget everything about ``caller_id``: its windows start afresh and its slots are freed.
+        """Forget everything about ``caller_id``: its windows start afresh, its slots and holds are
+        freed, and the runs it has in flight are forgotten (their commits charge the new windows).
 
         Returns how many keys were deleted.
         """
@@ -373,107 +347,17 @@ class RedisBudget:
     async def ping(self) -> None:
         """Ask Redis for a PONG; raise `BudgetUnavailable` (saying what to set) when it cannot be reached."""
         try:
-            await self._connection().client.ping()
+            async with asyncio.timeout(self.config.timeout):
+                await self._connection().client.ping()
         except (RedisError, OSError) as exc:
             raise self._unavailable("reach Redis", None, exc) from exc
 
-    @property
-    def unmetered(self) -> tuple[int, int, int]:
-        """``(callers, tokens, commits)`` in this process's spool, waiting for Redis to come back."""
-        return self._spool.totals()
-
-    # -- internals -----------------------------------------------------------------------------
-
-    def _release(self, caller_id: str) -> str | None:
-        held = _HELD.get()
-        task = asyncio.current_task()
-        for index in range(len(held) - 1, -1, -1):
-            budget_id, caller, token, owner = held[index]
-            if budget_id == self._id and caller == caller_id and (owner() if owner else None) is task:
-                _HELD.set(held[:index] + held[index + 1 :])
-                return token
-        return None  # a run resumed by recover() was never checked here: it holds no slot
-
-    async def _send(
-        self, conn: _Connection, caller_id: str, limits: ResolvedLimits, pending: Pending
-    ) -> None:
-        args: list[Any] = [
-            pending.tokens,
-            pending.millis,
-            *(w.millis for w in limits.windows),
-            *pending.slots,
-        ]
-        await conn.commit(keys=self._keys(caller_id, limits.windows), args=args)
-
-    def _keep(self, caller_id: str, pending: Pending) -> bool:
-        kept = self._spool.put(caller_id, pending)
-        if kept:
-            with contextlib.suppress(RuntimeError):
-                self._start_flusher()
-        else:
-            log.error(
-                "executus-budget-redis lost the usage of caller %s (%d tokens, %.3fs): Redis at %s is "
-                "away and the spool already holds %d callers (spool_limit)",
-                caller_id,
-                pending.tokens,
-                pending.millis / 1000,
-                self.url,
-                self.config.spool_limit,
-            )
-        return kept
-
-    def _start_flusher(self) -> None:
-        # Not while closing: aclose replays the spool itself, and a task left behind would outlive
-        # the loop.
-        if not self._closed and (self._flusher is None or self._flusher.done()):
-            self._flusher = asyncio.get_running_loop().create_task(
-                self._flush_loop(), name="executus-budget-redis spool"
-            )
-
-    async def _flush_loop(self) -> None:
-        delay = _FLUSH_FIRST_DELAY
-        while len(self._spool):
-            await asyncio.sleep(delay)
-            conn = self._connection()
-            try:
-                await self._flush_all(conn)
-            except (RedisError, OSError) as exc:
-                log.debug("spool replay failed, retrying in %gs: %s", delay, exc)
-                delay = min(delay * 2, _FLUSH_MAX_DELAY)
-
-    async def _flush_all(self, conn: _Connection) -> None:
-        metered = 0
-        for caller_id in self._spool.callers():
-            pending = self._spool.take(caller_id)
-            if pending is None:
-                continue
-            try:
-                await self._send(conn, caller_id, self.limits_for(caller_id), pending)
-            except BaseException:
-                self._spool.put(caller_id, pending)
-                raise
-            metered += pending.commits
-        if metered:
-            log.info("executus-budget-redis metered %d commits kept while Redis was away", metered)
-
-    async def _flush_one(self, conn: _Connection, caller_id: str) -> None:
-        pending = self._spool.take(caller_id)
-        if pending is None:
-            return
-        try:
-            await self._send(conn, caller_id, self.limits_for(caller_id), pending)
-        except (RedisError, OSError):
-            # Still away: the check's own call will say so, and the usage waits for the next try.
-            self._spool.put(caller_id, pending)
-            self._start_flusher()
-        except BaseException:
-            self._spool.put(caller_id, pending)
-            raise
+    # -- messages --------------------------------------------------------------------------------
 
     def _where(self) -> str:
-        if self._url_set:
-            return f"Redis at {self.url}"
-        return f"Redis at {self.url} (the default: no url is set in [tool.executus.{SECTION}])"
+        if self._url_set or self.config.backend == "redis":
+            return f"Redis at {self._masked}"
+        return f"Redis at {self._masked} (the default: no url is set in [tool.executus.{SECTION}])"
 
     def _advice(self) -> str:
         return (
@@ -482,100 +366,10 @@ class RedisBudget:
             f'disable the battery: disable = ["{SECTION}"] (or EXECUTUS_DISABLE={SECTION})'
         )
 
-    def _unavailable(self, action: str, caller_id: str | None, exc: BaseException) -> BudgetUnavailable:
-        answered = isinstance(exc, ResponseError)
-        problem = "answered with an error" if answered else "could not be reached"
-        return BudgetUnavailable(
-            f"cannot {action}: {self._where()} {problem} ({type(exc).__name__}: {_text(exc)}). {self._advice()}",
-            url=self.url,
-            caller_id=caller_id,
-        )
 
-    def _unavailable_for_check(self, caller_id: str, exc: BaseException) -> BudgetUnavailable:
-        answered = isinstance(exc, ResponseError)
-        problem = "answered with an error" if answered else "could not be reached"
-        return BudgetUnavailable(
-            f"cannot check the budget of caller {caller_id}: {self._where()} {problem} "
-            f"({type(exc).__name__}: {_text(exc)}). Budgets fail closed, so the run is refused. {self._advice()}",
-            url=self.url,
-            caller_id=caller_id,
-        )
-
-    def _spool_failed(self, caller_id: str, pending: Pending, exc: BaseException) -> BudgetUnavailable:
-        used = f"{pending.tokens} tokens, {pending.millis / 1000:g}s"
-        if self._keep(caller_id, pending):
-            callers, _tokens, commits = self._spool.totals()
-            outcome = (
-                f"its usage ({used}) is kept in this process and will be metered when Redis answers "
-                f"again ({_plural(commits, 'commit')} of {_plural(callers, 'caller')} waiting)"
-            )
-        else:
-            outcome = (
-                f"its usage ({used}) is LOST: the spool already holds {self.config.spool_limit} callers "
-                f"(raise [tool.executus.{SECTION}] spool_limit, or bring Redis back)"
-            )
-        problem = "answered with an error" if isinstance(exc, ResponseError) else "could not be reached"
-        return BudgetUnavailable(
-            f"cannot meter the run of caller {caller_id}: {self._where()} {problem} "
-            f"({type(exc).__name__}: {_text(exc)}); {outcome}",
-            url=self.url,
-            caller_id=caller_id,
-        )
-
-    def _refusal(self, limits: ResolvedLimits, refusals: Sequence[Sequence[Any]]) -> BudgetExceeded:
-        caller = limits.caller_id
-        reasons: list[str] = []
-        waits: list[float] = []
-        forever = False
-        for raw in refusals:
-            kind, index, used, limit, wait = (int(x) for x in raw)
-            setting = limits.setting(_KINDS[kind])
-            if kind == 4:
-                if limit == 0:
-                    reasons.append(f"caller {caller} may have no runs in flight ({setting} = 0)")
-                    forever = True
-                    continue
-                latest = f" (at the latest in {format_duration(wait / 1000)}, when its slot expires)"
-                reasons.append(
-                    f"caller {caller} has {used} of {limit} runs in flight; a slot frees when one of them "
-                    f"ends{latest if wait > 0 else ''}"
-                )
-                continue
-            window = limits.windows[index - 1]
-            phrase = window_phrase(window.seconds)
-            if limit == 0:
-                unit = {1: "runs", 2: "tokens", 3: "runtime"}[kind]
-                reasons.append(f"caller {caller} is allowed no {unit} ({setting} = 0)")
-                forever = True
-                continue
-            if kind == 1:
-                text = f"caller {caller} started {used} of {limit} runs {phrase}"
-            elif kind == 2:
-                text = f"caller {caller} used {used} of {limit} tokens {phrase}"
-            else:
-                text = (
-                    f"caller {caller} used {_seconds(used / 1000)} of {_seconds(limit / 1000)} seconds of "
-                    f"runtime {phrase}"
-                )
-            if wait >= 0:
-                text += f"; resets in {format_duration(wait / 1000)}"
-                waits.append(wait / 1000)
-            reasons.append(text)
-        retry_after = None if forever or not waits else max(waits)
-        return BudgetExceeded("; ".join(reasons), retry_after=retry_after)
-
-
-def _text(exc: BaseException) -> str:
-    # redis-py's messages end with a full stop; ours go on after them.
-    return str(exc).rstrip(". ") or type(exc).__name__
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.3f}".rstrip("0").rstrip(".")
+def _pool_exhausted(exc: BaseException) -> bool:
+    """redis-py's BlockingConnectionPool found no free connection within ``timeout``: Redis is up."""
+    return isinstance(exc, RedisConnectionError) and str(exc).startswith(_POOL_EXHAUSTED)
 
 
 def _glob_escape(text: str) -> str:

@@ -2,12 +2,14 @@
 
 ::
 
-    executus budget show               every caller with usage (and every caller named in settings)
+    executus budget show               every caller with usage (and every caller named in settings),
+                                       then the runs in flight and the tokens each holds
     executus budget show u1 --json     one caller, as JSON for scripts
-    executus budget reset u1           forget u1's usage and free its in-flight slots
+    executus budget reset u1           forget u1's usage and free its in-flight slots and holds
 
 Both read ``[tool.executus.budget_redis]`` like the executor does (``-s budget_redis.url=...``
-overrides it). Exit codes: 0 done, 1 Redis could not be reached, 2 the settings are wrong.
+overrides it), so they look at the same store: Redis when a url is set, else the embedded SQLite
+file. Exit codes: 0 done, 1 the store could not be reached, 2 the settings are wrong.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from executus_budget_redis.budget import CallerUsage, RedisBudget
+from executus_budget_redis.base import CallerUsage, StoreBudget
 from executus_budget_redis.durations import format_duration
 from executus_budget_redis.errors import BudgetUnavailable
-from executus_budget_redis.settings import SECTION, BudgetRedisSettings
+from executus_budget_redis.factory import open_budget
+from executus_budget_redis.settings import SECTION
 from executus_core.cli import parse_settings
 from executus_core.config import load_settings
 from executus_core.errors import ConfigError
@@ -48,7 +51,7 @@ def make_budget_app() -> typer.Typer:
     """The ``executus budget`` group (a new app each time, so every CLI gets its own)."""
     app = typer.Typer(
         name="budget",
-        help="Per-caller budgets in Redis: usage against limits, windows and resets.",
+        help="Per-caller budgets: usage against limits, windows and resets, holds and runs in flight.",
         no_args_is_help=True,
     )
 
@@ -60,9 +63,10 @@ def make_budget_app() -> typer.Typer:
         as_json: JsonOption = False,
         setting: SettingOption = None,
     ) -> None:
-        """Usage against limits per caller and window, when each window resets, and runs in flight."""
-        config = _config(setting)
-        raise typer.Exit(asyncio.run(_show(config, caller, as_json=as_json)))
+        """Usage against limits per caller and window, when each window resets, tokens held, and the
+        runs in flight."""
+        budget = _budget(setting)
+        raise typer.Exit(asyncio.run(_show(budget, caller, as_json=as_json)))
 
     @app.command("reset")
     def reset(
@@ -70,9 +74,9 @@ def make_budget_app() -> typer.Typer:
         as_json: JsonOption = False,
         setting: SettingOption = None,
     ) -> None:
-        """Forget CALLER's usage in every window and free its in-flight slots."""
-        config = _config(setting)
-        raise typer.Exit(asyncio.run(_reset(config, caller, as_json=as_json)))
+        """Forget CALLER's usage in every window and free its in-flight slots and holds."""
+        budget = _budget(setting)
+        raise typer.Exit(asyncio.run(_reset(budget, caller, as_json=as_json)))
 
     return app
 
@@ -81,18 +85,21 @@ def _stderr() -> Console:
     return Console(stderr=True, soft_wrap=True)
 
 
-def _config(pairs: list[str] | None) -> BudgetRedisSettings:
+def _budget(pairs: list[str] | None) -> StoreBudget:
+    from executus_budget_redis.settings import BudgetRedisSettings
+
     try:
-        return load_settings(parse_settings(pairs or [])).section(
-            SECTION, BudgetRedisSettings, plugin=SECTION
+        settings = load_settings(parse_settings(pairs or []))
+        return open_budget(
+            settings.section(SECTION, BudgetRedisSettings, plugin=SECTION), settings.core.data_dir
         )
     except ConfigError as exc:
         _stderr().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_BAD_SETTINGS) from None
 
 
-async def _show(config: BudgetRedisSettings, caller: str | None, *, as_json: bool) -> int:
-    budget = RedisBudget(config)
+async def _show(budget: StoreBudget, caller: str | None, *, as_json: bool) -> int:
+    config = budget.config
     try:
         if caller is not None:
             callers = [caller]
@@ -110,6 +117,8 @@ async def _show(config: BudgetRedisSettings, caller: str | None, *, as_json: boo
         await budget.aclose()
     if as_json:
         document = {
+            "backend": budget.backend,
+            "store": budget.describe(),
             "url": budget.url,
             "key_prefix": config.key_prefix,
             "callers": [u.as_dict() for u in usages],
@@ -118,11 +127,14 @@ async def _show(config: BudgetRedisSettings, caller: str | None, *, as_json: boo
         return 0
     if not usages:
         _stderr().print(
-            f"no budget usage under key prefix {escape(repr(config.key_prefix))} at {escape(budget.url)}",
+            f"no budget usage under key prefix {escape(repr(config.key_prefix))} in {escape(budget.describe())}",
             highlight=False,
         )
         return 0
-    Console().print(_table(usages, budget.url, config.key_prefix))
+    out = Console()
+    out.print(_table(usages, budget.describe(), config.key_prefix))
+    if any(u.runs for u in usages):
+        out.print(_runs_table(usages))
     return 0
 
 
@@ -134,15 +146,15 @@ def _amount(used: float, limit: float | None, text: str, limit_text: str) -> str
     return f"[{colour}]{cell}[/]" if colour else cell
 
 
-def _table(usages: list[CallerUsage], url: str, prefix: str) -> Table:
+def _table(usages: list[CallerUsage], store: str, prefix: str) -> Table:
     table = Table(
-        title=f"executus budget · {escape(url)} · prefix {escape(repr(prefix))}", title_justify="left"
+        title=f"executus budget · {escape(store)} · prefix {escape(repr(prefix))}", title_justify="left"
     )
     # "limits from" only earns its width when some caller has limits of its own.
     sources = any(u.source != "defaults" for u in usages)
     columns = ["caller", *(["limits from"] if sources else []), "window", "runs", "tokens", "runtime"]
-    for column in [*columns, "resets in", "in flight"]:
-        numeric = column in ("runs", "tokens", "runtime")
+    for column in [*columns, "resets in", "in flight", "held"]:
+        numeric = column in ("runs", "tokens", "runtime", "held")
         table.add_column(
             column,
             justify="right" if numeric else "left",
@@ -179,7 +191,33 @@ def _table(usages: list[CallerUsage], url: str, prefix: str) -> Table:
                 ),
                 format_duration(w.resets_in) if w.resets_in is not None else "[dim]not started[/]",
                 in_flight if first else "",
+                _held(usage) if first else "",
             )
+    return table
+
+
+def _held(usage: CallerUsage) -> str:
+    """Tokens held by the caller's runs in flight, and what its next run would hold."""
+    if not usage.in_flight and not usage.next_hold:
+        return ""
+    next_hold = f" [dim](next {usage.next_hold:,})[/]" if usage.next_hold else ""
+    return f"{usage.held:,}{next_hold}"
+
+
+def _runs_table(usages: list[CallerUsage]) -> Table:
+    table = Table(title="runs in flight", title_justify="left")
+    for column in ("caller", "run", "holds", "slot expires in"):
+        table.add_column(column, justify="right" if column == "holds" else "left", overflow="fold")
+    for usage in usages:
+        for index, run in enumerate(usage.runs):
+            table.add_row(
+                escape(usage.caller_id) if index == 0 else "",
+                escape(run.run_id),
+                f"{run.hold:,}",
+                format_duration(max(run.expires_in, 0.001)),
+            )
+        if usage.in_flight > len(usage.runs):
+            table.add_row("", f"[dim]... and {usage.in_flight - len(usage.runs)} more[/]", "", "")
     return table
 
 
@@ -187,8 +225,7 @@ def _runtime(seconds: float) -> str:
     return "0s" if seconds == 0 else format_duration(seconds)
 
 
-async def _reset(config: BudgetRedisSettings, caller: str, *, as_json: bool) -> int:
-    budget = RedisBudget(config)
+async def _reset(budget: StoreBudget, caller: str, *, as_json: bool) -> int:
     try:
         deleted = await budget.reset(caller)
     except BudgetUnavailable as exc:
@@ -201,7 +238,7 @@ async def _reset(config: BudgetRedisSettings, caller: str, *, as_json: bool) -> 
     else:
         Console(soft_wrap=True).print(
             f"reset caller {escape(caller)}: {deleted} key{'s' if deleted != 1 else ''} deleted; its windows "
-            "start afresh and its in-flight slots are free",
+            "start afresh and its in-flight slots and holds are free",
             highlight=False,
         )
     return 0

@@ -3,7 +3,8 @@
 ::
 
     ExecutusError                (executus_core)
-    └── BudgetUnavailable        Redis could not be reached, or answered with an error
+    └── BudgetUnavailable        the store could not be reached, answered with an error or too late,
+                                 or this process's connection pool was exhausted (``cause`` says which)
 
 `RedisBudget.check` raises it when it cannot ask Redis: the kernel then refuses the run (status
 ``error``), because budgets fail closed. `RedisBudget.commit` raises it when it cannot meter a run:
@@ -19,14 +20,20 @@ __all__ = ["BudgetUnavailable"]
 
 
 class BudgetUnavailable(ExecutusError):
-    """Redis could not be reached or answered with an error; the message says what to set or start.
+    """The budget's store could not answer; the message says what to set or start.
 
     Attributes:
-        url: the Redis URL, without its password.
+        url: where usage lives: the Redis URL (without its password) or the SQLite file.
         caller_id: the caller whose check or commit failed.
+        cause: ``"unreachable"`` (refused, dropped, or gone), ``"timeout"`` (no answer within
+            ``timeout``), ``"error"`` (the store answered with an error), or ``"pool_exhausted"``
+            (every connection of this process's pool was busy: raise ``max_connections``).
     """
 
-    def __init__(self, message: str, *, url: str, caller_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, url: str, caller_id: str | None = None, cause: str = "unreachable"
+    ) -> None:
         super().__init__(message)
         self.url = url
         self.caller_id = caller_id
+        self.cause = cause

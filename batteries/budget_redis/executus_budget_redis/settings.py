@@ -3,12 +3,13 @@
 ::
 
     [tool.executus.budget_redis]
-    url = "redis://127.0.0.1:6379/0"
+    url = "redis://127.0.0.1:6379/0"   # Redis, shared by every worker; without a url: SQLite, one machine
     window = "1d"                  # the window plain numbers below count in
     max_runs = 500                 # runs a caller may start per window
     max_tokens = 2_000_000         # input + output tokens per window
     max_seconds = 7200             # runtime seconds per window
     max_concurrent = 4             # runs in flight at once
+    token_hold = "auto"            # tokens held per run in flight until it ends (or a number)
 
     [tool.executus.budget_redis.callers."vip-*"]     # a glob pattern
     max_tokens = "unlimited"
@@ -27,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -43,9 +45,11 @@ from pydantic import (
 from executus_budget_redis.durations import parse_duration
 
 __all__ = [
+    "DEFAULT_INITIAL_HOLD",
     "DEFAULT_KEY_PREFIX",
     "DEFAULT_URL",
     "SECTION",
+    "SQLITE_FILE",
     "BudgetRedisSettings",
     "CallerLimits",
     "Duration",
@@ -63,6 +67,12 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 DEFAULT_KEY_PREFIX = "executus:budget:"
 """What every key the battery writes starts with."""
+
+SQLITE_FILE = "budget.sqlite3"
+"""The embedded backend's file, in the executus data directory when no ``path`` is set."""
+
+DEFAULT_INITIAL_HOLD = 4000
+"""Tokens held for a caller's run before the caller has a history to average (``token_hold = "auto"``)."""
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds, written as a number or as ``"45s"``, ``"30m"``, ``"1h"``, ``"1d"``, ``"1w"``."""
@@ -108,6 +118,16 @@ def _limit(integer: bool) -> Any:
     return BeforeValidator(validate)
 
 
+def _hold(value: Any) -> Any:
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            'token_hold is "auto" (the caller\'s recent average) or a whole number of tokens >= 0'
+        )
+    return value
+
+
 def _concurrent(value: Any) -> Any:
     if value is None or value == "unlimited":
         return value
@@ -119,6 +139,7 @@ def _concurrent(value: Any) -> Any:
 IntLimitSetting = Annotated[IntLimit | None, _limit(True)]
 FloatLimitSetting = Annotated[FloatLimit | None, _limit(False)]
 ConcurrentSetting = Annotated[NonNegativeInt | Literal["unlimited"] | None, BeforeValidator(_concurrent)]
+HoldSetting = Annotated[NonNegativeInt | Literal["auto"] | None, BeforeValidator(_hold)]
 
 
 class CallerLimits(BaseModel):
@@ -133,6 +154,7 @@ class CallerLimits(BaseModel):
     )
     max_seconds: FloatLimitSetting = Field(None, description="Runtime seconds per window.")
     max_concurrent: ConcurrentSetting = Field(None, description="Runs in flight at once.")
+    token_hold: HoldSetting = Field(None, description='Tokens held per run in flight: "auto" or a number.')
 
 
 class BudgetRedisSettings(BaseModel):
@@ -140,7 +162,15 @@ class BudgetRedisSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    backend: Literal["auto", "redis", "sqlite"] = Field(
+        "auto",
+        description="Where usage lives: redis (every process that shares it), sqlite (one machine), or "
+        "auto: redis when a url is set, else sqlite.",
+    )
     url: str = Field(DEFAULT_URL, description="The Redis URL (redis://, rediss:// or unix://).")
+    path: str | None = Field(
+        None, description="The SQLite file of the embedded backend (default: budget.sqlite3 in the data dir)."
+    )
     key_prefix: str = Field(DEFAULT_KEY_PREFIX, min_length=1, description="Prefix of every key written.")
     timeout: float = Field(
         2.0, gt=0, description="Seconds to connect to Redis or wait for one answer (keep under port_timeout)."
@@ -153,6 +183,19 @@ class BudgetRedisSettings(BaseModel):
     )
     max_seconds: FloatLimitSetting = Field(None, description="Runtime seconds per window.")
     max_concurrent: ConcurrentSetting = Field(None, description="Runs a caller may have in flight at once.")
+    token_hold: NonNegativeInt | Literal["auto"] = Field(
+        "auto",
+        description="Tokens held for each run in flight until it ends: auto (the caller's recent average "
+        "tokens per run) or a number. Admission counts holds, so max_tokens cannot be overrun by runs "
+        "that stay within their hold.",
+    )
+    token_hold_initial: NonNegativeInt = Field(
+        DEFAULT_INITIAL_HOLD, description='The hold of a caller with no recent runs (token_hold = "auto").'
+    )
+    run_ttl: Duration = Field(
+        86400.0,
+        description="How long a finished run's id is remembered, so a retried commit is never charged twice.",
+    )
     slot_ttl: Duration = Field(
         3600.0, description="How long an in-flight slot lives if its run never commits (a crashed worker)."
     )
@@ -177,6 +220,23 @@ class BudgetRedisSettings(BaseModel):
     def masked_url(self) -> str:
         """``url`` without its password, for messages."""
         return mask_url(self.url)
+
+    @property
+    def uses_redis(self) -> bool:
+        """Whether usage lives in Redis: ``backend = "redis"``, or ``"auto"`` with a ``url`` set."""
+        if self.backend == "auto":
+            return "url" in self.model_fields_set
+        return self.backend == "redis"
+
+    def sqlite_path(self, data_dir: str | Path | None = None) -> Path:
+        """The embedded backend's file: ``path``, else ``budget.sqlite3`` in ``data_dir``."""
+        if self.path:
+            return Path(self.path).expanduser()
+        if data_dir is None:
+            from executus_core.config import default_data_dir
+
+            data_dir = default_data_dir()
+        return Path(data_dir).expanduser() / SQLITE_FILE
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -208,6 +268,12 @@ class ResolvedLimits:
     source: str
     windows: tuple[WindowLimits, ...]
     max_concurrent: int | None
+    token_hold: int | None = None  # None: the caller's recent average ("auto")
+
+    @property
+    def limits_tokens(self) -> bool:
+        """Whether any window limits tokens (holds only matter then)."""
+        return any(w.max_tokens is not None for w in self.windows)
 
     def setting(self, name: str) -> str:
         """Where a limit is set, for messages: ``max_runs`` or ``callers."vip-*".max_runs``."""
@@ -251,6 +317,7 @@ def resolve_limits(config: BudgetRedisSettings, caller_id: str) -> ResolvedLimit
             seconds = parse_duration(raw_window) if isinstance(raw_window, str) else float(raw_window)
             per_window.setdefault(seconds, {})[name] = limit
     concurrent = pick("max_concurrent")
+    hold = pick("token_hold")
     return ResolvedLimits(
         caller_id=caller_id,
         source=source,
@@ -264,6 +331,7 @@ def resolve_limits(config: BudgetRedisSettings, caller_id: str) -> ResolvedLimit
             for seconds, limits in sorted(per_window.items())
         ),
         max_concurrent=None if concurrent in (None, "unlimited") else int(concurrent),
+        token_hold=None if hold in (None, "auto") else int(hold),
     )
 
 

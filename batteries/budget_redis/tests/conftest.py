@@ -8,7 +8,11 @@ import asyncio
 import contextlib
 import importlib.metadata
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -16,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
-from executus_budget_redis import RedisBudget
+from executus_budget_redis import RedisBudget, SQLiteBudget
 
 from executus_core.testing.services import redis_url as service_redis_url
 
@@ -172,3 +176,106 @@ async def proxy(redis_url: str) -> AsyncIterator[RedisProxy]:
     await front.start()
     yield front
     await front.cut()
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def make_store(request: pytest.FixtureRequest, key_prefix: str, tmp_path: Any) -> Any:
+    """``make_store(**settings)``: a budget on each backend in turn — the test Redis under this test's
+    prefix, and the embedded SQLite in a file of this test's own."""
+    backend = request.param
+    url = service_redis_url() if backend == "redis" else None
+    built: list[Any] = []
+
+    def build(**fields: Any) -> Any:
+        fields.setdefault("key_prefix", key_prefix)
+        budget: Any
+        if backend == "redis":
+            fields.setdefault("url", url)
+            budget = RedisBudget(**fields)
+        else:
+            fields.setdefault("path", str(tmp_path / "budget.sqlite3"))
+            budget = SQLiteBudget(**fields)
+        built.append(budget)
+        return budget
+
+    build.backend = backend  # type: ignore[attr-defined]
+    return build
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OwnRedis:
+    """A ``redis-server`` of a test's own on a free loopback port, which the test may pause
+    (SIGSTOP), resume (SIGCONT), kill and start again — never the shared one."""
+
+    def __init__(self, workdir: Any, *, appendonly: bool = False) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.appendonly = appendonly
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> None:
+        server = shutil.which("redis-server")
+        if server is None:
+            if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+                pytest.fail("redis-server is not installed: the stall tests start their own")
+            pytest.skip("redis-server is not installed: the stall tests start their own")
+        args = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")]
+        args += (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        )
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client = redis.Redis(port=self.port, socket_timeout=0.5)
+                try:
+                    if client.ping():
+                        return
+                finally:
+                    client.close()
+            except redis.RedisError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+
+    def pause(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.pid, signal.SIGCONT)
+            os.kill(self.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Any) -> Iterator[OwnRedis]:
+    """A started `OwnRedis`, killed (by its PID) at the end."""
+    server = OwnRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

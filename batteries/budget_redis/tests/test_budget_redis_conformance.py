@@ -1,11 +1,11 @@
-"""`RedisBudget` passes the Budget conformance suite of executus_core, on the real Redis."""
+"""`RedisBudget` (on the real Redis) and `SQLiteBudget` pass the Budget conformance suite of executus_core."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from executus_budget_redis import RedisBudget
+from executus_budget_redis import RedisBudget, SQLiteBudget
 
 from executus_core.testing.conformance import BudgetConformance
 
@@ -23,6 +23,28 @@ class TestRedisBudgetConformance(BudgetConformance):
             return RedisBudget(
                 url=redis_url,
                 key_prefix=key_prefix,
+                window=window_seconds or "1d",
+                max_runs=max_runs,
+                max_tokens=max_tokens,
+                max_seconds=max_seconds,
+            )
+
+        return make
+
+
+class TestSQLiteBudgetConformance(BudgetConformance):
+    """The embedded backend passes the same suite, in a file of the test's own."""
+
+    @pytest.fixture
+    def make_budget(self, tmp_path: Any) -> Any:
+        def make(
+            max_runs: int | None = None,
+            max_tokens: int | None = None,
+            max_seconds: float | None = None,
+            window_seconds: float | None = None,
+        ) -> SQLiteBudget:
+            return SQLiteBudget(
+                path=str(tmp_path / "budget.sqlite3"),
                 window=window_seconds or "1d",
                 max_runs=max_runs,
                 max_tokens=max_tokens,

@@ -201,7 +201,8 @@ async def test_callers_exact_ids_then_patterns_then_defaults(make: Any) -> None:
         max_runs=1,
         callers={
             "vip-1": {"max_runs": 3},
-            "vip-*": {"max_runs": "unlimited", "max_tokens": 10},
+            # no hold: five runs may be in flight at once on 10 tokens (the caller's own token_hold)
+            "vip-*": {"max_runs": "unlimited", "max_tokens": 10, "token_hold": 0},
             "team-?": {"window": "1h"},
         },
     )
@@ -225,7 +226,8 @@ async def test_callers_exact_ids_then_patterns_then_defaults(make: Any) -> None:
 
 
 async def test_two_budgets_with_their_own_clients_share_one_callers_limits(make: Any) -> None:
-    first, second = make(max_runs=10, max_tokens=50), make(max_runs=10, max_tokens=50)
+    first = make(max_runs=10, max_tokens=50, token_hold=0)
+    second = make(max_runs=10, max_tokens=50, token_hold=0)
     who = caller()
     try:
         outcomes = await asyncio.gather(
@@ -251,7 +253,8 @@ async def test_reset_forgets_a_caller_and_frees_its_slots(make: Any) -> None:
         await budget.check(who)
         await budget.check(kept)
         assert await admitted(budget, who) is not None
-        assert await budget.reset(who) == 2  # its window and its slots
+        # its window, its slots, its holds and its run's record
+        assert await budget.reset(who) == 4
         assert await admitted(budget, who) is None
         assert await admitted(budget, kept) is not None  # other callers are untouched
         assert set(await budget.callers()) == {who, kept}

@@ -13,45 +13,61 @@ that fails never fails the run: the `Result` lists why in ``warnings``. The core
     Delivering the same run again overwrites it.
 
 ``webhook``
-    ``{"kind": "webhook", "url": "https://host/hook", "secret": "..."}`` POSTs the `Result` as JSON.
-    Headers: ``Idempotency-Key`` and ``X-Executus-Run-Id`` (the run id: a receiver drops repeats),
-    ``X-Executus-Status`` (the run's status), and, with a secret, ``X-Executus-Signature:
-    sha256=<hex HMAC-SHA256 of the exact body bytes>`` (check it with `verify_signature`).
+    ``{"kind": "webhook", "url": "https://host/hook", "secret": "whsec_..."}`` POSTs the `Result` as
+    JSON, signed the way `Standard Webhooks <https://www.standardwebhooks.com/>`_ specifies, so any
+    Standard Webhooks library verifies it: ``webhook-id`` (the run id, the same on every attempt),
+    ``webhook-timestamp`` (Unix seconds when the attempt was signed) and ``webhook-signature``
+    (``v1,`` + base64 of HMAC-SHA256 over ``"{webhook-id}.{webhook-timestamp}.{body}"``). The id and
+    the time are under the signature, so a receiver that checks the time (`verify_webhook` does,
+    within 5 minutes) refuses a captured delivery replayed later. Also sent: ``Idempotency-Key`` and
+    ``X-Executus-Run-Id`` (the run id: a receiver drops repeats) and ``X-Executus-Status`` (the run's
+    status). The secret is ``whsec_`` + base64 of the key bytes, as Standard Webhooks writes it
+    (`new_webhook_secret` makes one), or any other string, used as its UTF-8 bytes.
     Connection errors, timeouts, 408, 425, 429 and 5xx are retried with exponential backoff and
-    jitter, honouring ``Retry-After``; other 4xx and 3xx are not (redirects are not followed: a
-    signed body goes only where it was sent). Options: ``secret``, ``headers`` (a mapping, e.g. an
-    ``Authorization`` header), ``attempts``, ``timeout`` (seconds per attempt).
+    jitter, honouring ``Retry-After`` up to ``webhook_max_retry_after``; other 4xx and 3xx are not
+    (redirects are not followed: a signed body goes only where it was sent). Only the first
+    ``webhook_max_reply_bytes`` of a reply are read (to quote an error), whatever its size. Options:
+    ``secret``, ``headers`` (a mapping, e.g. an ``Authorization`` header), ``attempts``, ``timeout``
+    (seconds per attempt, the reply included).
 
 Settings (``[tool.executus.delivery]``, or ``EXECUTUS_DELIVERY__WEBHOOK_ATTEMPTS=...``):
 ``webhook_attempts`` (4), ``webhook_backoff`` (0.5 s before the first retry, doubled each retry),
-``webhook_max_backoff`` (30 s), ``webhook_timeout`` (10 s per attempt). All attempts together stay
-within the core's ``delivery_timeout`` (60 s): a retry that could not start in time is not made, and
-the warning says so.
+``webhook_max_backoff`` (30 s), ``webhook_timeout`` (10 s per attempt), ``webhook_max_retry_after``
+(60 s: the longest wait a ``Retry-After`` gets; ``inf``, ``nan``, a negative number or a date far
+away never make a delivery wait longer) and ``webhook_max_reply_bytes`` (4096). All attempts
+together stay within the core's ``delivery_timeout`` (60 s): a retry that could not start in time is
+not made, and the warning says so.
 
 Secrets (the signing secret, header values, the URL's path and query, which often hold tokens)
 never appear in errors, warnings, logs or ``repr``: a webhook is named by its origin only.
 
 A receiver, with any web framework::
 
-    from executus_core.delivery import SIGNATURE_HEADER, verify_signature
+    from executus_core.delivery import WebhookVerificationError, verify_webhook
 
     body = await request.body()  # the raw bytes, before any JSON parsing
-    if not verify_signature(SECRET, body, request.headers.get(SIGNATURE_HEADER)):
-        return Response(status_code=401)
-    if seen(request.headers["Idempotency-Key"]):
-        return Response(status_code=200)  # a retry of a delivery already handled
+    try:
+        message_id = verify_webhook(SECRET, request.headers, body)  # tolerance=300 seconds
+    except WebhookVerificationError as exc:
+        return Response(str(exc), status_code=401)
+    if seen(message_id):  # the run id: the same on every retry of one delivery
+        return Response(status_code=200)
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import email.utils
 import hashlib
 import hmac
 import logging
+import math
 import os
 import random
 import re
+import secrets
 import tempfile
 import time
 from collections.abc import Mapping
@@ -67,24 +83,38 @@ from executus_core.hookspecs import hookimpl
 from executus_core.types import DeliveryTarget, Result
 
 __all__ = [
+    "DEFAULT_TOLERANCE",
     "IDEMPOTENCY_HEADER",
+    "ID_HEADER",
     "RETRY_STATUSES",
     "SIGNATURE_HEADER",
     "STATUS_HEADER",
+    "TIMESTAMP_HEADER",
     "DeliveryFailed",
     "DeliverySettings",
     "FileDelivery",
     "FileTarget",
     "WebhookDelivery",
     "WebhookTarget",
-    "sign",
-    "verify_signature",
+    "WebhookVerificationError",
+    "new_webhook_secret",
+    "sign_webhook",
+    "verify_webhook",
 ]
 
 log = logging.getLogger("executus.delivery")
 
-SIGNATURE_HEADER = "X-Executus-Signature"
-"""The header that carries ``sha256=<hex HMAC-SHA256 of the body>`` when the target has a secret."""
+ID_HEADER = "webhook-id"
+"""Standard Webhooks' message id: the run id, the same on every attempt (signed)."""
+TIMESTAMP_HEADER = "webhook-timestamp"
+"""Standard Webhooks' timestamp: Unix seconds when the attempt was signed (signed)."""
+SIGNATURE_HEADER = "webhook-signature"
+"""Standard Webhooks' signature: ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``, sent when
+the target has a secret (several space-separated signatures may be sent while a secret is rotated)."""
+DEFAULT_TOLERANCE = 300.0
+"""How far, in seconds, a delivery's timestamp may be from the receiver's clock (either way) in
+`verify_webhook`: Standard Webhooks' five minutes."""
+SECRET_PREFIX = "whsec_"
 STATUS_HEADER = "X-Executus-Status"
 """The header that carries the run's `RunStatus` value (``ok`` for ``deliver``, else ``deliver_error``)."""
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -95,7 +125,16 @@ RETRY_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
 # Our own headers win over a target's ``headers`` option: a receiver relies on them.
 _PROTOCOL_HEADERS = frozenset(
     h.lower()
-    for h in ("Content-Type", IDEMPOTENCY_HEADER, "X-Executus-Run-Id", STATUS_HEADER, SIGNATURE_HEADER)
+    for h in (
+        "Content-Type",
+        "Accept-Encoding",
+        IDEMPOTENCY_HEADER,
+        "X-Executus-Run-Id",
+        STATUS_HEADER,
+        ID_HEADER,
+        TIMESTAMP_HEADER,
+        SIGNATURE_HEADER,
+    )
 )
 # The webhook gives up by itself a little before the core's delivery_timeout cuts it off, so the
 # Result says why it gave up instead of only that it took too long.
@@ -113,6 +152,13 @@ class DeliveryFailed(Exception):
     """
 
 
+class WebhookVerificationError(ValueError):
+    """Raised by `verify_webhook`: the request is not a delivery signed with this secret, or it is too
+    old or too new to be accepted (a replay, or a clock that is off). The message says which; answer
+    the request with 401 and do not act on it.
+    """
+
+
 class DeliverySettings(BaseModel):
     """The built-in deliveries' settings: ``[tool.executus.delivery]``. Durations are seconds."""
 
@@ -121,7 +167,20 @@ class DeliverySettings(BaseModel):
     webhook_attempts: int = Field(4, ge=1, description="Attempts per webhook delivery, the first included.")
     webhook_backoff: float = Field(0.5, ge=0, description="Wait before the first retry; doubled each retry.")
     webhook_max_backoff: float = Field(30.0, ge=0, description="Longest wait between two attempts.")
-    webhook_timeout: float = Field(10.0, gt=0, description="Longest wait for one attempt's answer.")
+    webhook_timeout: float = Field(
+        10.0, gt=0, description="Longest one attempt may take, the receiver's reply included."
+    )
+    webhook_max_retry_after: float = Field(
+        60.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Longest wait a receiver's Retry-After gets (longer asks, inf or a far date wait this).",
+    )
+    webhook_max_reply_bytes: int = Field(
+        4096,
+        ge=0,
+        description="Bytes of a receiver's reply read (to quote it in an error); the rest is dropped.",
+    )
 
 
 class FileTarget(BaseModel):
@@ -150,25 +209,94 @@ class WebhookTarget(BaseModel):
 
 
 def _secret_bytes(secret: str | bytes | SecretStr) -> bytes:
+    """The HMAC key: a ``whsec_`` secret is base64-decoded (Standard Webhooks), any other is its bytes."""
     if isinstance(secret, SecretStr):
         secret = secret.get_secret_value()
-    return secret if isinstance(secret, bytes) else secret.encode()
+    if isinstance(secret, bytes):
+        return secret
+    if secret.startswith(SECRET_PREFIX):
+        try:
+            return base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(
+                f"a webhook secret starting with {SECRET_PREFIX} must be base64 after it (Standard "
+                "Webhooks); make one with executus_core.delivery.new_webhook_secret()"
+            ) from None
+    return secret.encode()
 
 
-def sign(secret: str | bytes | SecretStr, body: bytes) -> str:
-    """The signature header value for ``body``: ``sha256=<hex HMAC-SHA256 of body keyed by secret>``."""
-    return "sha256=" + hmac.new(_secret_bytes(secret), body, hashlib.sha256).hexdigest()
+def new_webhook_secret() -> str:
+    """A new random signing secret in Standard Webhooks' form: ``whsec_`` + base64 of 32 bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def verify_signature(secret: str | bytes | SecretStr, body: bytes, signature: str | None) -> bool:
-    """True when ``signature`` (the ``X-Executus-Signature`` header) matches ``body`` signed with ``secret``.
+def sign_webhook(secret: str | bytes | SecretStr, message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value for one attempt: ``v1,`` + base64 of HMAC-SHA256, keyed by
+    ``secret``, over ``"{message_id}.{timestamp}.{body}"`` (Standard Webhooks)."""
+    signed = b"%s.%d.%s" % (message_id.encode(), timestamp, body)
+    return "v1," + base64.b64encode(hmac.new(_secret_bytes(secret), signed, hashlib.sha256).digest()).decode()
 
-    ``body`` must be the raw request bytes as received: parsing and re-serializing the JSON changes
-    them. The comparison takes constant time. A missing or malformed header is simply ``False``.
+
+def verify_webhook(
+    secret: str | bytes | SecretStr,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    now: float | None = None,
+) -> str:
+    """Check a webhook delivery as a receiver; return its ``webhook-id`` (drop repeats by it).
+
+    Args:
+        secret: the target's secret, as given to the sender (``whsec_...`` or plain).
+        headers: the request's headers (any mapping; names are matched without case).
+        body: the raw request bytes as received: parsing and re-serializing the JSON changes them.
+        tolerance: how far, in seconds, ``webhook-timestamp`` may be from ``now``, either way.
+        now: the receiver's time as Unix seconds (default: the clock).
+
+    Raises:
+        WebhookVerificationError: a header is missing or malformed, the timestamp is outside the
+            tolerance (a captured delivery replayed later fails here), or no signature matches
+            (another secret, or a changed body). The comparison takes constant time.
     """
-    if not signature:
-        return False
-    return hmac.compare_digest(sign(secret, body).encode(), signature.strip().encode())
+    found = {str(k).lower(): v for k, v in headers.items()}
+    missing = [h for h in (ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER) if not found.get(h)]
+    if missing:
+        raise WebhookVerificationError(
+            f"not a signed webhook: missing header {', '.join(missing)} (the sender needs a 'secret' on the "
+            "target to sign)"
+        )
+    message_id, raw_time, signatures = (
+        found[ID_HEADER],
+        found[TIMESTAMP_HEADER].strip(),
+        found[SIGNATURE_HEADER],
+    )
+    if not raw_time.isdigit():
+        raise WebhookVerificationError(f"{TIMESTAMP_HEADER} must be Unix seconds, got {raw_time[:40]!r}")
+    timestamp = int(raw_time)
+    current = time.time() if now is None else now
+    if timestamp < current - tolerance:
+        raise WebhookVerificationError(
+            f"the delivery was signed {current - timestamp:.0f}s ago, longer than the tolerance "
+            f"({tolerance:g}s): a replay of an old delivery, or a clock that is off; it is refused"
+        )
+    if timestamp > current + tolerance:
+        raise WebhookVerificationError(
+            f"the delivery is signed {timestamp - current:.0f}s in the future, more than the tolerance "
+            f"({tolerance:g}s): check the sender's and this host's clocks"
+        )
+    try:
+        expected = sign_webhook(secret, message_id, timestamp, body).split(",", 1)[1].encode()
+    except ValueError as exc:
+        raise WebhookVerificationError(str(exc)) from None
+    for candidate in signatures.split():
+        version, _, value = candidate.partition(",")
+        if version == "v1" and hmac.compare_digest(expected, value.encode()):
+            return message_id
+    raise WebhookVerificationError(
+        "no signature matches: the secret differs from the sender's, or the body was changed (pass the "
+        "raw request bytes, before any JSON parsing)"
+    )
 
 
 def _options(model: type[T], target: DeliveryTarget) -> T:
@@ -270,22 +398,28 @@ class FileDelivery:
 # --- webhook ----------------------------------------------------------------------------------
 
 
-def _retry_after(response: httpx2.Response) -> float | None:
-    """The wait a ``Retry-After`` header asks for, in seconds (delay-seconds or an HTTP date)."""
+def _retry_after(response: httpx2.Response, limit: float = math.inf) -> float | None:
+    """The wait a ``Retry-After`` header asks for, in seconds (delay-seconds or an HTTP date), at most
+    ``limit``; ``None`` when there is none or it is not a number (``nan``). Negative or past is 0."""
     value = response.headers.get("retry-after", "").strip()
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        asked = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always GMT
+            when = when.replace(tzinfo=UTC)
+        try:
+            asked = when.timestamp() - time.time()
+        except (OverflowError, ValueError, OSError):
+            asked = math.inf
+    if math.isnan(asked):
         return None
-    if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always GMT
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, asked), limit)
 
 
 def _origin(url: httpx2.URL) -> str:
@@ -353,12 +487,17 @@ class WebhookDelivery:
                 "a webhook target needs a 'url' like https://host/path (http or https, with a host)"
             )
         where = _origin(url)
-        secrets = [options.url, url.path, url.query.decode(errors="replace"), *options.headers.values()]
+        hidden_values = [options.url, url.path, url.query.decode(errors="replace"), *options.headers.values()]
+        key: bytes | None = None
         if options.secret is not None:
-            secrets.append(options.secret.get_secret_value())
+            hidden_values.append(options.secret.get_secret_value())
+            try:
+                key = _secret_bytes(options.secret)
+            except ValueError as exc:
+                raise DeliveryFailed(f"bad webhook target: secret: {exc}") from None
 
         # longest first, so a secret that contains another is hidden whole
-        hidden = sorted((s for s in secrets if len(s) > 1 and s != "/"), key=len, reverse=True)
+        hidden = sorted((s for s in hidden_values if len(s) > 1 and s != "/"), key=len, reverse=True)
 
         def scrub(text: str) -> str:
             for secret in hidden:
@@ -369,12 +508,12 @@ class WebhookDelivery:
         headers = {k: v for k, v in options.headers.items() if k.lower() not in _PROTOCOL_HEADERS}
         headers |= {
             "Content-Type": "application/json",
+            # the reply is read raw and bounded: a compressed one could not be quoted
+            "Accept-Encoding": "identity",
             IDEMPOTENCY_HEADER: result.run_id,
             "X-Executus-Run-Id": result.run_id,
             STATUS_HEADER: result.status.value,
         }
-        if options.secret is not None:
-            headers[SIGNATURE_HEADER] = sign(options.secret, body)
 
         cfg = self.settings
         attempts = options.attempts or cfg.webhook_attempts
@@ -386,9 +525,17 @@ class WebhookDelivery:
             timeout = attempt_timeout
             if budget is not None:
                 timeout = max(0.001, min(timeout, budget - (time.monotonic() - started)))
-            asked_wait: float | None = None
+            if key is not None:
+                # signed per attempt: a retry after a long wait still carries a fresh timestamp
+                stamp = int(time.time())
+                headers[ID_HEADER] = result.run_id
+                headers[TIMESTAMP_HEADER] = str(stamp)
+                headers[SIGNATURE_HEADER] = sign_webhook(key, result.run_id, stamp, body)
+            asked: float | None = None
             try:
-                response = await self._http().post(url, content=body, headers=headers, timeout=timeout)
+                code, reason, reply, retry_after = await self._attempt(url, body, headers, timeout)
+            except TimeoutError:
+                last = f"no answer within {timeout:g}s"
             except httpx2.TimeoutException:
                 last = f"no answer within {timeout:g}s"
             except httpx2.TransportError as exc:
@@ -396,13 +543,12 @@ class WebhookDelivery:
                 if isinstance(exc, httpx2.ConnectError):
                     last += f" (is the receiver running at {where}?)"
             else:
-                code = response.status_code
                 if 200 <= code < 300:
                     if attempt > 1:
                         log.info("webhook %s accepted run %s on attempt %d", where, result.run_id, attempt)
                     return
-                said = scrub(response.text.strip().replace("\n", " ")[:200])
-                last = f"HTTP {code} {response.reason_phrase}".rstrip() + (f": {said}" if said else "")
+                said = scrub(reply.strip().replace("\n", " ")[:200])
+                last = f"HTTP {code} {reason}".rstrip() + (f": {said}" if said else "")
                 if code not in RETRY_STATUSES:
                     hint = (
                         "redirects are not followed; point the target at the final URL"
@@ -410,33 +556,66 @@ class WebhookDelivery:
                         else "fix the target (URL, secret, headers) or the receiver"
                     )
                     raise DeliveryFailed(f"webhook {where} answered {last}; not retried: {hint}")
-                asked_wait = _retry_after(response)
+                asked = retry_after
             if attempt == attempts:
                 break
             backoff = min(cfg.webhook_max_backoff, cfg.webhook_backoff * 2 ** (attempt - 1))
             # "Equal jitter": at least half the backoff, so many senders don't retry in step.
-            wait = asked_wait if asked_wait is not None else backoff * (0.5 + random.random() / 2)
+            wait = backoff * (0.5 + random.random() / 2)
+            why = ""
+            if asked is not None:
+                wait = min(asked, cfg.webhook_max_retry_after)
+                why = f"the receiver asked to retry after {asked:g}s"
+                if wait < asked:
+                    why += f" (capped at {wait:g}s by webhook_max_retry_after)"
             if budget is not None and time.monotonic() - started + wait >= budget:
-                why = f"the receiver asked to retry after {wait:g}s" if asked_wait is not None else ""
                 raise DeliveryFailed(
                     f"webhook {where} failed on attempt {attempt} of {attempts} ({last}); gave up: "
                     f"{why or f'the next attempt (in {wait:.2g}s)'} would end past the delivery time "
                     f"limit ({self.total_timeout:g}s, setting delivery_timeout)"
                 )
             log.info(
-                "webhook %s: attempt %d of %d for run %s failed (%s); retrying in %.2fs",
+                "webhook %s: attempt %d of %d for run %s failed (%s); retrying in %.2fs%s",
                 where,
                 attempt,
                 attempts,
                 result.run_id,
                 last,
                 wait,
+                f": {why}" if why else "",
             )
             await asyncio.sleep(wait)
         raise DeliveryFailed(
             f"webhook {where} failed {attempts} attempts; last: {last}. Check that the receiver is up "
             "and answers 2xx, or raise webhook_attempts"
         )
+
+    async def _attempt(
+        self, url: httpx2.URL, body: bytes, headers: dict[str, str], timeout: float
+    ) -> tuple[int, str, str, float | None]:
+        """One POST: ``(status, reason, the reply's first bytes as text, Retry-After seconds)``.
+
+        The whole attempt, reply included, is bounded by ``timeout`` (a receiver dripping its reply
+        cannot hold it), and at most ``webhook_max_reply_bytes`` of the reply are read: a longer
+        reply is dropped with its connection.
+        """
+        limit = self.settings.webhook_max_reply_bytes
+        async with asyncio.timeout(timeout):
+            request = self._http().build_request("POST", url, content=body, headers=headers, timeout=timeout)
+            response = await self._http().send(request, stream=True)
+            try:
+                code = response.status_code
+                retry_after = _retry_after(response) if code in RETRY_STATUSES else None
+                kept = bytearray()
+                # read even a 2xx reply (bounded): one read to its end lets the connection be reused
+                if limit > 0:
+                    async for chunk in response.aiter_raw():
+                        kept += chunk[: limit - len(kept)]
+                        if len(kept) >= limit:
+                            break
+                return code, response.reason_phrase, kept.decode(errors="replace"), retry_after
+            finally:
+                await response.aclose()
 
     async def aclose(self) -> None:
         """Close the HTTP client (open connections); a later delivery opens a new one."""

@@ -3,8 +3,12 @@ file targets on disk, and the settings that shape both."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import dataclasses
 import email.utils
+import math
+import re
 import socket
 import threading
 import time
@@ -31,17 +35,21 @@ from executus_core import (
     tool,
 )
 from executus_core.delivery import (
+    ID_HEADER,
     SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
     BuiltinDeliveries,
     DeliveryFailed,
     DeliverySettings,
     FileDelivery,
     WebhookDelivery,
     WebhookTarget,
+    WebhookVerificationError,
     _artifact_names,
     _retry_after,
-    sign,
-    verify_signature,
+    new_webhook_secret,
+    sign_webhook,
+    verify_webhook,
 )
 from executus_core.testing import ScriptedModel
 from executus_core.testing.conformance.delivery import DeliveryConformance, DeliverySubject
@@ -166,6 +174,15 @@ def webhook(url: str, **options: Any) -> dict[str, Any]:
     return {"kind": "webhook", "url": url, **options}
 
 
+def signed_by(secret: str, request: Received) -> bool:
+    """True when ``request`` verifies with ``secret`` (as a receiver checks it, now)."""
+    try:
+        verify_webhook(secret, request.headers, request.body)
+    except WebhookVerificationError:
+        return False
+    return True
+
+
 # --- webhook: retries ------------------------------------------------------------------------
 
 
@@ -189,8 +206,9 @@ async def test_receiver_that_fails_twice_then_accepts_gets_three_signed_posts(
         assert r.headers["x-executus-run-id"] == result.run_id
         assert r.headers["x-executus-status"] == "ok"
         assert r.headers["content-type"] == "application/json"
-        assert verify_signature(SECRET, r.body, r.headers[SIGNATURE_HEADER.lower()])
-        assert not verify_signature("another-secret", r.body, r.headers[SIGNATURE_HEADER.lower()])
+        assert verify_webhook(SECRET, r.headers, r.body) == result.run_id
+        assert r.headers[ID_HEADER] == result.run_id  # the same id on every attempt
+        assert not signed_by("another-secret", r)
     delivered = Result.model_validate_json(receiver.requests[0].body)
     assert delivered.run_id == result.run_id and delivered.output == "hi there"
 
@@ -312,8 +330,8 @@ async def test_retry_after_past_the_time_limit_says_so(
         await deliveries.deliver(DeliveryTarget(**webhook(receiver.url)), result)
     assert str(info.value) == (
         f"webhook {receiver.url} failed on attempt 1 of 4 (HTTP 429 Too Many Requests); gave up: the "
-        "receiver asked to retry after 3600s would end past the delivery time limit (5s, setting "
-        "delivery_timeout)"
+        "receiver asked to retry after 3600s (capped at 60s by webhook_max_retry_after) would end past "
+        "the delivery time limit (5s, setting delivery_timeout)"
     )
 
 
@@ -412,7 +430,7 @@ async def test_failed_run_goes_to_deliver_error(ex: Executor, receiver: Receiver
     assert result.warnings == []
     [request] = receiver.requests
     assert request.headers["x-executus-status"] == "error"
-    assert verify_signature(SECRET, request.body, request.headers[SIGNATURE_HEADER.lower()])
+    assert signed_by(SECRET, request)
     delivered = Result.model_validate_json(request.body)
     assert delivered.status is RunStatus.ERROR and "model exploded" in (delivered.error or "")
     on_disk = Result.model_validate_json(read_bytes(tmp_path / result.run_id / "result.json"))
@@ -423,19 +441,25 @@ async def test_our_headers_win_and_extra_headers_are_sent(ex: Executor, receiver
     target = webhook(
         receiver.url,
         secret=SECRET,
-        headers={"Authorization": "Bearer tok", "Idempotency-Key": "mine", SIGNATURE_HEADER: "sha256=forged"},
+        headers={
+            "Authorization": "Bearer tok",
+            "Idempotency-Key": "mine",
+            SIGNATURE_HEADER: "v1,forged",
+            "Webhook-Timestamp": "1",
+        },
     )
     result = await ex.run(hello_agent(), "hello", caller_id="u1", delivery=DeliveryTarget(**target))
     [request] = receiver.requests
     assert request.headers["authorization"] == "Bearer tok"
     assert request.headers["idempotency-key"] == result.run_id
-    assert verify_signature(SECRET, request.body, request.headers[SIGNATURE_HEADER.lower()])
+    assert signed_by(SECRET, request)
     assert request.headers["user-agent"].startswith("executus/")
 
 
 async def test_no_secret_no_signature_header(ex: Executor, receiver: Receiver) -> None:
     await ex.run(hello_agent(), "hello", caller_id="u1", delivery=webhook(receiver.url))
-    assert SIGNATURE_HEADER.lower() not in receiver.requests[0].headers
+    for name in (ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER):
+        assert name not in receiver.requests[0].headers
 
 
 def test_targets_hide_their_secret_in_repr() -> None:
@@ -448,22 +472,89 @@ def test_targets_hide_their_secret_in_repr() -> None:
 # --- signatures and Retry-After ---------------------------------------------------------------
 
 
-def test_sign_and_verify() -> None:
-    body = b'{"run_id":"r1"}'
-    signature = sign(SECRET, body)
-    assert signature.startswith("sha256=") and len(signature) == 7 + 64
-    assert verify_signature(SECRET, body, signature)
-    assert verify_signature(SECRET.encode(), body, f"  {signature} ")
-    assert not verify_signature(SECRET, body + b" ", signature)  # the exact bytes, not the JSON
-    assert not verify_signature(SECRET, body, None)
-    assert not verify_signature(SECRET, body, "")
-    assert not verify_signature(SECRET, body, "sha256=deadbeef")
-    assert not verify_signature(SECRET, body, signature.removeprefix("sha256="))
+def test_sign_matches_the_standard_webhooks_reference_vector() -> None:
+    # the test vector of the Standard Webhooks reference libraries
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    msg_id, stamp, body = "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}'
+    signature = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert sign_webhook(secret, msg_id, stamp, body) == signature
+    headers = {"Webhook-Id": msg_id, "Webhook-Timestamp": str(stamp), "Webhook-Signature": signature}
+    assert verify_webhook(secret, headers, body, now=stamp + 10) == msg_id
+    # several signatures (a secret being rotated): any v1 that matches will do
+    rotated = {**headers, "Webhook-Signature": f"v1,bm90IGl0 v2,abc {signature}"}
+    assert verify_webhook(secret, rotated, body, now=stamp) == msg_id
+
+
+def test_verify_refuses_what_it_should_and_says_why() -> None:
+    body, stamp = b'{"run_id":"r1"}', int(time.time())
+    good = {
+        "webhook-id": "r1",
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": sign_webhook(SECRET, "r1", stamp, body),
+    }
+    assert verify_webhook(SECRET, good, body) == "r1"
+    assert verify_webhook(SECRET.encode(), good, body) == "r1", "a plain secret is its UTF-8 bytes"
+    cases = [
+        (SECRET, {}, body, "missing header webhook-id, webhook-timestamp, webhook-signature"),
+        ("another-secret", good, body, "no signature matches"),
+        (SECRET, good, body + b" ", "no signature matches"),  # the exact bytes, not the JSON
+        (SECRET, {**good, "webhook-id": "r2"}, body, "no signature matches"),  # the id is signed
+        (SECRET, {**good, "webhook-timestamp": str(stamp + 1)}, body, "no signature matches"),
+        (SECRET, {**good, "webhook-timestamp": "soon"}, body, "must be Unix seconds"),
+        (SECRET, {**good, "webhook-signature": "v1,"}, body, "no signature matches"),
+        (SECRET, {**good, "webhook-signature": good["webhook-signature"].replace("v1,", "v2,")}, body, "no signature"),
+        ("whsec_not*base64", good, body, "must be base64"),
+    ]  # fmt: skip
+    for secret, headers, sent, says in cases:
+        with pytest.raises(WebhookVerificationError, match=re.escape(says)):
+            verify_webhook(secret, headers, sent)
+
+
+def test_whsec_secrets_are_the_base64_of_the_key() -> None:
+    secret = new_webhook_secret()
+    assert secret.startswith("whsec_") and len(secret) == 6 + 44
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    body, stamp = b"{}", int(time.time())
+    assert sign_webhook(secret, "m", stamp, body) == sign_webhook(key, "m", stamp, body)
+    assert new_webhook_secret() != secret
+
+
+async def test_a_captured_delivery_replayed_outside_the_window_fails(
+    ex: Executor, receiver: Receiver
+) -> None:
+    result = await ex.run(
+        hello_agent(), "hello", caller_id="u1", delivery=webhook(receiver.url, secret=SECRET)
+    )
+    [captured] = receiver.requests
+    signed_at = int(captured.headers["webhook-timestamp"])
+    assert abs(signed_at - time.time()) < 60
+    assert verify_webhook(SECRET, captured.headers, captured.body) == result.run_id
+    # the same bytes, sent again six minutes later, or with the timestamp moved forward
+    with pytest.raises(
+        WebhookVerificationError, match=r"signed 360s ago, longer than the tolerance \(300s\)"
+    ):
+        verify_webhook(SECRET, captured.headers, captured.body, now=signed_at + 360)
+    with pytest.raises(WebhookVerificationError, match="no signature matches"):
+        moved = {**captured.headers, "webhook-timestamp": str(signed_at + 360)}
+        verify_webhook(SECRET, moved, captured.body, now=signed_at + 360)
+    with pytest.raises(WebhookVerificationError, match="in the future"):
+        verify_webhook(SECRET, captured.headers, captured.body, now=signed_at - 400)
+    assert verify_webhook(SECRET, captured.headers, captured.body, now=signed_at + 360, tolerance=600)
+
+
+async def test_each_attempt_is_signed_with_its_own_timestamp(receiver: Receiver) -> None:
+    receiver.answer((503, {"Retry-After": "1.1"}))
+    settings = {**FAST, "delivery": {**FAST["delivery"], "webhook_max_retry_after": 5}}
+    async with Executor(entry_points=False, settings=settings) as ex:
+        await ex.run(hello_agent(), "hello", caller_id="u1", delivery=webhook(receiver.url, secret=SECRET))
+    first, second = receiver.requests
+    assert int(second.headers["webhook-timestamp"]) > int(first.headers["webhook-timestamp"])
+    assert signed_by(SECRET, first) and signed_by(SECRET, second)
 
 
 def test_retry_after_parsing() -> None:
-    def parse(value: str) -> float | None:
-        return _retry_after(httpx2.Response(429, headers={"Retry-After": value}))
+    def parse(value: str, limit: float = math.inf) -> float | None:
+        return _retry_after(httpx2.Response(429, headers={"Retry-After": value}), limit)
 
     assert parse("7") == 7.0
     assert parse("-3") == 0.0
@@ -472,6 +563,119 @@ def test_retry_after_parsing() -> None:
     assert when is not None and 25 <= when <= 31
     assert parse(email.utils.formatdate(time.time() - 30, usegmt=True)) == 0.0
     assert _retry_after(httpx2.Response(503)) is None
+    # what a receiver can send that must never make a delivery wait without end
+    assert parse("inf", 60) == 60 and parse("Infinity", 60) == 60 and parse("1e308", 60) == 60
+    assert parse("nan", 60) is None and parse("-inf", 60) == 0.0
+    assert parse("Fri, 31 Dec 9999 23:59:59 GMT", 60) == 60
+    assert parse(email.utils.formatdate(time.time() + 86_400 * 365, usegmt=True), 60) == 60
+
+
+def test_max_retry_after_is_a_finite_setting() -> None:
+    assert DeliverySettings().webhook_max_retry_after == 60.0
+    for bad in (math.inf, math.nan, -1):
+        with pytest.raises(PluginError, match="webhook_max_retry_after"):
+            Executor(entry_points=False, settings={"delivery": {"webhook_max_retry_after": bad}})
+
+
+@pytest.mark.parametrize("asked", ["inf", "nan", "-5", "1e300", "Fri, 31 Dec 9999 23:59:59 GMT"])
+async def test_a_webhook_without_total_timeout_ends_whatever_retry_after_says(
+    receiver: Receiver, result: Result, asked: str
+) -> None:
+    # no total_timeout: before, "Retry-After: inf" made this sleep forever
+    receiver.answer(*[(503, {"Retry-After": asked})] * 3)
+    settings = DeliverySettings(webhook_backoff=0.01, webhook_max_retry_after=0.2, webhook_attempts=3)
+    delivery = WebhookDelivery(settings)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DeliveryFailed, match="failed 3 attempts; last: HTTP 503"):
+            await asyncio.wait_for(delivery.deliver(DeliveryTarget(**webhook(receiver.url)), result), 30)
+    finally:
+        await delivery.aclose()
+    assert time.monotonic() - started < 5
+    assert len(receiver.requests) == 3
+
+
+async def test_retry_after_is_capped_by_the_setting_then_retried(receiver: Receiver, result: Result) -> None:
+    receiver.answer((429, {"Retry-After": "inf"}))
+    delivery = WebhookDelivery(DeliverySettings(webhook_max_retry_after=0.3), total_timeout=10.0)
+    try:
+        await delivery.deliver(DeliveryTarget(**webhook(receiver.url)), result)
+    finally:
+        await delivery.aclose()
+    first, second = receiver.requests
+    assert 0.25 <= second.at - first.at < 3
+
+
+class BigReply:
+    """A receiver on loopback that answers every POST with ``size`` bytes, and counts what it sent."""
+
+    def __init__(self, status: int, size: int) -> None:
+        self.sent = 0
+        self.done = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                chunk = b"x" * 65536
+                try:
+                    while owner.sent < size:
+                        self.wfile.write(chunk)
+                        owner.sent += len(chunk)
+                except OSError:
+                    pass  # the client hung up: what this test wants
+                finally:
+                    owner.done.set()
+                    self.close_connection = True
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02})
+        self.thread.daemon = True
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status", [200, 400, 503])
+async def test_a_300_mib_reply_is_not_read_in_full(result: Result, status: int) -> None:
+    size = 300 * 1024 * 1024
+    big = BigReply(status, size)
+    delivery = WebhookDelivery(
+        DeliverySettings(webhook_attempts=1, webhook_max_reply_bytes=2048), total_timeout=20.0
+    )
+    try:
+        target = DeliveryTarget(**webhook(big.url))
+        if status == 200:
+            await delivery.deliver(target, result)
+        else:
+            with pytest.raises(DeliveryFailed) as info:
+                await delivery.deliver(target, result)
+            assert f"HTTP {status}" in str(info.value) and "xxxx" in str(info.value)
+            assert len(str(info.value)) < 1000
+        await delivery.aclose()  # the connection goes: the receiver's writes fail
+        assert big.done.wait(10)
+    finally:
+        await delivery.aclose()
+        big.close()
+    # socket buffers hold a few MiB at most; reading it all would have taken all 300
+    assert big.sent < 32 * 1024 * 1024, f"{big.sent / 2**20:.0f} MiB were sent: the reply was read in full"
 
 
 # --- file -------------------------------------------------------------------------------------
@@ -647,7 +851,7 @@ class TestWebhookDeliveryConformance(DeliveryConformance):
             with receiver.lock:
                 requests = list(receiver.requests)
             for r in requests:
-                assert verify_signature(SECRET, r.body, r.headers[SIGNATURE_HEADER.lower()])
+                assert signed_by(SECRET, r)
             return [Result.model_validate_json(r.body) for r in requests]
 
         target = DeliveryTarget(kind="webhook", url=f"{receiver.url}/hook", secret=SECRET)

@@ -53,12 +53,15 @@ class ToolCall(BaseModel):
 
     ``arguments_error`` is set by a provider when the model's arguments were not valid JSON: the
     loop then answers the call with that error instead of running the tool, so the model can retry.
+    ``raw_arguments`` is then what the model really sent (``arguments`` is ``{}``), for the audit
+    trail and progress lines; it is ``None`` whenever the arguments parsed.
     """
 
     id: str
     name: str
     arguments: dict[str, Any] = Field(default_factory=dict)
     arguments_error: str | None = None
+    raw_arguments: str | None = None
 
 
 class Message(BaseModel):
@@ -133,7 +136,12 @@ class Usage(BaseModel):
 
 
 class ModelResponse(BaseModel):
-    """What one model call returned: text, tool calls, or both."""
+    """What one model call returned: text, tool calls, or both.
+
+    ``warnings`` are what the provider noticed but did not fail on (a server that reports no token
+    usage, an answer with neither text nor tool calls); the loop copies each distinct one into
+    ``Result.warnings`` once, however many calls repeat it.
+    """
 
     text: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)
@@ -141,6 +149,7 @@ class ModelResponse(BaseModel):
     finish_reason: str | None = None
     model: str | None = None
     provider_data: dict[str, Any] | None = None
+    warnings: list[str] = Field(default_factory=list)
 
     def to_message(self) -> Message:
         """The assistant message this response adds to the transcript."""

@@ -24,6 +24,7 @@ import dataclasses
 import email.utils
 import os
 import random
+import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -43,7 +44,7 @@ from executus_core.errors import (
     ProviderStatusError,
     RateLimited,
 )
-from executus_core.types import ModelRequest, ModelResponse, ToolSpec
+from executus_core.types import ModelRequest, ModelResponse, ToolSpec, Usage
 
 __all__ = [
     "ApiDefaults",
@@ -60,10 +61,12 @@ __all__ = [
     "parse_retry_after",
     "provider_settings",
     "safe_url",
+    "truncate",
 ]
 
 SECTION = "providers"
 PLUGIN = "executus-core providers"
+MiB = 1024 * 1024
 
 try:
     from importlib.metadata import version as _version
@@ -98,6 +101,21 @@ class HttpSettings(BaseModel):
     retry_cap_seconds: float = Field(8.0, ge=0, description="The longest backoff wait (before jitter).")
     retry_total_seconds: float = Field(
         60.0, ge=0, description="No retry starts once this much time has passed since the first attempt."
+    )
+    max_event_bytes: int = Field(
+        8 * MiB,
+        ge=1024,
+        description="The longest server-sent-event line, and the most data one event may carry.",
+    )
+    max_body_bytes: int = Field(
+        32 * MiB,
+        ge=1024,
+        description="The most bytes one answer may hold, streamed or not (after decompression).",
+    )
+    max_error_chars: int = Field(
+        2048,
+        ge=80,
+        description="The most characters of a server's error message kept (the rest is cut, its size said).",
     )
     transport: httpx2.AsyncBaseTransport | None = Field(
         None,
@@ -141,9 +159,13 @@ class EndpointSettings(HttpSettings):
         True, description='openai: ask for usage in streams (stream_options = {"include_usage": true}).'
     )
     tool_only_content: str = Field(
-        "null",
+        "empty",
         pattern="^(null|empty)$",
-        description='openai: the content of an assistant message that only calls tools: null or "" (empty).',
+        description='openai: the content of an assistant message that only calls tools: "" (empty) or null.',
+    )
+    estimate_usage: bool = Field(
+        False,
+        description="When the server reports no token usage, estimate it (~4 characters a token) and say so.",
     )
 
     def __repr_args__(self) -> Any:
@@ -300,12 +322,15 @@ def parse_retry_after(headers: httpx2.Headers, now: float | None = None) -> floa
 
 
 def _provider_message(content: bytes) -> str | None:
-    """The error message in a body, whatever shape the server used (OpenAI, Anthropic, Ollama, FastAPI)."""
+    """The error message in a body, whatever shape the server used (OpenAI, Anthropic, Ollama, FastAPI).
+
+    The caller bounds both ``content`` and the message it returns (see `truncate`).
+    """
     try:
         data = orjson.loads(content)
     except orjson.JSONDecodeError:
         text = content.decode("utf-8", "replace").strip()
-        return text[:500] or None
+        return text or None
     if not isinstance(data, dict):
         return None
     error = data.get("error", data)
@@ -317,8 +342,46 @@ def _provider_message(content: bytes) -> str | None:
             if isinstance(value, str):
                 return value
         if isinstance(error.get("detail"), list | dict):
-            return orjson.dumps(error["detail"]).decode()[:500]
+            return orjson.dumps(error["detail"]).decode()
     return None
+
+
+def truncate(text: str, limit: int, total: int | str | None = None) -> str:
+    """``text`` cut to ``limit`` characters, saying how much there was (``total``: a size to quote)."""
+    if len(text) <= limit and total is None:
+        return text
+    size = total if total is not None else f"{len(text):,} characters"
+    if isinstance(size, int):
+        size = f"{size:,} bytes"
+    return f"{text[:limit]} ... [cut: the server sent {size}]"
+
+
+# A 5xx whose body is a request-validation error (pydantic's "1 validation error for X", FastAPI's
+# RequestValidationError) fails the same way on every try: llama-cpp-python's server answers 500 for
+# a request body its schema refuses.
+_VALIDATION = re.compile(rb"validation errors? for|ValidationError|Input should be", re.IGNORECASE)
+# How many characters of such a dump are kept: the first lines name the field; the rest is the
+# same complaint for each member of a union.
+_VALIDATION_CHARS = 600
+# The most bytes of an error body read (the rest is not): enough for any real error message.
+_ERROR_READ_BYTES = 256 * 1024
+
+
+def _validation_hint(text: str) -> str:
+    """Which setting most likely made the server refuse the request, from what it complained about."""
+    if "stream_options" in text:
+        return "the server may not know stream_options: set stream_usage = false on this endpoint"
+    if "tool_choice" in text:
+        return "the server may not accept tool_choice: set tool_choice in the agent's model_settings"
+    if "content" in text and ("None" in text or "null" in text):
+        return (
+            'the server may refuse null message content: set tool_only_content = "empty" on this '
+            "endpoint (the default)"
+        )
+    return (
+        "check the agent's model_settings extras and this endpoint's tool_only_content and "
+        "stream_usage settings"
+    )
 
 
 # --- the endpoint -----------------------------------------------------------------------------
@@ -474,6 +537,10 @@ class Endpoint:
         """A provider error of this endpoint, with secrets scrubbed from what the server said."""
         provider_message = fields.pop("provider_message", None)
         if provider_message:
+            # What a server says goes into Result.error, the audit and webhooks: keep it bounded.
+            limit = self.options.max_error_chars
+            if len(provider_message) > limit:
+                provider_message = truncate(provider_message, limit)
             provider_message = self.redact(provider_message)
         return cls(
             self.redact(message),
@@ -486,8 +553,9 @@ class Endpoint:
     async def post(self, body: bytes, request: ModelRequest, *, stream: bool = False) -> httpx2.Response:
         """POST ``body``; retry what may succeed later; return a 2xx response or raise a `ProviderError`.
 
-        With ``stream=True`` the response body is not read yet: the caller iterates it and must
-        close the response.
+        With ``stream=False`` the body has been read (at most ``max_body_bytes`` of it): see
+        ``response.content``. With ``stream=True`` it is not read yet: the caller iterates it (with
+        `iter_sse`, which bounds it) and must close the response.
         """
         if self.missing_key is not None:
             raise self.error(
@@ -507,13 +575,22 @@ class Endpoint:
                 "POST", self.url, headers=headers, content=body, extensions=self._extensions
             )
             try:
-                response = await client.send(http_request, stream=stream)
+                # Always streamed from the socket, so no body is read without a bound.
+                response = await client.send(http_request, stream=True)
             except httpx2.TransportError as exc:
                 error = self._transport_error(exc)
             else:
                 if response.status_code < 300:
-                    return response
-                error = await self._status_error(response)
+                    if stream:
+                        return response
+                    try:
+                        await self._read_body(response)
+                    except httpx2.TransportError as exc:
+                        error = self._transport_error(exc)
+                    else:
+                        return response
+                else:
+                    error = await self._status_error(response)
             if not error.retryable or attempt >= options.max_retries:
                 raise error
             wait = error.retry_after
@@ -540,6 +617,29 @@ class Endpoint:
                     },
                 )
             await asyncio.sleep(wait)
+
+    async def _read_body(self, response: httpx2.Response) -> bytes:
+        """Read a whole (non-streamed) answer, at most ``max_body_bytes``; closes the response."""
+        limit = self.options.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise self.error(
+                        ProviderResponseError,
+                        f"the answer is larger than max_body_bytes ({limit:,} bytes); raise max_body_bytes "
+                        "under [tool.executus.providers] if such answers are expected",
+                        status_code=response.status_code,
+                    )
+                chunks.append(chunk)
+        finally:
+            await response.aclose()
+        content = b"".join(chunks)
+        # What Response.aread() stores: response.content then works as for any read response.
+        response._content = content
+        return content
 
     def _transport_error(self, exc: httpx2.TransportError) -> ProviderError:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -569,18 +669,38 @@ class Endpoint:
         return self.error(ProviderConnectionError, f"the connection to {self.display_url} failed ({detail})")
 
     async def _status_error(self, response: httpx2.Response) -> ProviderError:
+        # Only the head of an error body is read: a server may send megabytes of it.
+        chunks: list[bytes] = []
+        size = 0
+        cut = False
         try:
-            content = await response.aread()
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= _ERROR_READ_BYTES:
+                    cut = True
+                    break
         except httpx2.HTTPError:
-            content = b""
+            pass
         finally:
             await response.aclose()
+        content = b"".join(chunks)[:_ERROR_READ_BYTES]
         status = response.status_code
         headers = response.headers
+        said = _provider_message(content)
+        total: int | str | None = None
+        if cut:
+            length = headers.get("content-length", "")
+            total = int(length) if length.isdigit() else f"more than {_ERROR_READ_BYTES:,} bytes"
+        validation = status >= 500 and _VALIDATION.search(content) is not None
+        if said is not None:
+            limit = _VALIDATION_CHARS if validation else self.options.max_error_chars
+            if cut or len(said) > limit:
+                said = truncate(said, limit, total)
         fields: dict[str, Any] = {
             "status_code": status,
             "request_id": headers.get("x-request-id") or headers.get("request-id"),
-            "provider_message": _provider_message(content),
+            "provider_message": said,
             "retry_after": parse_retry_after(headers),
         }
         cls: type[ProviderError] = ProviderStatusError
@@ -594,6 +714,13 @@ class Endpoint:
         elif status == 429:
             cls = RateLimited
             message = "rate limited (HTTP 429): too many requests or tokens for now"
+        elif validation:
+            # Deterministic: the same body fails the same way, so it is not retried.
+            hint = _validation_hint(content.decode("utf-8", "replace"))
+            message = (
+                f"the server refused the request as invalid (HTTP {status} with a validation error; "
+                f"not retried): {hint}"
+            )
         elif status in (408, 409) or status >= 500:
             fields["retryable"] = True
             message = f"the server failed to answer (HTTP {status})"
@@ -615,28 +742,49 @@ _OFFICIAL_HOSTS = frozenset({"api.openai.com", "api.anthropic.com"})
 # --- server-sent events -----------------------------------------------------------------------
 
 
-async def iter_sse(response: httpx2.Response) -> AsyncIterator[tuple[bytes, bytes]]:
+async def iter_sse(
+    response: httpx2.Response,
+    *,
+    max_event_bytes: int = 8 * MiB,
+    max_body_bytes: int = 32 * MiB,
+    error: Callable[[str], Exception] = ProviderResponseError,
+) -> AsyncIterator[tuple[bytes, bytes]]:
     """Yield ``(event, data)`` for each server-sent event of a streaming response.
 
     ``event`` is ``b""`` when the server named none; multi-line data is joined with ``\\n``. Works on
     bytes (no decoding of the whole stream); an event left unterminated when the stream ends is
     dropped, as the SSE specification says.
+
+    Memory stays bounded: a line longer than ``max_event_bytes``, an event whose data adds up to
+    more, or a stream longer than ``max_body_bytes`` raises ``error(message)`` (a
+    `ProviderResponseError` unless the caller builds its own) as soon as it is seen.
     """
     buffer = bytearray()
     event = b""
     data: list[bytes] = []
+    held = 0  # bytes of data in the event being read
+    total = 0
     async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > max_body_bytes:
+            raise error(
+                f"the stream is longer than max_body_bytes ({max_body_bytes:,} bytes); raise "
+                "max_body_bytes under [tool.executus.providers] if such answers are expected"
+            )
+        # Search only the new bytes for line ends: a long line arriving in many chunks is not
+        # scanned again for each one.
+        scan = len(buffer)
         buffer += chunk
         start = 0
-        while (end := buffer.find(b"\n", start)) >= 0:
+        while (end := buffer.find(b"\n", scan)) >= 0:
             line = bytes(buffer[start:end])
-            start = end + 1
+            start = scan = end + 1
             if line.endswith(b"\r"):
                 line = line[:-1]
             if not line:
                 if data or event:
                     yield event, b"\n".join(data)
-                    event, data = b"", []
+                    event, data, held = b"", [], 0
                 continue
             if line[:1] == b":":
                 continue  # a comment: keep-alive
@@ -644,14 +792,28 @@ async def iter_sse(response: httpx2.Response) -> AsyncIterator[tuple[bytes, byte
             if value[:1] == b" ":
                 value = value[1:]
             if name == b"data":
+                held += len(value) + 1
+                if held > max_event_bytes:
+                    raise error(_too_big("an event's data", max_event_bytes))
                 data.append(value)
             elif name == b"event":
                 event = value
         if start:
             del buffer[:start]
+        if len(buffer) > max_event_bytes:
+            raise error(_too_big("a line", max_event_bytes))
+
+
+def _too_big(what: str, limit: int) -> str:
+    return (
+        f"{what} of the stream is longer than max_event_bytes ({limit:,} bytes); raise max_event_bytes "
+        "under [tool.executus.providers] if the server sends such events"
+    )
 
 
 _TOOL_CACHE_SIZE = 1024
+# The rough size of a token, for estimate_usage: ~4 characters of English or JSON.
+_CHARS_PER_TOKEN = 4
 
 
 class HttpModel:
@@ -709,13 +871,64 @@ class HttpModel:
         if stream:
             return await self._complete_stream(body, request)
         response = await self.endpoint.post(body, request)
-        return self._parse(response)
+        return self._parse(response, body)
 
-    def _parse(self, response: httpx2.Response) -> ModelResponse:
+    def _parse(self, response: httpx2.Response, body: bytes) -> ModelResponse:
+        """The answer to ``body`` (already read, in ``response.content``) as a `ModelResponse`."""
         raise NotImplementedError
 
     async def _complete_stream(self, body: bytes, request: ModelRequest) -> ModelResponse:
         raise NotImplementedError
+
+    def _events(self, response: httpx2.Response) -> AsyncIterator[tuple[bytes, bytes]]:
+        """`iter_sse` over ``response`` with the endpoint's bounds and this model's errors."""
+        options = self.endpoint.options
+        return iter_sse(
+            response,
+            max_event_bytes=options.max_event_bytes,
+            max_body_bytes=options.max_body_bytes,
+            error=lambda message: self._bad(message, response),
+        )
+
+    def _finish(
+        self,
+        answer: ModelResponse,
+        *,
+        usage_reported: bool,
+        body: bytes,
+    ) -> ModelResponse:
+        """Add what the caller should know to ``answer``: no usage reported (or estimated), no content."""
+        warnings = answer.warnings
+        if not usage_reported:
+            endpoint = self.endpoint
+            if endpoint.settings.estimate_usage:
+                out = len(answer.text or "") + sum(
+                    len(call.raw_arguments or orjson.dumps(call.arguments)) + len(call.name)
+                    for call in answer.tool_calls
+                )
+                answer.usage = Usage.model_construct(
+                    input_tokens=-(-len(body) // _CHARS_PER_TOKEN),
+                    output_tokens=-(-out // _CHARS_PER_TOKEN),
+                    thinking_tokens=0,
+                    cached_input_tokens=0,
+                )
+                warnings.append(
+                    f"endpoint {endpoint.name!r} reported no token usage: tokens are estimated from the "
+                    f"request and answer sizes (~{_CHARS_PER_TOKEN} characters a token), not counted by "
+                    "the server"
+                )
+            else:
+                warnings.append(
+                    f"endpoint {endpoint.name!r} reported no token usage: its calls count 0 tokens, so "
+                    "budgets and stats miss them; set estimate_usage = true in "
+                    f"[tool.executus.providers.endpoints.{endpoint.name}] to estimate them"
+                )
+        if answer.text is None and not answer.tool_calls:
+            warnings.append(
+                f"model {self.id} answered with neither text nor a tool call "
+                f"(finish reason {answer.finish_reason})"
+            )
+        return answer
 
     def _bad(self, message: str, response: httpx2.Response | None, **fields: Any) -> ProviderResponseError:
         if response is not None:

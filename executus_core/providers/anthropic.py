@@ -37,7 +37,6 @@ from executus_core.providers._http import (
     HttpModel,
     compact,
     get_endpoint,
-    iter_sse,
     json_object,
 )
 from executus_core.types import Message, ModelRequest, ModelResponse, ModelSettings, ToolCall, ToolSpec, Usage
@@ -210,7 +209,7 @@ class AnthropicModel(HttpModel):
         chunks.append(b"}")
         return b"".join(chunks)
 
-    def _parse(self, response: httpx2.Response) -> ModelResponse:
+    def _parse(self, response: httpx2.Response, body: bytes) -> ModelResponse:
         data = self._load(response)
         if data.get("type") == "error":
             error = data.get("error")
@@ -220,21 +219,23 @@ class AnthropicModel(HttpModel):
         if not isinstance(blocks, list):
             raise self._bad("the answer has no content list", response)
         return self._response(
-            blocks, {}, data.get("stop_reason"), data.get("usage"), data.get("model"), response
+            blocks, {}, data.get("stop_reason"), data.get("usage"), data.get("model"), response, body
         )
 
     def _response(
         self,
         blocks: list[Any],
-        errors: dict[int, str],
+        errors: dict[int, tuple[str, str]],
         stop_reason: Any,
         usage: Any,
         model: Any,
         response: httpx2.Response,
+        body: bytes,
     ) -> ModelResponse:
         """The `ModelResponse` both paths (plain and streamed) end in, so they cannot differ.
 
-        ``errors`` maps a block's position to why its streamed tool input was not valid JSON.
+        ``errors`` maps a block's position to why its streamed tool input was not valid JSON, and
+        the input as it was streamed.
         """
         text: list[str] = []
         tool_calls: list[ToolCall] = []
@@ -255,13 +256,14 @@ class AnthropicModel(HttpModel):
                 if not call_id or not isinstance(call_id, str):
                     call_id = f"toolu_{uuid.uuid4().hex[:24]}"
                 raw = block.get("input")
-                error = errors.get(position)
+                error, sent = errors.get(position) or (None, None)
                 if error is None and not isinstance(raw, dict):
                     error = f"expected a JSON object, got {type(raw).__name__}"
+                    sent = orjson.dumps(raw, default=repr).decode()
                 arguments = raw if error is None and isinstance(raw, dict) else {}
                 tool_calls.append(
                     ToolCall.model_construct(
-                        id=call_id, name=name, arguments=arguments, arguments_error=error
+                        id=call_id, name=name, arguments=arguments, arguments_error=error, raw_arguments=sent
                     )
                 )
                 kept.append({"type": "tool_use", "id": call_id, "name": name, "input": arguments})
@@ -291,7 +293,7 @@ class AnthropicModel(HttpModel):
                     response,
                 )
             reason = found
-        return ModelResponse.model_construct(
+        answer = ModelResponse.model_construct(
             text="".join(text) or None,
             tool_calls=tool_calls,
             usage=_usage(usage),
@@ -299,6 +301,7 @@ class AnthropicModel(HttpModel):
             model=model if isinstance(model, str) else None,
             provider_data={"anthropic": {"content": kept}} if keep else None,
         )
+        return self._finish(answer, usage_reported=isinstance(usage, dict) and bool(usage), body=body)
 
     async def _complete_stream(self, body: bytes, request: ModelRequest) -> ModelResponse:
         response = await self.endpoint.post(body, request, stream=True)
@@ -313,7 +316,7 @@ class AnthropicModel(HttpModel):
         done = False
         events = 0
         try:
-            async for name, data in iter_sse(response):
+            async for name, data in self._events(response):
                 events += 1
                 event = self._stream_event(data, events, response)
                 kind = event.get("type") or name.decode()
@@ -393,18 +396,19 @@ class AnthropicModel(HttpModel):
                 f"the stream was cut off: it ended after {events} events without message_stop", response
             )
         content: list[Any] = []
-        errors: dict[int, str] = {}
+        errors: dict[int, tuple[str, str]] = {}
         for position, (index, block) in enumerate(sorted(blocks.items())):
             for field in ("text", "thinking", "signature"):
                 streamed = pieces.get((index, field))
                 if streamed is not None:
                     block[field] = block.get(field, "") + "".join(streamed)
             if block.get("type") == "tool_use":
-                block["input"], error = json_object("".join(pieces.get((index, "input"), ())))
+                streamed_input = "".join(pieces.get((index, "input"), ()))
+                block["input"], error = json_object(streamed_input)
                 if error is not None:
-                    errors[position] = error
+                    errors[position] = (error, streamed_input)
             content.append(block)
-        return self._response(content, errors, stop_reason, usage, model, response)
+        return self._response(content, errors, stop_reason, usage, model, response, body)
 
 
 def create_anthropic(name: str, settings: Settings, *, endpoint: str = "anthropic") -> AnthropicModel:

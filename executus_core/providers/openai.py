@@ -6,9 +6,12 @@ Works with OpenAI, Ollama, vLLM, llama.cpp's server, LM Studio, OpenRouter and t
 ``[tool.executus.providers.endpoints.<name>]`` with ``api = "openai"``.
 
 What is sent is what every one of those servers accepts: an assistant message that only calls tools
-carries ``"content": null`` (``tool_only_content = "empty"`` sends ``""`` for servers that want a
-string), tool results carry ``tool_call_id``, and ``ModelSettings`` extras pass through as body
-fields (``top_p``, ``tool_choice``, ``reasoning_effort``, ...). What is read is what each of them
+carries ``"content": ""`` (llama.cpp's server answers 500 to ``null``; ``tool_only_content = "null"``
+sends ``null`` for a server that wants it), a request that declares tools carries
+``"tool_choice": "auto"`` (OpenAI's default, which some servers need said before they show the
+model its tools) unless the agent's ``ModelSettings`` set ``tool_choice``, tool results carry
+``tool_call_id``, and ``ModelSettings`` extras pass through as body fields (``top_p``,
+``tool_choice``, ``reasoning_effort``, ...). What is read is what each of them
 sends: content as a string or as text parts, tool-call arguments as a JSON string or an object,
 missing tool-call ids, finish reasons under their several names.
 
@@ -32,7 +35,6 @@ from executus_core.providers._http import (
     HttpModel,
     compact,
     get_endpoint,
-    iter_sse,
     json_object,
 )
 from executus_core.types import (
@@ -45,7 +47,7 @@ from executus_core.types import (
     Usage,
 )
 
-__all__ = ["OPENAI", "OpenAIModel", "create_openai"]
+__all__ = ["OPENAI", "OpenAIModel", "create_openai", "sends_tool_choice"]
 
 OPENAI = ApiDefaults(
     api="openai",
@@ -76,8 +78,17 @@ _FINISH = {
 _RESERVED = frozenset({"model", "messages", "tools", "stream", "stream_options"})
 
 
-def _settings_bytes(settings: ModelSettings) -> bytes:
-    """The body fields from ``ModelSettings``, as ``,"key":value...`` (or nothing)."""
+def sends_tool_choice(request: ModelRequest) -> bool:
+    """Whether the body for ``request`` carries a ``tool_choice`` (executus's ``"auto"`` or the agent's)."""
+    extra = request.settings.__pydantic_extra__
+    return bool(request.tools) or bool(extra and "tool_choice" in extra)
+
+
+def _settings_bytes(settings: ModelSettings, tools: bool) -> bytes:
+    """The body fields from ``ModelSettings``, as ``,"key":value...`` (or nothing).
+
+    With ``tools`` declared, ``tool_choice`` is ``"auto"`` unless the settings choose.
+    """
     fields: dict[str, Any] = {}
     if settings.max_tokens is not None:
         fields["max_tokens"] = settings.max_tokens
@@ -92,6 +103,8 @@ def _settings_bytes(settings: ModelSettings) -> bytes:
                 "remove it (use ModelSettings.stream to stream)"
             )
         fields.update(extra)
+    if tools and "tool_choice" not in fields:
+        fields["tool_choice"] = "auto"
     if not fields:
         return b""
     return b"," + orjson.dumps(fields)[1:-1]
@@ -152,10 +165,10 @@ class OpenAIModel(HttpModel):
     def __init__(self, model: str, endpoint: Endpoint) -> None:
         super().__init__(model, endpoint)
         self._head = b'{"model":' + orjson.dumps(model) + b',"messages":['
-        empty = endpoint.settings.tool_only_content == "empty"
-        self._tool_only_content: str | None = "" if empty else None
+        null = endpoint.settings.tool_only_content == "null"
+        self._tool_only_content: str | None = None if null else ""
         # The wire form depends on that choice, so it is part of the cache key.
-        self._wire_key = "openai/empty" if empty else "openai"
+        self._wire_key = "openai/null" if null else "openai"
         self._stream_tail = (
             b',"stream":true,"stream_options":{"include_usage":true}'
             if endpoint.settings.stream_usage
@@ -223,7 +236,7 @@ class OpenAIModel(HttpModel):
         chunks = [self._head, b",".join(parts), b"]"]
         if request.tools:
             chunks += (b',"tools":[', self._tool_bytes(request.tools), b"]")
-        settings = _settings_bytes(request.settings)
+        settings = _settings_bytes(request.settings, bool(request.tools))
         if settings:
             chunks.append(settings)
         if stream:
@@ -231,7 +244,7 @@ class OpenAIModel(HttpModel):
         chunks.append(b"}")
         return b"".join(chunks)
 
-    def _parse(self, response: httpx2.Response) -> ModelResponse:
+    def _parse(self, response: httpx2.Response, body: bytes) -> ModelResponse:
         data = self._load(response)
         choices = data.get("choices")
         if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
@@ -259,6 +272,7 @@ class OpenAIModel(HttpModel):
             data.get("usage"),
             data.get("model"),
             response,
+            body,
         )
 
     def _response(
@@ -269,6 +283,7 @@ class OpenAIModel(HttpModel):
         usage: Any,
         model: Any,
         response: httpx2.Response,
+        body: bytes,
     ) -> ModelResponse:
         """The `ModelResponse` both paths (plain and streamed) end in, so they cannot differ."""
         tool_calls = []
@@ -279,10 +294,13 @@ class OpenAIModel(HttpModel):
             if not call_id or not isinstance(call_id, str):
                 call_id = f"call_{uuid.uuid4().hex[:24]}"  # some servers send none; results need one
             arguments, error = _arguments(raw)
+            sent = None
             if error is not None:
-                invalid[call_id] = raw if isinstance(raw, str) else orjson.dumps(raw).decode()
+                sent = invalid[call_id] = raw if isinstance(raw, str) else orjson.dumps(raw).decode()
             tool_calls.append(
-                ToolCall.model_construct(id=call_id, name=name, arguments=arguments, arguments_error=error)
+                ToolCall.model_construct(
+                    id=call_id, name=name, arguments=arguments, arguments_error=error, raw_arguments=sent
+                )
             )
         if finish is None:
             reason = "tool_calls" if tool_calls else "stop"  # some servers leave it out
@@ -295,7 +313,7 @@ class OpenAIModel(HttpModel):
                     response,
                 )
             reason = found
-        return ModelResponse.model_construct(
+        answer = ModelResponse.model_construct(
             text=text,
             tool_calls=tool_calls,
             usage=_usage(usage),
@@ -303,6 +321,7 @@ class OpenAIModel(HttpModel):
             model=model if isinstance(model, str) else None,
             provider_data={"openai": {"arguments": invalid}} if invalid else None,
         )
+        return self._finish(answer, usage_reported=isinstance(usage, dict), body=body)
 
     async def _complete_stream(self, body: bytes, request: ModelRequest) -> ModelResponse:
         response = await self.endpoint.post(body, request, stream=True)
@@ -316,7 +335,7 @@ class OpenAIModel(HttpModel):
         done = seen_choice = False
         events = 0
         try:
-            async for _event, data in iter_sse(response):
+            async for _event, data in self._events(response):
                 if data == b"[DONE]":
                     done = True
                     break
@@ -350,6 +369,8 @@ class OpenAIModel(HttpModel):
             raise self._cut_off(exc, events, response) from None
         finally:
             await response.aclose()
+        if events == 0 and not done:
+            raise self._bad(self._empty_stream(request), response)
         if not done and finish is None:
             raise self._bad(
                 f"the stream was cut off: it ended after {events} events without a finish reason or [DONE]",
@@ -361,8 +382,19 @@ class OpenAIModel(HttpModel):
             (slot[0], slot[1], "".join(slot[2]) if slot[2] else None) for _, slot in sorted(calls.items())
         ]
         return self._response(
-            "".join(text) or "".join(refusal) or None, ordered, finish, usage, model, response
+            "".join(text) or "".join(refusal) or None, ordered, finish, usage, model, response, body
         )
+
+    @staticmethod
+    def _empty_stream(request: ModelRequest) -> str:
+        """The error for a 200 whose stream held no event at all, with what most likely caused it."""
+        message = "the server answered 200 with an empty stream (no events, no [DONE])"
+        if sends_tool_choice(request):
+            message += (
+                "; some servers (llama-cpp-python's) do this when tool_choice is sent with stream = true: "
+                "turn streaming off for agents with tools on this endpoint"
+            )
+        return message
 
     @staticmethod
     def _tool_delta(raw: Any, calls: dict[int, list[Any]], emit: Any) -> None:

@@ -81,7 +81,7 @@ async def test_tool_call_then_result_with_identical_history_bytes(
     sent = two.json["messages"]
     assert sent[2] == {
         "role": "assistant",
-        "content": None,
+        "content": "",
         "tool_calls": [
             {
                 "id": "call_abc123",
@@ -240,15 +240,13 @@ async def test_model_settings_become_body_fields(server: LoopbackServer, openai_
         )
 
 
-async def test_tool_only_content_can_be_an_empty_string(
-    server: LoopbackServer, openai_model: OpenAIFactory
-) -> None:
+async def test_tool_only_content_can_be_null(server: LoopbackServer, openai_model: OpenAIFactory) -> None:
     server.add(Reply(json=OPENAI_HELLO))
-    model = openai_model(endpoints={"local": {"tool_only_content": "empty"}})
+    model = openai_model(endpoints={"local": {"tool_only_content": "null"}})
     call = ToolCall(id="c1", name="get_current_weather", arguments={})
     transcript = [Message.user("hi"), Message.assistant(None, [call]), Message.tool("c1", "ok")]
     await model.complete(ModelRequest(messages=transcript))
-    assert server.requests[0].json["messages"][1]["content"] == ""
+    assert server.requests[0].json["messages"][1]["content"] is None
 
 
 async def test_preview_is_the_body_without_credentials(openai_model: OpenAIFactory) -> None:

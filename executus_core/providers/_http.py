@@ -357,9 +357,9 @@ def truncate(text: str, limit: int, total: int | str | None = None) -> str:
 
 
 # A 5xx whose body is a request-validation error (pydantic's "1 validation error for X", FastAPI's
-# RequestValidationError) fails the same way on every try: llama-cpp-python's server answers 500 for
-# a request body its schema refuses.
-_VALIDATION = re.compile(rb"validation errors? for|ValidationError|Input should be", re.IGNORECASE)
+# "7 validation errors:" and "Input should be ...") fails the same way on every try:
+# llama-cpp-python's server answers 500 for a request body its schema refuses.
+_VALIDATION = re.compile(rb"\d+ validation errors?\b|ValidationError|Input should be", re.IGNORECASE)
 # How many characters of such a dump are kept: the first lines name the field; the rest is the
 # same complaint for each member of a union.
 _VALIDATION_CHARS = 600
@@ -533,14 +533,26 @@ class Endpoint:
 
     # -- sending -------------------------------------------------------------------------------
 
-    def error(self, cls: type[ProviderError], message: str, **fields: Any) -> ProviderError:
-        """A provider error of this endpoint, with secrets scrubbed from what the server said."""
+    def error(
+        self,
+        cls: type[ProviderError],
+        message: str,
+        *,
+        said_limit: int | None = None,
+        said_size: int | str | None = None,
+        **fields: Any,
+    ) -> ProviderError:
+        """A provider error of this endpoint, with secrets scrubbed from what the server said.
+
+        What the server said (``provider_message``) goes into ``Result.error``, the audit and
+        webhooks, so it is cut to ``said_limit`` (default: ``max_error_chars``) characters;
+        ``said_size`` is the size to quote when the caller read only part of it.
+        """
         provider_message = fields.pop("provider_message", None)
         if provider_message:
-            # What a server says goes into Result.error, the audit and webhooks: keep it bounded.
-            limit = self.options.max_error_chars
-            if len(provider_message) > limit:
-                provider_message = truncate(provider_message, limit)
+            limit = self.options.max_error_chars if said_limit is None else said_limit
+            if len(provider_message) > limit or said_size is not None:
+                provider_message = truncate(provider_message, limit, said_size)
             provider_message = self.redact(provider_message)
         return cls(
             self.redact(message),
@@ -693,16 +705,15 @@ class Endpoint:
             length = headers.get("content-length", "")
             total = int(length) if length.isdigit() else f"more than {_ERROR_READ_BYTES:,} bytes"
         validation = status >= 500 and _VALIDATION.search(content) is not None
-        if said is not None:
-            limit = _VALIDATION_CHARS if validation else self.options.max_error_chars
-            if cut or len(said) > limit:
-                said = truncate(said, limit, total)
         fields: dict[str, Any] = {
             "status_code": status,
             "request_id": headers.get("x-request-id") or headers.get("request-id"),
             "provider_message": said,
+            "said_size": total,
             "retry_after": parse_retry_after(headers),
         }
+        if validation:
+            fields["said_limit"] = min(_VALIDATION_CHARS, self.options.max_error_chars)
         cls: type[ProviderError] = ProviderStatusError
         if status in (401, 403):
             cls = AuthenticationError

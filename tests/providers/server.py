@@ -23,7 +23,9 @@ class Reply:
     ``json`` (or raw ``body``) is sent whole; ``events`` (raw SSE event bytes) are streamed one
     chunk each. ``cut`` closes the connection after the events without ending the chunked body;
     ``split`` sends every event in two writes, to exercise the client's buffering. ``delay`` waits
-    before answering.
+    before answering. ``repeat = (piece, times)`` sends ``piece`` that many times after the body or
+    the events (then ``tail``), one write each, so a test can send hundreds of MiB without building
+    them; a plain answer then has a ``content-length`` of the whole.
     """
 
     status: int = 200
@@ -34,6 +36,8 @@ class Reply:
     cut: bool = False
     split: bool = False
     delay: float = 0.0
+    repeat: tuple[bytes, int] | None = None
+    tail: bytes = b""
 
 
 @dataclasses.dataclass
@@ -57,7 +61,14 @@ def sse(data: Any, event: str | None = None) -> bytes:
     return head + b"data: " + payload + b"\n\n"
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+}
 
 
 class LoopbackServer:
@@ -136,6 +147,8 @@ class LoopbackServer:
         """Write the reply; False when the connection is to be closed."""
         reason = _REASONS.get(reply.status, "Status")
         head = [f"HTTP/1.1 {reply.status} {reason}"]
+        if reply.repeat is not None:
+            return await self._answer_repeated(writer, reply, head)
         if reply.events is not None:
             head += ["content-type: text/event-stream", "transfer-encoding: chunked"]
             head += [f"{k}: {v}" for k, v in reply.headers.items()]
@@ -158,5 +171,33 @@ class LoopbackServer:
         head += [f"content-type: {content_type}", f"content-length: {len(body)}"]
         head += [f"{k}: {v}" for k, v in reply.headers.items()]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        await writer.drain()
+        return True
+
+    async def _answer_repeated(self, writer: asyncio.StreamWriter, reply: Reply, head: list[str]) -> bool:
+        assert reply.repeat is not None
+        piece, times = reply.repeat
+        streamed = reply.events is not None
+        start = b"".join(reply.events or ()) if streamed else (reply.body or b"")
+        if streamed:
+            head += ["content-type: text/event-stream", "transfer-encoding: chunked"]
+        else:
+            size = len(start) + len(piece) * times + len(reply.tail)
+            head += ["content-type: application/json", f"content-length: {size}"]
+        head += [f"{k}: {v}" for k, v in reply.headers.items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+
+        def frame(data: bytes) -> bytes:
+            return f"{len(data):x}\r\n".encode() + data + b"\r\n" if streamed else data
+
+        if start:
+            writer.write(frame(start))
+        for _ in range(times):
+            writer.write(frame(piece))
+            await writer.drain()  # the client reads at its pace: nothing piles up here
+        if reply.tail:
+            writer.write(frame(reply.tail))
+        if streamed:
+            writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True

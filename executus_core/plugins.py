@@ -36,7 +36,7 @@ import pluggy
 
 from executus_core import hookspecs
 from executus_core.errors import ExecutusWarning, PluginError
-from executus_core.secrets import mask_text
+from executus_core.secrets import mask_exception, mask_text
 
 __all__ = [
     "DEFAULT_PLUGINS",
@@ -366,7 +366,10 @@ def call_hook(
                     if record is not None and record.origin == "host"
                     else f"fix its settings, uninstall it, or disable it (EXECUTUS_DISABLE={name})"
                 )
-                raise PluginError(message + "\n  " + advice, plugin=name, distribution=dist) from exc
+                # the plugin's exception stays the cause (its traceback helps its author), masked
+                raise PluginError(
+                    message + "\n  " + advice, plugin=name, distribution=dist
+                ) from mask_exception(exc)
             if on_skip is not None:
                 on_skip(message)
             continue

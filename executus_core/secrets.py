@@ -13,8 +13,10 @@ stored in clear. The rule, as documented in ``docs/configuration.md``:
    `SECRET_NAMES` (``password``, ``token``, ``api_key``, ``authorization``, ``x-api-key``,
    ``client_secret``, ``db_password``, ...) has its value replaced by ``***``, whatever its type.
    ``None`` and ``""`` stay as they are: "not set" is not a secret.
-3. **Nested data** is walked: mappings, lists and tuples at any depth; every string in it gets
-   rule 1. pydantic's ``SecretStr`` / ``SecretBytes`` become ``***``.
+3. **Nested data** is walked: mappings, lists and tuples at any depth. **Text** (a message, a
+   log line, every string in nested data) gets rule 1, and rule 2 where it shows a value by name
+   (``name=value``, ``"name": "value"``, ``Authorization: ...``). pydantic's ``SecretStr`` /
+   ``SecretBytes`` become ``***``.
 
 Masking is idempotent (masking a masked text changes nothing), and it never raises: a value it
 cannot walk is returned as it is.
@@ -29,16 +31,20 @@ cannot walk is returned as it is.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 __all__ = [
     "MASK",
     "SECRET_NAMES",
     "SecretsFilter",
     "is_secret_name",
+    "mask_exception",
     "mask_text",
     "mask_url",
     "mask_value",
@@ -81,26 +87,50 @@ _STRIP = str.maketrans("", "", "-_. ")
 _URL_PASSWORD = re.compile(r"""(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@'"<>]*):(?P<pw>[^\s'"<>]*)@""")
 
 # name=value (any value form), or "name": "value" / name: 'value' (a quoted value after a colon),
-# or an Authorization/Cookie header line (name: value to the end of the line).
-_NAME = r"[A-Za-z0-9_.\-]*?(?:password|passwd|passphrase|secret|secrets|token|api[_\-]?key|access[_\-]?key|secret[_\-]?key|private[_\-]?key|signing[_\-]?key|authorization|cookie|credentials?|session[_\-]?id)"
+# or an Authorization/Cookie header line (name: value to the end of the line). Only the secret word
+# that ends the name is matched (what comes before it stays as it is): matching the whole name would
+# make the regex try every prefix of every long word, which is slow on large texts.
+_WORD = (
+    r"(?:password|passwd|passphrase|secrets?|token|api[_\-]?key|access[_\-]?key|secret[_\-]?key"
+    r"|private[_\-]?key|signing[_\-]?key|authorization|cookie|credentials?|session[_\-]?id"
+    r"|(?<![A-Za-z0-9_.\-])(?:pwd|auth))(?![A-Za-z0-9_])"
+)
 _UNQUOTED = r"""(?:(?:Bearer|Basic|Token|Digest)\s+)?[^\s"',;&)}\]]+"""
 _PAIR = re.compile(
-    rf"""(?P<name>(?<![A-Za-z0-9_])(?:{_NAME}|pwd|auth))(?![A-Za-z0-9_])(?P<sep>["']?\s*=\s*)"""
-    rf"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>{_UNQUOTED}))""",
+    rf"""(?P<name>{_WORD})(?P<sep>["']?\s*=\s*)(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>{_UNQUOTED}))""",
     re.IGNORECASE,
 )
 _QUOTED_PAIR = re.compile(
-    rf"""(?P<name>(?<![A-Za-z0-9_])(?:{_NAME}|pwd|auth))(?![A-Za-z0-9_])(?P<sep>["']?\s*:\s*)"""
-    rf"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)')""",
+    rf"""(?P<name>{_WORD})(?P<sep>["']?\s*:\s*)(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)')""",
     re.IGNORECASE,
 )
 _HEADER = re.compile(
-    r"""(?P<name>(?<![A-Za-z0-9_\-])(?:[A-Za-z\-]*authorization|cookie|set-cookie|x-api-key))"""
-    r"""(?P<sep>\s*:\s*)(?P<bare>[^\r\n"',;]+)""",
+    r"""(?P<name>(?:authorization|cookie|x-api-key)(?![A-Za-z0-9_\-]))(?P<sep>\s*:\s*)(?P<bare>[^\r\n"',;]+)""",
     re.IGNORECASE,
 )
-# A cheap first look: only texts holding one of these can need the pair patterns.
-_HINT = re.compile(r"pass|pwd|secret|token|key|auth|cookie|credential|session", re.IGNORECASE)
+# A cheap first look: only texts holding one of these (lower case) can need the pair patterns.
+_HINTS = ("pass", "pwd", "secret", "token", "key", "auth", "cookie", "credential", "session")
+
+
+_HINT_BYTES = tuple(hint.encode() for hint in _HINTS)
+
+
+def _hinted(text: str) -> bool:
+    lowered = text.lower()
+    return any(hint in lowered for hint in _HINTS)
+
+
+def _clean_json(value: Any) -> bool:
+    """True when ``value`` surely holds nothing to mask: its JSON has no hint word (every secret
+    name holds one) and no URL with a user part. One orjson call, instead of a walk in Python, for
+    the common case (tool arguments on the audit path)."""
+    try:
+        blob = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).lower()
+    except TypeError:  # not JSON (a SecretStr, an object): walk it
+        return False
+    if b"@" in blob and b"://" in blob:
+        return False
+    return not any(hint in blob for hint in _HINT_BYTES)
 
 
 def is_secret_name(name: object) -> bool:
@@ -109,8 +139,12 @@ def is_secret_name(name: object) -> bool:
     >>> [is_secret_name(n) for n in ("api_key", "X-Api-Key", "DB_PASSWORD", "tokens", "oauth")]
     [True, True, True, False, False]
     """
-    if not isinstance(name, str):
-        return False
+    return _is_secret_name(name) if isinstance(name, str) else False
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_name(name: str) -> bool:
+    # cached: the same few keys come back on every step (arguments, call_id, ...)
     key = name.lower().translate(_STRIP)
     return key in _WHOLE_ONLY or key.endswith(_SUFFIXES)
 
@@ -154,7 +188,7 @@ def mask_text(text: str) -> str:
         return text
     if "@" in text and "://" in text:
         text = _URL_PASSWORD.sub(_hide_password, text)
-    if _HINT.search(text):
+    if _hinted(text):
         if "=" in text:
             text = _PAIR.sub(_hide_pair, text)
         if ":" in text:
@@ -174,6 +208,8 @@ def mask_value(value: Any, *, key: object = None) -> Any:
     {'headers': {'Authorization': '***'}, 'query': 'cats'}
     """
     try:
+        if isinstance(value, dict | list) and (key is None or not is_secret_name(key)) and _clean_json(value):
+            return value
         return _mask(value, key)
     except Exception:  # never let masking break the caller; an odd object is returned as it is
         return value
@@ -202,6 +238,29 @@ def _mask(value: Any, key: object) -> Any:
     if type(value).__name__ in ("SecretStr", "SecretBytes"):
         return MASK
     return value
+
+
+def mask_exception(exc: BaseException) -> BaseException:
+    """Mask, in place, the messages of ``exc`` and of the exceptions it was raised from.
+
+    A `PluginError` keeps the plugin's own exception as its ``__cause__`` (its traceback is what a
+    plugin author needs), and a traceback prints that exception's message too: this masks the
+    string arguments of every exception in the chain, so a logged traceback shows no secret either.
+    Best effort: an exception whose message does not come from its ``args`` is left as it is.
+    Returns ``exc``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 32:
+        seen.add(id(current))
+        try:
+            masked = tuple(mask_text(a) if isinstance(a, str) else a for a in current.args)
+            if any(a is not b for a, b in zip(masked, current.args, strict=True)):
+                current.args = masked
+        except Exception:  # an exception type with read-only or odd args: leave it
+            pass
+        current = current.__cause__ or current.__context__
+    return exc
 
 
 class SecretsFilter(logging.Filter):

@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from executus_core.secrets import (
     MASK,
     SecretsFilter,
     is_secret_name,
+    mask_exception,
     mask_text,
     mask_url,
     mask_value,
@@ -116,6 +118,19 @@ def test_nested_values_are_masked_without_copying_clean_ones() -> None:
     assert mask_text(mask_text(f"api_key={API_KEY}")) == "api_key=***"
 
 
+def test_an_exception_chain_is_masked_in_place() -> None:
+    try:
+        try:
+            raise OSError(f"cannot connect to postgresql://u:{PG_PASSWORD}@h/db")
+        except OSError as inner:
+            raise RuntimeError(f"token={API_KEY}", 3) from inner
+    except RuntimeError as exc:
+        assert mask_exception(exc) is exc
+        assert exc.args == ("token=***", 3)
+        assert str(exc.__cause__) == "cannot connect to postgresql://u:***@h/db"
+        assert_clean("".join(traceback.format_exception(exc)))
+
+
 def test_settings_dump_is_masked() -> None:
     settings = load_settings(
         {
@@ -196,6 +211,9 @@ def test_a_hook_that_echoes_its_key_and_url_is_masked_in_the_error_and_the_recor
         Executor(entry_points=False, plugins=[VendorPlugin()], settings=settings)
     assert "vendor refused api_key='***' at https://bot:***@vendor.example/v1" in str(info.value)
     assert_clean(str(info.value))
+    # a logged traceback prints the plugin's own exception (the cause) too
+    assert "RuntimeError: vendor refused api_key='***'" in "".join(traceback.format_exception(info.value))
+    assert_clean("".join(traceback.format_exception(info.value)))
     with pytest.warns(RuntimeWarning) as caught:
         ex = Executor(
             entry_points=False,

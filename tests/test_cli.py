@@ -112,7 +112,7 @@ def test_the_installed_command_runs_the_example_in_a_subprocess(tmp_path: Path) 
 
 def test_with_no_key_and_no_model_it_says_what_to_set() -> None:
     result = invoke("run", AGENT, PROMPT)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # it cannot start: a usage error, like any other (docs/cli.md)
     assert result.stdout == ""
     message = " ".join(result.stderr.split())
     assert "error: model 'default': no model to run: set OPENAI_API_KEY" in message
@@ -189,7 +189,10 @@ class _ChatCompletionsHandler(BaseHTTPRequestHandler):
         self.server.requests.append({"path": self.path, "body": body})
         results = [m["content"] for m in body["messages"] if m["role"] == "tool"]
         usage = {"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52}
-        if not results:
+        if not body.get("tools"):
+            message = {"role": "assistant", "content": "Hello! (no tools here)"}
+            finish = "stop"
+        elif not results:
             arguments = json.dumps({"value": 3, "from_unit": "ft", "to_unit": "cm"})
             call = {
                 "id": "call_a",
@@ -537,3 +540,328 @@ def test_the_run_header_names_the_batteries_taking_part() -> None:
         describe_batteries(Executor(entry_points=False, plugins=[Budget()]))
         == "batteries: my_budget (budget)"
     )
+
+
+# -- issue 19: the command line as a package, and what a new user meets -----------------------------
+
+
+def test_batteries_import_only_the_public_helper_module() -> None:
+    import ast
+
+    for path in sorted((ROOT / "batteries").glob("*/executus_*/**/*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("executus_core.cli"):
+                assert node.module == "executus_core.cli.helpers", f"{path}: from {node.module} import ..."
+    from executus_core.cli import helpers
+
+    for name in ("parse_settings", "db_upgraders", "load_agent", "fail", "print_table", "short_id"):
+        assert name in helpers.__all__ and callable(getattr(helpers, name))
+
+
+def _all_help_pages(app: typer.Typer) -> Iterator[tuple[str, str]]:
+    root = typer.main.get_command(app)
+
+    def walk(command: Any, path: list[str]) -> Iterator[list[str]]:
+        yield path
+        if isinstance(getattr(command, "commands", None), dict):
+            for name, sub in command.commands.items():
+                yield from walk(sub, [*path, name])
+
+    for path in walk(root, []):
+        result = CliRunner().invoke(app, [*path, "--help"], terminal_width=200)
+        assert result.exit_code == 0, (path, result.output)
+        yield " ".join(path) or "executus", result.output
+
+
+def test_help_text_shows_no_python_types() -> None:
+    pages = dict(_all_help_pages(create_app()))  # the installed batteries' commands too
+    assert {"run", "models", "plugins"} <= set(pages)
+    for name, text in pages.items():
+        for python in ("<bool>", "<list[", "<str>", "<int>", "<float>", "{"):
+            assert python not in text, f"executus {name} --help shows {python!r}:\n{text}"
+    assert "Usage: executus run [OPTIONS] [AGENT] PROMPT" in pages["run"]
+    assert "--limit" in pages.get("runs list", "--limit INTEGER") and "INTEGER" in pages.get(
+        "runs list", "INTEGER"
+    )
+
+
+def test_run_with_only_a_model_and_a_system_message(
+    chat_server: ChatCompletionsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", chat_server.base_url)
+    result = invoke(
+        "run", "--model", "openai:gpt-4o-mini", "--system", "Be brief.", "-o", "temperature=0.5", "Hello?"
+    )
+    assert result.exit_code == 0, result.output
+    body = chat_server.requests[0]["body"]
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert body["messages"][-1] == {"role": "user", "content": "Hello?"}
+    assert body["temperature"] == 0.5 and "tools" not in body
+    assert "executus · caller" in result.stderr
+
+
+def test_model_settings_from_the_command_line_reach_the_request(
+    chat_server: ChatCompletionsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", chat_server.base_url)
+    result = invoke("run", AGENT, "What is 3 ft in cm?", "-o", "max_tokens=77", "-o", "temperature=0.25")
+    assert result.exit_code == 0, result.output
+    body = chat_server.requests[0]["body"]
+    assert body["temperature"] == 0.25  # the agent file says 0: the command line wins
+    assert body.get("max_tokens", body.get("max_completion_tokens")) == 77
+    bad = invoke("run", AGENT, "hi", "-o", "temperature")
+    assert bad.exit_code == 2 and "write key=value" in bad.stderr
+
+
+def test_the_prompt_can_come_from_stdin_and_an_empty_prompt_is_refused() -> None:
+    result = CliRunner().invoke(
+        create_app(entry_points=False),
+        ["run", AGENT, "-", "--model", REPLAY, "--dry-run"],
+        input="What is 3 ft in cm?\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["messages"][-1]["content"] == "What is 3 ft in cm?\n"
+    for empty in ("", "   "):
+        refused = invoke("run", AGENT, empty, "--model", REPLAY)
+        assert refused.exit_code == 2 and "the prompt is empty" in refused.stderr
+    piped_empty = CliRunner().invoke(
+        create_app(entry_points=False), ["run", AGENT, "-", "-m", REPLAY], input=""
+    )
+    assert piped_empty.exit_code == 2 and "the prompt is empty" in piped_empty.stderr
+    too_many = invoke("run", AGENT, "two", "words", "-m", REPLAY)
+    assert too_many.exit_code == 2 and "quote the prompt" in too_many.stderr
+
+
+def test_models_lists_providers_endpoints_and_tiers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    result = invoke(
+        "models",
+        "--json",
+        "-s",
+        "models.fast=default",
+        "-s",
+        "models.broken=nowhere",
+        "-s",
+        "providers.endpoints.local.base_url=http://127.0.0.1:8080/v1",
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    providers = {p["prefix"]: p for p in data["providers"]}
+    assert {"openai:", "anthropic:", "scripted:"} <= set(providers)
+    assert providers["openai:"]["endpoint"] == "http://127.0.0.1:9/v1"
+    assert providers["openai:"]["environment"] == {"OPENAI_API_KEY": False, "OPENAI_BASE_URL": True}
+    assert data["endpoints"] == [{"name": "local", "api": "openai", "base_url": "http://127.0.0.1:8080/v1"}]
+    tiers = {t["tier"]: t for t in data["tiers"]}
+    assert tiers["default"]["model"] == "openai:gpt-4o-mini"
+    assert tiers["fast"]["chain"] == ["fast", "default", "openai:gpt-4o-mini"]
+    assert tiers["broken"]["model"] is None and "unknown model or tier 'nowhere'" in tiers["broken"]["error"]
+    human = invoke("models", "-s", "models.fast=default")
+    assert "tiers ([tool.executus.models])" in human.stdout and "default → openai:gpt-4o-mini" in human.stdout
+
+
+def test_exit_codes_agree_every_problem_before_the_run_is_2(tmp_path: Path) -> None:
+    unknown_registered = tmp_path / "unknown.toml"
+    unknown_registered.write_text('tools = ["no_such_registered_tool"]\n')
+    result = invoke("run", str(unknown_registered), "hi", "-m", REPLAY)
+    assert result.exit_code == 2 and "unknown tool 'no_such_registered_tool'" in result.stderr
+    unknown_module = tmp_path / "module.toml"
+    unknown_module.write_text('tools = ["no_such_module_xyz:thing"]\n')
+    assert invoke("run", str(unknown_module), "hi", "-m", REPLAY).exit_code == 2
+    bad_model = invoke("run", AGENT, "hi", "--model", "nosuchprovider:x")
+    assert bad_model.exit_code == 2 and "no provider for 'nosuchprovider:x'" in bad_model.stderr
+    tier = invoke("run", AGENT, "hi", "--model", "fast")
+    assert tier.exit_code == 2
+    hint = " ".join(tier.stderr.split())
+    assert "unknown model or tier 'fast'" in hint
+    assert '[tool.executus.models] fast = "openai:gpt-4o-mini"' in hint and "-s models.fast=" in hint
+    assert invoke("run", AGENT, "hi", "-m", REPLAY, "--no-such-option").exit_code == 2
+    assert "Traceback" not in tier.output
+
+
+def test_load_agent_records_where_the_agent_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_agent(AGENT).source == str(Path(AGENT).resolve())
+    (tmp_path / "cli_source_agents.py").write_text(
+        "from executus_core import Agent\nhelper = Agent(name='helper', model='scripted:x.json')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = load_agent("cli_source_agents:helper")
+    assert loaded.source == "cli_source_agents:helper"
+    import cli_source_agents  # type: ignore[import-not-found]
+
+    assert cli_source_agents.helper.source is None  # the module's own object is left alone
+    sys.modules.pop("cli_source_agents", None)
+
+
+def test_a_scripted_replay_says_the_prompt_was_not_used() -> None:
+    result = invoke("run", AGENT, "What is the capital of France?", "--model", REPLAY)
+    assert result.exit_code == 0
+    note = " ".join(result.stderr.split())
+    assert "your prompt was not sent to any model" in note
+
+
+def event(type: str, data: dict[str, Any]) -> Any:
+    from executus_core import RunEvent
+    from executus_core.types import utcnow
+
+    return RunEvent("r", type, data, utcnow())
+
+
+def test_streamed_answer_is_not_printed_twice_on_a_terminal() -> None:
+    import io
+
+    from rich.console import Console
+
+    from executus_core import Result, RunStats, RunStatus
+    from executus_core.cli.progress import Progress
+    from executus_core.cli.run import _report
+
+    screen = io.StringIO()
+    err = Console(file=screen, force_terminal=True, width=100)
+    out = Console(file=screen, force_terminal=True, width=100)
+    progress = Progress(err)
+    for piece in ("3 ft ", "is 91.44 cm."):
+        progress(event("model.delta", {"text": piece}))
+    progress(event("step", {"iteration": 1}))
+    progress.close()
+    result = Result(
+        run_id="r", status=RunStatus.OK, output="3 ft is 91.44 cm.", stats=RunStats(status=RunStatus.OK)
+    )
+    assert _report(result, as_json=False, err=err, out=out, progress=progress) == 0
+    assert screen.getvalue().count("91.44") == 1
+    # piped, the answer still goes to stdout once
+    piped = io.StringIO()
+    _report(result, as_json=False, err=err, out=Console(file=piped), progress=progress)
+    assert piped.getvalue() == "3 ft is 91.44 cm.\n"
+
+
+def test_ctrl_c_says_so_and_the_deadline_never_reads_minus_zero() -> None:
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from executus_core import Result, RunStats, RunStatus
+    from executus_core.cli.progress import Progress
+    from executus_core.cli.run import _report
+
+    err_file = io.StringIO()
+    err = Console(file=err_file, width=200)
+    cancelled = Result(
+        run_id="r",
+        status=RunStatus.CANCELLED,
+        error="cancelled by Executor.cancel()",
+        stats=RunStats(status=RunStatus.CANCELLED),
+    )
+    assert _report(cancelled, as_json=False, err=err, out=Console(file=io.StringIO()), interrupted=True) == 1
+    assert "cancelled: you pressed Ctrl-C" in err_file.getvalue()
+    assert "Executor.cancel()" not in err_file.getvalue()
+
+    shown = io.StringIO()
+    progress = Progress(Console(file=shown, width=200))
+    progress(event("critic", {"deadline_in_seconds": -0.2, "reason": "progress"}))
+    progress(event("critic", {"deadline_in_seconds": 29.6}))
+    assert "-0" not in shown.getvalue() and "moved the deadline: now" in shown.getvalue()
+    assert "30 s left" in shown.getvalue()
+
+    # a battery's log line is a progress line of its own, not written into a streamed answer
+    progress(event("model.delta", {"text": "half an answ"}))
+    logger = logging.getLogger("executus.critic")
+    handler = progress.log_handler()
+    logger.addHandler(handler)
+    try:
+        logger.warning("critic: run r: cut: hung for 30 s")
+    finally:
+        logger.removeHandler(handler)
+    lines = shown.getvalue().splitlines()
+    assert "half an answ" in lines and "  warning: critic: run r: cut: hung for 30 s" in lines
+
+
+def test_the_run_header_says_which_batteries_take_part_on_what_and_which_are_left_out() -> None:
+    from executus_core import Executor, hookimpl
+    from executus_core.cli import describe_batteries
+
+    class Budget:
+        executus_name = "my_budget"
+        description = "embedded sqlite (/tmp/x/budget.db)"
+
+        @hookimpl
+        def executus_budget(self, settings: object) -> object:
+            return self
+
+        async def check(self, caller_id: str) -> None:
+            return None
+
+        async def commit(self, caller_id: str, runtime_seconds: float, usage: object) -> None:
+            return None
+
+    class Unconfigured:
+        executus_name = "my_checkpoints"
+
+        @hookimpl
+        def executus_checkpointer(self, settings: object) -> object:
+            return None
+
+    class Off:
+        executus_name = "my_off"
+
+        @hookimpl
+        def executus_budget(self, settings: object) -> object:
+            return None
+
+    executor = Executor(entry_points=False, plugins=[Budget(), Unconfigured(), Off()], disable=["my_off"])
+    lines = describe_batteries(executor).splitlines()
+    assert lines[0] == "batteries: my_budget (budget on embedded sqlite (/tmp/x/budget.db))"
+    assert lines[1].startswith("left out: ")
+    assert "my_checkpoints (checkpoint: not configured, its hook returned nothing)" in lines[1]
+    assert "my_off (disabled" in lines[1]
+
+
+def test_plugins_with_a_broken_plugin_does_not_blame_a_setting_the_user_never_set(
+    broken_distribution: Callable[[str], Path], tmp_path: Path
+) -> None:
+    site = broken_distribution("executus-flaky")
+    env = subprocess_env(PYTHONPATH=str(site), EXECUTUS_DATA_DIR=str(tmp_path / "data"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "executus_core.cli", "plugins"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "flaky" in proc.stdout and "broken" in proc.stdout
+    assert "skip_broken_plugins" not in proc.stdout + proc.stderr
+
+
+def test_tables_are_not_cut_when_piped() -> None:
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from executus_core.cli.helpers import print_table
+
+    table = Table()
+    for column in ("run id", "agent", "caller", "status", "steps", "tools", "tokens", "started", "duration"):
+        table.add_column(column, no_wrap=True)
+    table.add_row(
+        "0123456789ab",
+        "a-rather-long-agent-name",
+        "caller-with-a-long-id@example.com",
+        "budget_exceeded",
+        "12",
+        "34",
+        "123,456",
+        "11-30 04:50",
+        "1 m 02 s",
+    )
+    piped = io.StringIO()
+    print_table(table, title="runs in [a database]", console=Console(file=piped, width=80))
+    text = piped.getvalue()
+    assert "caller-with-a-long-id@example.com" in text and "…" not in text
+    assert text.splitlines()[0] == "runs in [a database]"

@@ -11,7 +11,7 @@
 Every command takes ``-s key=value`` settings like ``executus run`` (``-s audit_sql.url=...``).
 
 **The shared ``executus db`` group.** Several SQL batteries each have tables to migrate, and
-``executus db upgrade`` runs all of them: the core's `executus_core.cli.db_upgraders` adds the ``db``
+``executus db upgrade`` runs all of them: the core's `executus_core.cli.helpers.db_upgraders` adds the ``db``
 group once, and every SQL battery puts its step in its registry, ``name -> step(settings) -> str``.
 ``db upgrade`` runs every step in name order, prints each one's line, and exits 1 if any failed.
 """
@@ -37,7 +37,7 @@ from executus_audit_sql.errors import AuditSqlError, describe_error
 from executus_audit_sql.migrate import upgrade
 from executus_audit_sql.settings import SECTION, AuditSqlSettings
 from executus_audit_sql.trail import RUNNING, RunRecord, TrailEntry
-from executus_core.cli import db_upgraders, parse_settings
+from executus_core.cli.helpers import db_upgraders, parse_settings
 from executus_core.config import Settings, load_settings
 from executus_core.errors import ConfigError, ExecutusError
 from executus_core.types import RunStatus
@@ -76,7 +76,7 @@ def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
 
 
 # -------------------------------------------------------------------------------------------------
-# executus db upgrade: the group is shared by every SQL battery (executus_core.cli.db_upgraders)
+# executus db upgrade: the group is shared by every SQL battery (executus_core.cli.helpers.db_upgraders)
 # -------------------------------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from executus_budget_redis.durations import format_duration
 from executus_budget_redis.errors import BudgetUnavailable
 from executus_budget_redis.factory import open_budget
 from executus_budget_redis.settings import SECTION
-from executus_core.cli import parse_settings
+from executus_core.cli.helpers import parse_settings
 from executus_core.config import load_settings
 from executus_core.errors import ConfigError
 

@@ -12,7 +12,7 @@ Exit codes: ``0`` done (every recovered run ended ``ok``); ``1`` a run did not e
 database could not be read; ``2`` the command could not start (bad settings, no checkpoint store).
 
 **The shared ``executus db`` group.** Each SQL battery has tables to migrate, and one
-``executus db upgrade`` runs them all: the core's `executus_core.cli.db_upgraders` adds the ``db``
+``executus db upgrade`` runs them all: the core's `executus_core.cli.helpers.db_upgraders` adds the ``db``
 group once, and every SQL battery (executus-audit-sql too) puts its step in its registry,
 ``name -> step(settings) -> str``. ``db upgrade`` runs the steps in name order, prints each one's
 line, and exits 1 if any failed.
@@ -32,7 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from executus_checkpoint_sql.settings import SECTION
-from executus_core.cli import db_upgraders, load_agent, parse_settings
+from executus_core.cli.helpers import db_upgraders, load_agent, parse_settings
 from executus_core.config import Settings, load_settings
 from executus_core.errors import ConfigError, ExecutusError, PluginError
 from executus_core.types import Result, RunEvent, RunStatus
@@ -87,7 +87,7 @@ def _short(text: str | None, limit: int = 60) -> str:
 
 
 # -------------------------------------------------------------------------------------------------
-# executus db upgrade: the group is shared by every SQL battery (executus_core.cli.db_upgraders)
+# executus db upgrade: the group is shared by every SQL battery (executus_core.cli.helpers.db_upgraders)
 # -------------------------------------------------------------------------------------------------
 
 

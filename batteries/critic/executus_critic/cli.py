@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from executus_core import ConfigError, load_settings
-from executus_core.cli import parse_settings
+from executus_core.cli.helpers import parse_settings
 from executus_critic.policy import Policy
 from executus_critic.settings import SECTION, CriticSettings
 

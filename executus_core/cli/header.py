@@ -81,11 +81,12 @@ def describe_model(executor: Executor, agent: Agent) -> str | None:
 def describe_port(obj: object) -> str:
     """Where a port object keeps its data, in a few words (``sqlite:///...``, ``embedded sqlite``); may be "".
 
-    A battery says it with a ``description`` attribute (a string, or a method returning one) on its
-    port object; older ones are read through ``describe_database()``, ``database`` or ``url``.
+    A battery says it with a ``describe()`` method (or a ``description`` string) on its port
+    object, as executus-budget-redis does; ``describe_database()``, ``database`` and ``url`` are read
+    too.
     Credentials in a URL are never shown.
     """
-    for attribute in ("description", "describe_database", "database", "url"):
+    for attribute in ("describe", "description", "describe_database", "database", "url"):
         try:
             value: Any = getattr(obj, attribute, None)
             if callable(value):

@@ -13,6 +13,9 @@ Every tool call gets a fresh random id, as a real model's would: a stale worker 
 again gets calls the run never saved, which is what the proof test looks for. Usage is reported so
 budgets have tokens to count (``prompt_tokens`` grows with the conversation; 20 completion tokens).
 
+``GET /v1/stats`` tells, per account, how many completions the model served and their tokens: what
+the model was really asked, whatever a worker that died before saving it remembers.
+
 Run: ``python -m executus_service fake-model [--port 0]``; it prints ``READY <base url>`` once
 listening on 127.0.0.1, and stops on SIGTERM or SIGINT.
 """
@@ -102,6 +105,11 @@ async def _completions(request: Request) -> JSONResponse:
     messages = body["messages"]
     message = reply_for(messages)
     prompt_tokens = 50 + 10 * len(messages)
+    prompt = next((_text(m) for m in messages if m.get("role") == "user"), "")
+    asked = parse_request(prompt)
+    served = request.app.state.served.setdefault(asked[1] if asked else "", {"calls": 0, "tokens": 0})
+    served["calls"] += 1
+    served["tokens"] += prompt_tokens + COMPLETION_TOKENS
     return JSONResponse(
         {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
@@ -125,15 +133,22 @@ async def _completions(request: Request) -> JSONResponse:
     )
 
 
+async def _stats(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.state.served)
+
+
 async def _models(request: Request) -> JSONResponse:
     return JSONResponse({"object": "list", "data": [{"id": "clerk", "object": "model", "owned_by": "fake"}]})
 
 
 def make_app() -> Starlette:
-    """The ASGI app of the fake model (``/v1/chat/completions`` and ``/v1/models``)."""
-    return Starlette(
+    """The ASGI app of the fake model (``/v1/chat/completions``, ``/v1/models``, ``/v1/stats``)."""
+    app = Starlette(
         routes=[
             Route("/v1/chat/completions", _completions, methods=["POST"]),
             Route("/v1/models", _models, methods=["GET"]),
+            Route("/v1/stats", _stats, methods=["GET"]),
         ]
     )
+    app.state.served = {}
+    return app

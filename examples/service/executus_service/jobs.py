@@ -33,7 +33,7 @@ from procrastinate.retry import BaseRetryStrategy
 from psycopg_pool import AsyncConnectionPool
 
 from executus_core import Agent, Executor, Result, RunStatus
-from executus_service.ledger import record_output
+from executus_service.ledger import record_end
 from executus_service.settings import ServiceSettings
 
 __all__ = ["RUN_TASK", "RunHost", "RunNotFinished", "make_app", "sweep_stalled_jobs"]
@@ -99,6 +99,11 @@ async def sweep_stalled_jobs(app: App, service: ServiceSettings) -> None:
             log.warning("looking for stalled jobs failed: %s", exc)
 
 
+def _not_ours(result: Result) -> bool:
+    """A result `Executor.recover` or `run` gave for a run this process is already running (not an end)."""
+    return result.status is RunStatus.ERROR and "is already running" in (result.error or "")
+
+
 class RunHost:
     """What a worker process runs jobs with: one `Executor`, its agents and the ledger's pool."""
 
@@ -146,8 +151,15 @@ class RunHost:
                 if result.run_id == run_id:
                     if (status := await self._ended(result)) is not None:
                         return status
-                elif result.status is RunStatus.OK:
-                    await record_output(self.pool, result.run_id, result.output, produced=True)
+                elif result.status is not RunStatus.INTERRUPTED and not _not_ours(result):
+                    await record_end(
+                        self.pool,
+                        result.run_id,
+                        result.status.value,
+                        result.output,
+                        result.error,
+                        produced=True,
+                    )
 
     @staticmethod
     def _lease_lapsed(row: Mapping[str, Any]) -> bool:
@@ -164,10 +176,11 @@ class RunHost:
             if self.stopping:
                 raise RunNotFinished(f"run {result.run_id} was interrupted by this worker's shutdown")
             return None  # taken over by another worker (or it stopped): look again
-        if result.status is RunStatus.OK:
-            await record_output(self.pool, result.run_id, result.output, produced=True)
-        elif result.status is RunStatus.ERROR and "already running" in (result.error or ""):
+        if _not_ours(result):
             return None
+        await record_end(
+            self.pool, result.run_id, result.status.value, result.output, result.error, produced=True
+        )
         return result.status.value
 
     async def _already_ended(self, run_id: str) -> str:
@@ -176,9 +189,10 @@ class RunHost:
             (a for _, a in self.executor.ports.audits if callable(getattr(a, "get_run", None))), None
         )
         record = await audit.get_run(run_id) if audit is not None else None
-        if record is not None and record.status is RunStatus.OK:
-            await record_output(self.pool, run_id, record.output, produced=False)
-        return record.shown_status if record is not None else "ended"
+        if record is None or record.status is None:
+            return "ended"
+        await record_end(self.pool, run_id, record.status.value, record.output, record.error, produced=False)
+        return record.status.value
 
 
 async def run_worker(

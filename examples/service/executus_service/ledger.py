@@ -11,8 +11,10 @@ Tables (PostgreSQL, created by `ensure_tables`):
 
 - ``service_ledger_entries``: one row per entry, primary key the idempotency key (the effect);
 - ``service_ledger_calls``: one row per execution of the tool (no constraint: duplicates show);
-- ``service_outputs``: one row per run that ended ``ok``, with its output; ``deliveries`` counts
-  how many times a worker produced an ``ok`` result for the run (1, unless a run ended twice).
+- ``service_results``: one row per run that ended, with its status and output or error; ``ends``
+  counts how many times a worker saw the run end (1, unless a run ended twice). The audit trail has
+  the same and more, except for a run refused before it started (``budget_exceeded``), which the
+  audit never sees.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from executus_core import Agent, ToolContext, tool
 from executus_core.tools import Tool
 
-__all__ = ["TABLES", "build_agents", "ensure_tables", "record_output", "worker_name"]
+__all__ = ["TABLES", "build_agents", "ensure_tables", "read_result", "record_end", "worker_name"]
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS service_ledger_entries (
@@ -51,11 +53,13 @@ CREATE TABLE IF NOT EXISTS service_ledger_calls (
     finished_at timestamptz
 );
 CREATE INDEX IF NOT EXISTS service_ledger_calls_run ON service_ledger_calls (run_id);
-CREATE TABLE IF NOT EXISTS service_outputs (
+CREATE TABLE IF NOT EXISTS service_results (
     run_id text PRIMARY KEY,
+    status text NOT NULL,
     output text,
+    error text,
     worker text NOT NULL,
-    deliveries integer NOT NULL DEFAULT 1,
+    ends integer NOT NULL DEFAULT 1,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 """
@@ -76,27 +80,39 @@ async def ensure_tables(conn: AsyncConnection) -> None:
         await conn.execute(TABLES)
 
 
-async def record_output(
-    pool: AsyncConnectionPool, run_id: str, output: str | None, *, produced: bool
+async def record_end(
+    pool: AsyncConnectionPool,
+    run_id: str,
+    status: str,
+    output: str | None,
+    error: str | None,
+    *,
+    produced: bool,
 ) -> None:
-    """Keep the output of a run that ended ``ok``.
+    """Keep how a run ended.
 
-    ``produced``: this worker's run just ended ``ok`` (a second such end for one run counts in
-    ``deliveries``); False: a job found the run already ended and only makes sure its output is kept.
+    ``produced``: this worker's run just ended (a second such end of one run counts in ``ends``);
+    False: a job found the run already ended and only makes sure its end is kept.
     """
+    conflict = "DO UPDATE SET ends = service_results.ends + 1" if produced else "DO NOTHING"
     async with pool.connection() as conn:
-        if produced:
-            await conn.execute(
-                "INSERT INTO service_outputs (run_id, output, worker) VALUES (%s, %s, %s) "
-                "ON CONFLICT (run_id) DO UPDATE SET deliveries = service_outputs.deliveries + 1",
-                (run_id, output, worker_name()),
-            )
-        else:
-            await conn.execute(
-                "INSERT INTO service_outputs (run_id, output, worker) VALUES (%s, %s, %s) "
-                "ON CONFLICT (run_id) DO NOTHING",
-                (run_id, output, worker_name()),
-            )
+        await conn.execute(
+            "INSERT INTO service_results (run_id, status, output, error, worker) VALUES (%s, %s, %s, %s, %s) "
+            f"ON CONFLICT (run_id) {conflict}",
+            (run_id, status, output, error, worker_name()),
+        )
+
+
+async def read_result(conn: AsyncConnection, run_id: str) -> dict[str, object] | None:
+    """The kept end of ``run_id`` (status, output, error, ends), or None."""
+    row = await (
+        await conn.execute(
+            "SELECT status, output, error, ends FROM service_results WHERE run_id = %s", (run_id,)
+        )
+    ).fetchone()
+    if row is None:
+        return None
+    return {"status": row[0], "output": row[1], "error": row[2], "ends": row[3]}
 
 
 def build_agents(pool: AsyncConnectionPool, *, model: str, tool_seconds: float) -> dict[str, Agent]:

@@ -47,6 +47,7 @@ log = logging.getLogger("executus_service.web")
 
 KEEPALIVE_SECONDS = 15.0
 _ENDED = frozenset({"ok", "error", "timeout", "budget_exceeded", "cancelled", "dry_run"})
+_RESULT = "SELECT status, output, error FROM service_results WHERE run_id = %(run_id)s"
 _JOB_STATUS = """
 SELECT status FROM procrastinate_jobs
  WHERE task_name = %(task)s AND args->>'run_id' = %(run_id)s
@@ -103,8 +104,16 @@ class _Service:
 
     async def status(self, run_id: str) -> dict[str, Any] | None:
         record = await self.audit.get_run(run_id)
-        if record is not None:
-            return run_document(record)
+        found = run_document(record) if record is not None else None
+        if found is not None and found["status"] in _ENDED:
+            return found
+        # How the run ended as its worker saw it: the same as the audit's once that is closed, and the
+        # only record of a run refused before it started (budget_exceeded) or one whose trail stopped.
+        ends = await self.queue.connector.execute_query_all_async(_RESULT, run_id=run_id)
+        if ends:
+            return {**(found or {"run_id": run_id}), **ends[0]}
+        if found is not None:
+            return found
         jobs = await self.queue.connector.execute_query_all_async(_JOB_STATUS, task=RUN_TASK, run_id=run_id)
         if not jobs:
             return None

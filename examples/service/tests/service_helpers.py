@@ -117,7 +117,8 @@ class Service:
             return self.pids[label]
 
     def tail(self, lines: int = 60) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 30.0) -> int:

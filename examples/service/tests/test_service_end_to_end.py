@@ -76,8 +76,8 @@ def test_runs_over_http_with_progress_as_server_sent_events(
                 conn.execute("SELECT run_id, count(*) FROM service_ledger_entries GROUP BY run_id").fetchall()
             )
             assert entries_by_run == {run_id: entries for run_id, (entries, _) in asked.items()}
-            outputs = dict(conn.execute("SELECT run_id, deliveries FROM service_outputs").fetchall())
-            assert outputs == dict.fromkeys(asked, 1)
+            ends = {r: (s, n) for r, s, n in conn.execute("SELECT run_id, status, ends FROM service_results")}
+            assert ends == dict.fromkeys(asked, ("ok", 1))
             workers = {w for (w,) in conn.execute("SELECT DISTINCT worker FROM service_ledger_calls")}
             assert workers, "no tool call was logged"
     finally:

@@ -240,6 +240,9 @@ class _Entry:
     seconds: float = 0.0
 
 
+_SETTLED_KEPT = 100_000  # run ids a MemoryBudget remembers as committed
+
+
 class MemoryBudget:
     """A `Budget` with per-caller limits on runs, tokens and runtime, in one process.
 
@@ -278,6 +281,8 @@ class MemoryBudget:
         self.commits: list[tuple[str, float, Usage]] = []
         self.refusals: list[tuple[str, BudgetExceeded]] = []
         self._entries: dict[str, list[_Entry]] = {}
+        self._admitted: dict[str, _Entry] = {}  # run id -> its count, until it commits
+        self._settled: dict[str, None] = {}  # run ids committed (the latest _SETTLED_KEPT)
         self._lock = threading.Lock()
 
     @hookimpl
@@ -306,9 +311,19 @@ class MemoryBudget:
                 sum(e.seconds for e in entries),
             )
 
-    async def check(self, caller_id: str) -> None:
-        """Let the run through (and count it), or raise `BudgetExceeded`."""
+    async def check(self, caller_id: str, *, run_id: str | None = None) -> None:
+        """Let the run through (and count it), or raise `BudgetExceeded`.
+
+        With ``run_id``, a run already admitted is let through again without counting it twice,
+        and a run committed before (a recovered run) is not counted as a new run.
+        """
         with self._lock:
+            if run_id is not None and run_id in self._admitted:
+                return
+            counted = True
+            if run_id is not None and run_id in self._settled:
+                del self._settled[run_id]  # a recovered run: not a new run; its next commit charges
+                counted = False
             limits = self.limits_for(caller_id)
             now = self.clock()
             entries = self._live(caller_id, limits, now)
@@ -317,7 +332,7 @@ class MemoryBudget:
                 ("tokens", limits.max_tokens, "tokens"),
                 ("seconds", limits.max_seconds, "seconds of runtime"),
             ):
-                if limit is None:
+                if limit is None or (field == "runs" and not counted):
                     continue
                 total = sum(getattr(e, field) for e in entries)
                 if total < limit:
@@ -338,11 +353,29 @@ class MemoryBudget:
                 )
                 self.refusals.append((caller_id, refusal))
                 raise refusal
-            entries.append(_Entry(at=now, runs=1))
+            entry = _Entry(at=now, runs=1 if counted else 0)
+            entries.append(entry)
+            if run_id is not None:
+                self._admitted[run_id] = entry
 
-    async def commit(self, caller_id: str, runtime_seconds: float, usage: Usage) -> None:
-        """Add a finished run's tokens and runtime to ``caller_id``'s usage."""
+    async def commit(
+        self, caller_id: str, runtime_seconds: float, usage: Usage, *, run_id: str | None = None
+    ) -> None:
+        """Add a finished run's tokens and runtime to ``caller_id``'s usage.
+
+        With ``run_id``, a run already committed is charged nothing (a retried commit), and a
+        commit of nothing (a release: another budget refused the run) uncounts the run.
+        """
         with self._lock:
+            if run_id is not None:
+                if run_id in self._settled:
+                    return
+                self._settled[run_id] = None
+                while len(self._settled) > _SETTLED_KEPT:
+                    del self._settled[next(iter(self._settled))]
+                admitted = self._admitted.pop(run_id, None)
+                if admitted is not None and not runtime_seconds and not usage.total_tokens:
+                    admitted.runs = 0
             self.commits.append((caller_id, runtime_seconds, usage))
             limits = self.limits_for(caller_id)
             now = self.clock()

@@ -227,6 +227,11 @@ class StoreBudget(abc.ABC):
     @abc.abstractmethod
     def _advice(self) -> str: ...
 
+    @property
+    def _give_up_after(self) -> float:
+        """Seconds after which this process gives up on a check (its deadline in the store)."""
+        return self.config.timeout
+
     def _unsent(self, exc: BaseException) -> bool:
         """Whether ``exc`` means the check never reached the store (nothing to void)."""
         return False
@@ -271,7 +276,7 @@ class StoreBudget(abc.ABC):
             # Meter what this caller used while the store was away before judging its next run.
             await self._flush_one(caller_id)
         nonce = uuid.uuid4().hex[:16]
-        deadline = time.time() + self.config.timeout
+        deadline = time.time() + self._give_up_after
         try:
             reply = await self._store_check(limits, rid, nonce, deadline)
         except asyncio.CancelledError:
@@ -400,6 +405,11 @@ class StoreBudget(abc.ABC):
         return self._spool.totals()
 
     @property
+    def settled(self) -> bool:
+        """True when nothing waits to reach the store: no spooled commit or void, no replay running."""
+        return not len(self._spool) and (self._flusher is None or self._flusher.done())
+
+    @property
     def unvoided(self) -> int:
         """Checks this process gave up on whose undoing has not reached the store yet."""
         return self._spool.voids
@@ -509,7 +519,9 @@ class StoreBudget(abc.ABC):
         )
 
     def _cause(self, exc: BaseException) -> str:
-        return "timeout" if isinstance(exc, TimeoutError) else "unreachable"
+        return (
+            "timeout" if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__ else "unreachable"
+        )
 
     def _unavailable_for_check(self, caller_id: str, exc: BaseException) -> BudgetUnavailable:
         return BudgetUnavailable(
@@ -547,7 +559,7 @@ class StoreBudget(abc.ABC):
         forever: str | None = None
         settings: list[str] = []
         for raw in refusals:
-            kind, index, used, limit, wait, held = (int(x) for x in raw)
+            kind, index, used, limit, wait, held, hold = (int(x) for x in raw)
             setting = limits.setting(_KINDS[kind])
             settings.append(setting)
             if kind == 4:
@@ -569,11 +581,23 @@ class StoreBudget(abc.ABC):
                 forever = forever or setting
                 continue
             if kind == 5:
-                reasons.append(
-                    f"caller {caller} used {used} of {limit} tokens {phrase} and its runs in flight hold "
-                    f"{held} more; a run is admitted again when one of them ends and gives back what it "
-                    f"did not use"
+                source = (
+                    limits.setting("token_hold") if limits.token_hold is not None else "its recent average"
                 )
+                text = f"caller {caller} used {used} of {limit} tokens {phrase}"
+                if held:
+                    text += f", its runs in flight hold {held} more"
+                text += (
+                    f", and a run holds {hold} ({source}): {max(limit - used - held, 0)} left is not enough"
+                )
+                if held:
+                    text += (
+                        "; a run is admitted again when one in flight ends and gives back what it did not use"
+                    )
+                elif wait >= 0:
+                    text += f"; resets in {format_duration(wait / 1000)}"
+                    waits.append((wait / 1000, setting))
+                reasons.append(text)
                 continue
             if kind == 1:
                 text = f"caller {caller} started {used} of {limit} runs {phrase}"

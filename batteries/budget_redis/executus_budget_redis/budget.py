@@ -142,8 +142,14 @@ class RedisBudget(StoreBudget):
         )
         return conn
 
+    @property
+    def _give_up_after(self) -> float:
+        # Up to ``timeout`` waiting for a free connection of the pool, then up to ``timeout`` for
+        # the answer (redis-py's own socket timeout); this bounds both.
+        return self.config.timeout * 2
+
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        async with asyncio.timeout(self.config.timeout):
+        async with asyncio.timeout(self._give_up_after):
             reply = await script(keys=keys, args=args)
         # Redis read its clock before we got the reply: now - received is a lower bound of the offset.
         self._offset_ms = float(reply[-1]) - time.time() * 1000
@@ -201,7 +207,7 @@ class RedisBudget(StoreBudget):
 
     async def _store_read(self, limits: ResolvedLimits) -> CallerUsage:
         conn = self._connection()
-        async with asyncio.timeout(self.config.timeout):
+        async with asyncio.timeout(self._give_up_after):
             reply = await conn.usage(
                 keys=self._keys(limits.caller_id, limits.windows, None), args=[LIST_RUNS]
             )
@@ -347,7 +353,7 @@ class RedisBudget(StoreBudget):
     async def ping(self) -> None:
         """Ask Redis for a PONG; raise `BudgetUnavailable` (saying what to set) when it cannot be reached."""
         try:
-            async with asyncio.timeout(self.config.timeout):
+            async with asyncio.timeout(self._give_up_after):
                 await self._connection().client.ping()
         except (RedisError, OSError) as exc:
             raise self._unavailable("reach Redis", None, exc) from exc

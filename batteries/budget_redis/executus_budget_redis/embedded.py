@@ -322,38 +322,35 @@ class SQLiteBudget(StoreBudget):
         )
         in_flight, held, oldest = self._in_flight(db, key, now)
         count_run = not (rec is not None and rec[3] == 1)
-        refusals: list[tuple[int, int, int, int, int, int]] = []
-        room = -1
+        hold = 0
+        token_limits = [w.max_tokens for w in limits.windows if w.max_tokens is not None]
+        if token_limits:
+            hold = self._hold_arg(limits)
+            if hold < 0:
+                avg = self._average(db, key, now)
+                hold = self.config.token_hold_initial if avg is None else int(-(-avg // 1))
+            hold = min(hold, min(token_limits))
+        refusals: list[tuple[int, ...]] = []
         for i, window in enumerate(limits.windows, start=1):
             row = self._window(db, key, window.millis, now)
             runs, tokens, ms = (int(row[0]), int(row[1]), int(row[2])) if row is not None else (0, 0, 0)
             wait = int(row[4]) - now if row is not None else -2
             if count_run and window.max_runs is not None and runs >= window.max_runs:
-                refusals.append((1, i, runs, window.max_runs, wait, 0))
+                refusals.append((1, i, runs, window.max_runs, wait, 0, 0))
             if window.max_tokens is not None:
                 if tokens >= window.max_tokens:
-                    refusals.append((2, i, tokens, window.max_tokens, wait, held))
-                elif tokens + held >= window.max_tokens:
-                    refusals.append((5, i, tokens, window.max_tokens, wait, held))
-                else:
-                    left = window.max_tokens - tokens - held
-                    room = left if room < 0 else min(room, left)
+                    refusals.append((2, i, tokens, window.max_tokens, wait, held, hold))
+                elif tokens + held + hold > window.max_tokens:
+                    refusals.append((5, i, tokens, window.max_tokens, -3 if held > 0 else wait, held, hold))
             if window.max_seconds is not None:
                 max_ms = round(window.max_seconds * 1000)
                 if ms >= max_ms:
-                    refusals.append((3, i, ms, max_ms, wait, 0))
+                    refusals.append((3, i, ms, max_ms, wait, 0, 0))
         if limits.max_concurrent is not None and in_flight >= limits.max_concurrent:
             wait = oldest - now if oldest is not None else -2
-            refusals.append((4, 0, in_flight, limits.max_concurrent, wait, 0))
+            refusals.append((4, 0, in_flight, limits.max_concurrent, wait, 0, 0))
         if refusals:
-            return CheckReply(REFUSED, in_flight, 0, refusals)
-        hold = 0
-        if room >= 0:
-            hold = self._hold_arg(limits)
-            if hold < 0:
-                avg = self._average(db, key, now)
-                hold = self.config.token_hold_initial if avg is None else int(-(-avg // 1))
-            hold = min(hold, room)
+            return CheckReply(REFUSED, in_flight, hold, refusals)
         wids = ""
         if count_run:
             wids = ",".join(str(self._add(db, key, w.millis, now, runs=1)) for w in limits.windows)

@@ -66,9 +66,10 @@ end
 # Returns {code, in flight, hold, refusals, now}: code 1 admitted, 2 already admitted (a retried
 # check, or a recovered run: nothing counted again), 0 refused, -1 too late (the deadline passed:
 # nothing applied), -2 this check was voided before Redis ran it (nothing applied).
-# A refusal is {kind, window index, used, limit, wait ms, held}; kind 1 runs, 2 tokens, 3 ms,
-# 4 concurrent, 5 tokens used and held; wait is the window key's PTTL (-2: no key yet) or, for
-# concurrent, the ms until the oldest slot expires.
+# A refusal is {kind, window index, used, limit, wait ms, held, hold}; kind 1 runs, 2 tokens,
+# 3 ms, 4 concurrent, 5 tokens: used + held by runs in flight + this run's hold would pass the
+# limit; wait is the window key's PTTL (-2: no key yet; -3: none, a run in flight may free room)
+# or, for concurrent, the ms until the oldest slot expires.
 CHECK = (
     _PRELUDE
     + """
@@ -98,9 +99,23 @@ local in_flight = redis.call('ZCOUNT', slots, '(' .. now, '+inf')
 local held = tonumber(redis.call('HGET', holds, 'total')) or 0
 if held < 0 then held = 0 end
 local count_run = counted ~= '1'
+-- the run's hold: a number, or the caller's recent average; never more than the smallest token limit
+local hold = 0
+local smallest = -1
+for i = 1, windows do
+  local limit = tonumber(ARGV[8 + (i - 1) * 4 + 3])
+  if limit >= 0 and (smallest < 0 or limit < smallest) then smallest = limit end
+end
+if smallest >= 0 then
+  hold = tonumber(ARGV[7])
+  if hold < 0 then
+    local avg = redis.call('HGET', stats, 'avg')
+    if avg then hold = math.ceil(tonumber(avg)) else hold = tonumber(ARGV[8]) end
+  end
+  if hold > smallest then hold = smallest end
+end
 local refusals = {}
 local ttls = {}
-local room = -1
 for i = 1, windows do
   local key = KEYS[4 + i]
   local base = 8 + (i - 1) * 4
@@ -110,20 +125,20 @@ for i = 1, windows do
   local runs, tokens, ms = tonumber(used[1]) or 0, tonumber(used[2]) or 0, tonumber(used[3]) or 0
   local max_runs, max_tokens, max_ms = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   if count_run and max_runs >= 0 and runs >= max_runs then
-    refusals[#refusals + 1] = {1, i, runs, max_runs, ttl, 0}
+    refusals[#refusals + 1] = {1, i, runs, max_runs, ttl, 0, 0}
   end
   if max_tokens >= 0 then
     if tokens >= max_tokens then
-      refusals[#refusals + 1] = {2, i, tokens, max_tokens, ttl, held}
-    elseif tokens + held >= max_tokens then
-      refusals[#refusals + 1] = {5, i, tokens, max_tokens, ttl, held}
-    else
-      local left = max_tokens - tokens - held
-      if room < 0 or left < room then room = left end
+      refusals[#refusals + 1] = {2, i, tokens, max_tokens, ttl, held, hold}
+    elseif tokens + held + hold > max_tokens then
+      -- with runs in flight, one of them ending may make room before the window resets
+      local wait = ttl
+      if held > 0 then wait = -3 end
+      refusals[#refusals + 1] = {5, i, tokens, max_tokens, wait, held, hold}
     end
   end
   if max_ms >= 0 and ms >= max_ms then
-    refusals[#refusals + 1] = {3, i, ms, max_ms, ttl, 0}
+    refusals[#refusals + 1] = {3, i, ms, max_ms, ttl, 0, 0}
   end
 end
 local max_concurrent = tonumber(ARGV[6])
@@ -131,18 +146,9 @@ if max_concurrent >= 0 and in_flight >= max_concurrent then
   local oldest = redis.call('ZRANGEBYSCORE', slots, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   local wait = -2
   if oldest[2] then wait = tonumber(oldest[2]) - now end
-  refusals[#refusals + 1] = {4, 0, in_flight, max_concurrent, wait, 0}
+  refusals[#refusals + 1] = {4, 0, in_flight, max_concurrent, wait, 0, 0}
 end
-if #refusals > 0 then return {0, in_flight, 0, refusals, now} end
-local hold = 0
-if room >= 0 then
-  hold = tonumber(ARGV[7])
-  if hold < 0 then
-    local avg = redis.call('HGET', stats, 'avg')
-    if avg then hold = math.ceil(tonumber(avg)) else hold = tonumber(ARGV[8]) end
-  end
-  if hold > room then hold = room end
-end
+if #refusals > 0 then return {0, in_flight, hold, refusals, now} end
 local wids = {}
 for i = 1, windows do
   local key = KEYS[4 + i]

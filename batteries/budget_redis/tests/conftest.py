@@ -279,3 +279,24 @@ def own_redis(tmp_path: Any) -> Iterator[OwnRedis]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def start_redis(tmp_path: Any) -> Iterator[Any]:
+    """``start_redis(appendonly=False)``: start an `OwnRedis` in a directory of its own; every one
+    started is killed (by its PID) at the end."""
+    started: list[OwnRedis] = []
+
+    def start(*, appendonly: bool = False) -> OwnRedis:
+        workdir = tmp_path / f"redis-{len(started)}"
+        workdir.mkdir()
+        server = OwnRedis(workdir, appendonly=appendonly)
+        started.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.kill()

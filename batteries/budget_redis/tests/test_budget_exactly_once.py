@@ -157,22 +157,43 @@ async def test_holds_keep_runs_in_flight_inside_max_tokens(make_store: Any) -> N
     try:
         await budget.check(who, run_id="a")
         await budget.check(who, run_id="b")
-        await budget.check(who, run_id="c")  # 200 are left: its hold is cut to them
-        refused = await refusal(budget, who)
+        refused = await refusal(budget, who)  # 0 used + 800 held + 400 for a third run > 1000
         assert refused is not None
-        assert refused.reason.startswith(
-            f"caller {who} used 0 of 1000 tokens this day and its runs in flight hold 1000 more;"
+        assert refused.reason == (
+            f"caller {who} used 0 of 1000 tokens this day, its runs in flight hold 800 more, and a run "
+            "holds 400 (token_hold): 200 left is not enough; a run is admitted again when one in flight "
+            "ends and gives back what it did not use"
         )
         assert refused.retry_after is None  # when a run ends is not known
         assert refused.limit == "max_tokens"
         usage = await budget.usage(who)
-        assert (usage.in_flight, usage.held, usage.next_hold) == (3, 1000, 400)
-        assert sorted((r.run_id, r.hold) for r in usage.runs) == [("a", 400), ("b", 400), ("c", 200)]
+        assert (usage.in_flight, usage.held, usage.next_hold) == (2, 800, 400)
+        assert sorted((r.run_id, r.hold) for r in usage.runs) == [("a", 400), ("b", 400)]
         await budget.commit(who, 1.0, Usage(input_tokens=100), run_id="a")  # settled: 100 used, 300 back
-        await budget.check(who, run_id="d")
+        await budget.check(who, run_id="c")  # 100 used + 400 held + 400 = 900
         usage = await budget.usage(who)
-        assert (usage.windows[0].tokens, usage.held) == (100, 400 + 200 + 300)
+        assert (usage.windows[0].tokens, usage.held) == (100, 800)
         assert await refusal(budget, who) is not None
+        for run in ("b", "c"):
+            await budget.commit(who, 1.0, Usage(input_tokens=400), run_id=run)
+        # 900 used, nothing in flight: 100 left cannot hold a run of 400 before the day resets
+        refused = await refusal(budget, who)
+        assert refused is not None and refused.retry_after is not None and refused.retry_after > 86_000
+        assert "100 left is not enough; resets in" in refused.reason
+    finally:
+        await budget.aclose()
+
+
+async def test_a_hold_is_never_more_than_the_limit(make_store: Any) -> None:
+    budget = make_store(max_tokens=100)  # token_hold_initial (4000) is more than the whole limit
+    who = caller()
+    try:
+        await budget.check(who, run_id="a")
+        assert (await budget.usage(who)).held == 100
+        assert await refusal(budget, who) is not None  # the one run holds it all
+        await budget.commit(who, 1.0, Usage(input_tokens=10), run_id="a")
+        await budget.check(who, run_id="b")  # its history says 10
+        assert (await budget.usage(who)).held == 10
     finally:
         await budget.aclose()
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from typing import Any
+
+import pytest
 
 from executus_core.errors import BudgetExceeded
 from executus_core.ports import Budget
@@ -20,6 +23,7 @@ __all__ = [
     "check_budget_limits_seconds_per_caller",
     "check_budget_limits_tokens_per_caller",
     "check_budget_never_blocks_the_loop",
+    "check_budget_run_ids_apply_each_call_once",
     "check_budget_unlimited_allows_everyone",
     "check_budget_window_says_when_to_retry",
 ]
@@ -203,6 +207,60 @@ async def check_budget_never_blocks_the_loop(factory: Any) -> None:
         lag.check("checking and committing 200 runs")
 
 
+def takes_run_id(method: Any) -> bool:
+    """Whether a budget method accepts ``run_id=`` (a keyword of its own, or ``**kwargs``): the
+    core passes the run id only to methods that do."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "run_id" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+async def check_budget_run_ids_apply_each_call_once(factory: Any) -> None:
+    """With run ids (a budget whose ``check`` and ``commit`` take ``run_id=``): a second check of a
+    run already admitted counts nothing (a retry, or a recovered run), a second commit of a run
+    charges nothing (a retry, or a replay), and a release — the commit of nothing the core sends
+    when a later budget refused the run — charges nothing."""
+    async with built(factory, max_runs=2, max_tokens=100) as made:
+        budget = _budget(made)
+        if not (takes_run_id(budget.check) and takes_run_id(budget.commit)):
+            pytest.skip("this budget takes no run_id: the core calls it without one")
+        runs, tokens, released = _callers(3)
+        for label in ("the first check", "the same run's second check"):
+            assert await _refusal_of_run(budget, runs, "r1") is None, f"{label} of r1 was refused"
+        assert await _refusal_of_run(budget, runs, "r2") is None, (
+            f"{runs}'s second run was refused under max_runs=2: checking run r1 twice counted it twice"
+        )
+        assert await _refusal_of_run(budget, runs, "r3") is not None, f"{runs} started a third run"
+
+        usage = Usage(input_tokens=40, output_tokens=20)
+        assert await _refusal_of_run(budget, tokens, "t1") is None
+        for _ in range(2):
+            await call("Budget.commit", budget.commit, tokens, 0.5, usage, run_id="t1")
+        refusal = await _refusal_of_run(budget, tokens, "t2")
+        assert refusal is None, (
+            f"{tokens} was refused at 60 of 100 tokens after one run committed twice: a commit's retry "
+            f"charged it again ({refusal})"
+        )
+
+        assert await _refusal_of_run(budget, released, "x1") is None
+        await call("Budget.commit", budget.commit, released, 0.0, Usage(), run_id="x1")
+        assert await _refusal_of_run(budget, released, "x2") is None, "a released run used up the budget"
+        await call("Budget.commit", budget.commit, released, 0.5, Usage(input_tokens=99), run_id="x2")
+        assert await _refusal_of_run(budget, released, "x3") is None, (
+            f"{released} was refused at 99 of 100 tokens: the release of run x1 was charged"
+        )
+
+
+async def _refusal_of_run(budget: Any, caller_id: str, run_id: str) -> BudgetExceeded | None:
+    try:
+        await maybe_await(budget.check(caller_id, run_id=run_id))
+    except BudgetExceeded as exc:
+        return exc
+    return None
+
+
 BUDGET_CHECKS = (
     check_budget_unlimited_allows_everyone,
     check_budget_limits_runs_per_caller,
@@ -212,6 +270,7 @@ BUDGET_CHECKS = (
     check_budget_concurrent_commits_all_count,
     check_budget_concurrent_checks_admit_at_most_the_limit,
     check_budget_never_blocks_the_loop,
+    check_budget_run_ids_apply_each_call_once,
 )
 
 
@@ -229,7 +288,8 @@ class BudgetConformance:
       carries ``retry_after``.
 
     A caller at or over a limit is refused with `BudgetExceeded` (a reason that names the limit).
-    Callers never share usage. If your budget has no such limit, ``pytest.skip`` from the factory.
+    Callers never share usage. A budget whose ``check`` and ``commit`` take ``run_id=`` must apply
+    each call at most once per run id (the suite skips that check for a budget without run ids). If your budget has no such limit, ``pytest.skip`` from the factory.
     Each test runs in its own event loop (no pytest-asyncio needed); ``aclose()`` is called if the
     budget has one::
 
@@ -262,3 +322,6 @@ class BudgetConformance:
 
     def test_never_blocks_the_loop(self, make_budget: Any) -> None:
         run_check(check_budget_never_blocks_the_loop, make_budget)
+
+    def test_run_ids_apply_each_call_once(self, make_budget: Any) -> None:
+        run_check(check_budget_run_ids_apply_each_call_once, make_budget)

@@ -53,6 +53,10 @@ __all__ = [
     "HttpModel",
     "HttpSettings",
     "ProviderSettings",
+    "as_count",
+    "as_dict",
+    "as_list",
+    "as_str",
     "compact",
     "get_endpoint",
     "iter_sse",
@@ -221,6 +225,26 @@ def safe_url(url: str) -> str:
         return "<invalid URL>"
     port = f":{parsed.port}" if parsed.port else ""
     return f"{parsed.scheme}://{parsed.host}{port}{parsed.path.rstrip('/')}"
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else ``{}``: what a parser reads where an object belongs."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    """``value`` if it is a JSON array, else ``[]``."""
+    return value if isinstance(value, list) else []
+
+
+def as_str(value: Any) -> str:
+    """``value`` if it is a string, else ``""``."""
+    return value if isinstance(value, str) else ""
+
+
+def as_count(value: Any) -> int:
+    """A token count: ``value`` if it is a non-negative integer (not a bool), else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def compact(data: bytes) -> bytes:
@@ -549,6 +573,9 @@ class Endpoint:
         ``said_size`` is the size to quote when the caller read only part of it.
         """
         provider_message = fields.pop("provider_message", None)
+        if provider_message is not None and not isinstance(provider_message, str):
+            # A server may put any JSON where its message belongs: quote it as JSON.
+            provider_message = orjson.dumps(provider_message, default=repr).decode()
         if provider_message:
             limit = self.options.max_error_chars if said_limit is None else said_limit
             if len(provider_message) > limit or said_size is not None:

@@ -35,6 +35,9 @@ from executus_core.providers._http import (
     Endpoint,
     EndpointSettings,
     HttpModel,
+    as_count,
+    as_dict,
+    as_str,
     compact,
     get_endpoint,
     json_object,
@@ -76,18 +79,20 @@ _WIRE_KEY = "anthropic"
 
 def _usage(data: Any) -> Usage:
     """Anthropic counts cached input apart from ``input_tokens``; executus counts it inside."""
-    if not isinstance(data, dict):
-        return Usage.model_construct(
-            input_tokens=0, output_tokens=0, thinking_tokens=0, cached_input_tokens=0
-        )
-    read = data.get("cache_read_input_tokens") or 0
-    written = data.get("cache_creation_input_tokens") or 0
+    data = as_dict(data)
+    read = as_count(data.get("cache_read_input_tokens"))
+    written = as_count(data.get("cache_creation_input_tokens"))
     return Usage.model_construct(
-        input_tokens=(data.get("input_tokens") or 0) + read + written,
-        output_tokens=data.get("output_tokens") or 0,
+        input_tokens=as_count(data.get("input_tokens")) + read + written,
+        output_tokens=as_count(data.get("output_tokens")),
         thinking_tokens=0,  # the API folds thinking into output_tokens and does not count it apart
         cached_input_tokens=read,
     )
+
+
+def _index(value: Any, default: int) -> int:
+    """A stream event's block index: an integer, else ``default``."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 class AnthropicModel(HttpModel):
@@ -246,8 +251,8 @@ class AnthropicModel(HttpModel):
                 raise self._bad(f"content block {position} is not an object", response)
             kind = block.get("type")
             if kind == "text":
-                text.append(block.get("text") or "")
-                kept.append({"type": "text", "text": block.get("text") or ""})
+                text.append(as_str(block.get("text")))
+                kept.append({"type": "text", "text": as_str(block.get("text"))})
             elif kind == "tool_use":
                 name = block.get("name")
                 if not name or not isinstance(name, str):
@@ -272,13 +277,13 @@ class AnthropicModel(HttpModel):
                 kept.append(
                     {
                         "type": "thinking",
-                        "thinking": block.get("thinking") or "",
-                        "signature": block.get("signature") or "",
+                        "thinking": as_str(block.get("thinking")),
+                        "signature": as_str(block.get("signature")),
                     }
                 )
             elif kind == "redacted_thinking":
                 keep = True
-                kept.append({"type": "redacted_thinking", "data": block.get("data") or ""})
+                kept.append({"type": "redacted_thinking", "data": as_str(block.get("data"))})
             else:
                 keep = True  # server tool blocks and the like: the API wants them back as they came
                 kept.append(block)
@@ -319,10 +324,10 @@ class AnthropicModel(HttpModel):
             async for name, data in self._events(response):
                 events += 1
                 event = self._stream_event(data, events, response)
-                kind = event.get("type") or name.decode()
+                kind = event.get("type") or name.decode("utf-8", "replace")
                 if kind == "content_block_delta":
-                    index = event.get("index", 0)
-                    delta = event.get("delta") or {}
+                    index = _index(event.get("index"), 0)
+                    delta = as_dict(event.get("delta"))
                     block = blocks.get(index)
                     if block is None:
                         raise self._bad(
@@ -330,12 +335,12 @@ class AnthropicModel(HttpModel):
                         )
                     dtype = delta.get("type")
                     if dtype == "text_delta":
-                        piece = delta.get("text") or ""
+                        piece = as_str(delta.get("text"))
                         pieces.setdefault((index, "text"), []).append(piece)
                         if emit is not None and piece:
                             emit("model.delta", {"text": piece})
                     elif dtype == "input_json_delta":
-                        piece = delta.get("partial_json") or ""
+                        piece = as_str(delta.get("partial_json"))
                         pieces.setdefault((index, "input"), []).append(piece)
                         if emit is not None:
                             emit(
@@ -350,15 +355,15 @@ class AnthropicModel(HttpModel):
                                 },
                             )
                     elif dtype == "thinking_delta":
-                        piece = delta.get("thinking") or ""
+                        piece = as_str(delta.get("thinking"))
                         pieces.setdefault((index, "thinking"), []).append(piece)
                         if emit is not None and piece:
                             emit("model.delta", {"thinking": piece})
                     elif dtype == "signature_delta":
-                        pieces.setdefault((index, "signature"), []).append(delta.get("signature") or "")
+                        pieces.setdefault((index, "signature"), []).append(as_str(delta.get("signature")))
                 elif kind == "content_block_start":
-                    block = dict(event.get("content_block") or {})
-                    blocks[event.get("index", len(blocks))] = block
+                    block = dict(as_dict(event.get("content_block")))
+                    blocks[_index(event.get("index"), len(blocks))] = block
                     if emit is not None and block.get("type") == "tool_use":
                         emit(
                             "model.delta",
@@ -372,12 +377,12 @@ class AnthropicModel(HttpModel):
                             },
                         )
                 elif kind == "message_start":
-                    message = event.get("message") or {}
+                    message = as_dict(event.get("message"))
                     model = message.get("model")
                     if isinstance(message.get("usage"), dict):
                         usage.update(message["usage"])
                 elif kind == "message_delta":
-                    stop_reason = (event.get("delta") or {}).get("stop_reason") or stop_reason
+                    stop_reason = as_dict(event.get("delta")).get("stop_reason") or stop_reason
                     if isinstance(event.get("usage"), dict):
                         # message_delta counts are cumulative: they replace message_start's
                         usage.update({k: v for k, v in event["usage"].items() if v is not None})
@@ -401,7 +406,7 @@ class AnthropicModel(HttpModel):
             for field in ("text", "thinking", "signature"):
                 streamed = pieces.get((index, field))
                 if streamed is not None:
-                    block[field] = block.get(field, "") + "".join(streamed)
+                    block[field] = as_str(block.get(field)) + "".join(streamed)
             if block.get("type") == "tool_use":
                 streamed_input = "".join(pieces.get((index, "input"), ()))
                 block["input"], error = json_object(streamed_input)

@@ -33,6 +33,10 @@ from executus_core.providers._http import (
     ApiDefaults,
     Endpoint,
     HttpModel,
+    as_count,
+    as_dict,
+    as_list,
+    as_str,
     compact,
     get_endpoint,
     json_object,
@@ -136,21 +140,16 @@ def _arguments(raw: Any) -> tuple[dict[str, Any], str | None]:
 
 
 def _usage(data: Any) -> Usage:
-    if not isinstance(data, dict):
-        return Usage.model_construct(
-            input_tokens=0, output_tokens=0, thinking_tokens=0, cached_input_tokens=0
-        )
-    prompt = data.get("prompt_tokens_details")
-    completion = data.get("completion_tokens_details")
-    cached = (prompt.get("cached_tokens") if isinstance(prompt, dict) else None) or data.get(
-        "prompt_cache_hit_tokens"  # DeepSeek's name for it
+    """Usage as OpenAI counts it; anything that is not a count reads as 0."""
+    data = as_dict(data)
+    cached = as_count(as_dict(data.get("prompt_tokens_details")).get("cached_tokens")) or as_count(
+        data.get("prompt_cache_hit_tokens")  # DeepSeek's name for it
     )
-    reasoning = completion.get("reasoning_tokens") if isinstance(completion, dict) else None
     return Usage.model_construct(
-        input_tokens=data.get("prompt_tokens") or 0,
-        output_tokens=data.get("completion_tokens") or 0,
-        thinking_tokens=reasoning or 0,
-        cached_input_tokens=cached or 0,
+        input_tokens=as_count(data.get("prompt_tokens")),
+        output_tokens=as_count(data.get("completion_tokens")),
+        thinking_tokens=as_count(as_dict(data.get("completion_tokens_details")).get("reasoning_tokens")),
+        cached_input_tokens=cached,
     )
 
 
@@ -260,13 +259,16 @@ class OpenAIModel(HttpModel):
         if not isinstance(message, dict):
             raise self._bad("the answer's first choice has no message", response)
         calls = []
-        for raw in message.get("tool_calls") or ():
+        raw_calls = message.get("tool_calls")
+        if raw_calls is not None and not isinstance(raw_calls, list):
+            raise self._bad(f"the answer's tool_calls is not a list: {type(raw_calls).__name__}", response)
+        for raw in raw_calls or ():
             function = raw.get("function") if isinstance(raw, dict) else None
             if not isinstance(function, dict):
                 raise self._bad(f"a tool call has no function: {raw!r}", response)
             calls.append((raw.get("id"), function.get("name"), function.get("arguments")))
         return self._response(
-            _text(message.get("content")) or message.get("refusal") or None,
+            _text(message.get("content")) or as_str(message.get("refusal")) or None,
             calls,
             choice.get("finish_reason"),
             data.get("usage"),
@@ -341,27 +343,25 @@ class OpenAIModel(HttpModel):
                     break
                 events += 1
                 chunk = self._stream_event(data, events, response)
-                choices = chunk.get("choices")
+                choices = as_list(chunk.get("choices"))
                 if not choices and chunk.get("error") is not None:
                     raise self._stream_error(chunk["error"], response)
-                model = chunk.get("model") or model
-                if chunk.get("usage"):
+                model = as_str(chunk.get("model")) or model
+                if isinstance(chunk.get("usage"), dict):
                     usage = chunk["usage"]
-                for choice in choices or ():
+                for choice in choices:
                     if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                         continue
                     seen_choice = True
-                    delta = choice.get("delta") or {}
-                    piece = delta.get("content")
+                    delta = as_dict(choice.get("delta"))
+                    piece = _text(delta.get("content"))
                     if piece:
-                        piece = _text(piece) if not isinstance(piece, str) else piece
-                        if piece:
-                            text.append(piece)
-                            if emit is not None:
-                                emit("model.delta", {"text": piece})
-                    if delta.get("refusal"):
+                        text.append(piece)
+                        if emit is not None:
+                            emit("model.delta", {"text": piece})
+                    if as_str(delta.get("refusal")):
                         refusal.append(delta["refusal"])
-                    for raw in delta.get("tool_calls") or ():
+                    for raw in as_list(delta.get("tool_calls")):
                         self._tool_delta(raw, calls, emit)
                     if choice.get("finish_reason"):
                         finish = choice["finish_reason"]
@@ -401,7 +401,7 @@ class OpenAIModel(HttpModel):
         if not isinstance(raw, dict):
             return
         index = raw.get("index")
-        call_id = raw.get("id")
+        call_id = as_str(raw.get("id"))
         if not isinstance(index, int):
             # No index (some servers send each call whole): match by id, else a new call.
             index = next((i for i, slot in calls.items() if call_id and slot[0] == call_id), len(calls))
@@ -410,8 +410,8 @@ class OpenAIModel(HttpModel):
             slot = calls[index] = [None, None, []]
         if call_id and not slot[0]:
             slot[0] = call_id
-        function = raw.get("function") or {}
-        name = function.get("name")
+        function = as_dict(raw.get("function"))
+        name = as_str(function.get("name"))
         if name and not slot[1]:
             slot[1] = name  # some servers repeat the name in every delta: keep the first
         piece = function.get("arguments")

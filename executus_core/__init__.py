@@ -14,6 +14,7 @@ The public API; everything else lives in modules whose names say what they hold:
                                     "What is 2 + 40?", caller_id="user-1")
 """
 
+from executus_core.agent import Agent
 from executus_core.config import CoreSettings, Settings, load_settings
 from executus_core.errors import (
     AuthenticationError,
@@ -44,9 +45,8 @@ from executus_core.ports import (
     PaletteSource,
     RunRecorder,
 )
-from executus_core.tools import Tally, Tool, ToolContext, run_status, tool
+from executus_core.tools import Tally, Tool, ToolContext, ToolSet, run_status, tool
 from executus_core.types import (
-    Agent,
     Artifact,
     CheckpointState,
     DeliveryTarget,
@@ -114,6 +114,7 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolContext",
+    "ToolSet",
     "ToolSpec",
     "Usage",
     "hookimpl",

@@ -68,6 +68,12 @@ class CoreSettings(BaseModel):
     deadline_poll: float = Field(0.25, gt=0, description="How often the watcher asks the critic's deadline.")
     max_delegation_depth: int = Field(3, ge=0, description="How deep agent__/skill__ delegation may nest.")
     event_queue_size: int = Field(1024, ge=1, description="Events buffered for a slow on_event consumer.")
+    max_tool_calls_per_step: int = Field(
+        32, ge=1, description="Tool calls run per model answer; the rest get an error back."
+    )
+    max_concurrent_tools: int = Field(8, ge=1, description="Tool calls of one run running at once.")
+    max_error_chars: int = Field(4000, ge=100, description="Longest Result.error kept; the rest is cut.")
+    recovery_concurrency: int = Field(8, ge=1, description="Runs Executor.recover() resumes at once.")
     disable: list[str] = Field(default_factory=list, description="Plugins not to load, by name.")
     skip_broken_plugins: bool = Field(False, description="Start without broken plugins instead of refusing.")
     models: dict[str, str] = Field(default_factory=dict, description="Tier name -> model id.")

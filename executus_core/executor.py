@@ -16,21 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import logging
+import types
+import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from executus_core.agent import Agent
 from executus_core.config import Settings, load_settings
-from executus_core.loop import AgentRun, EventHandler
+from executus_core.events import EventBuffer, EventHandler
+from executus_core.guard import Failure, await_me_maybe, guarded
+from executus_core.lifecycle import takes_run_id
+from executus_core.loop import AgentRun, last_resort_result
 from executus_core.palette import InProcessPalette
 from executus_core.plugins import PluginRecord, broken_error, build_plugin_manager, call_hook, record_for
 from executus_core.ports import Audit, Budget, CheckpointStore, Critic, Delivery, PaletteSource
+from executus_core.prepare import RunRequest
 from executus_core.providers import ModelRegistry
-from executus_core.tools import Tool
-from executus_core.types import Agent, Interrupted, Result, RunEvent, RunStats, RunStatus, utcnow
+from executus_core.tools import Tool, ToolSet
+from executus_core.types import Interrupted, Result, RunEvent, RunStats, RunStatus, utcnow
 
 __all__ = ["Executor", "Ports"]
 
@@ -122,6 +128,8 @@ class Executor:
 
         self.models = ModelRegistry(self.settings)
         self.tools: dict[str, Tool] = {}
+        self.toolsets: dict[str, ToolSet] = {}  # prefix -> the tool set that resolves "prefix:name"
+        self.budget_run_id: dict[str, bool] = {}  # budget plugin -> whether its methods take run_id
         self.provides: dict[str, list[str]] = {}  # plugin name -> model prefixes and tools it registered
         self.ports = Ports()
         self._call_registration_hooks(skip)
@@ -162,13 +170,18 @@ class Executor:
             return {"register": register}
 
         def tools_of(owner: str) -> dict[str, Any]:
-            def register(tool: Tool) -> None:
-                if not isinstance(tool, Tool):
+            def register(tool: Tool | ToolSet) -> None:
+                if isinstance(tool, Tool):
+                    self.tools[tool.name] = tool
+                    self.provides.setdefault(owner, []).append(tool.name)
+                elif isinstance(tool, ToolSet) and isinstance(tool.prefix, str) and tool.prefix:
+                    self.toolsets[tool.prefix] = tool
+                    self.provides.setdefault(owner, []).append(f"{tool.prefix}:*")
+                else:
                     raise TypeError(
-                        f"register() takes a Tool (decorate the function with @tool), got {tool!r}"
+                        "register() takes a Tool (decorate the function with @tool) or a ToolSet (an "
+                        f"object with a `prefix` and `async resolve(name)`), got {tool!r}"
                     )
-                self.tools[tool.name] = tool
-                self.provides.setdefault(owner, []).append(tool.name)
 
             return {"register": register}
 
@@ -197,6 +210,8 @@ class Executor:
                     setattr(self.ports, field, (name, obj))
                 else:
                     getattr(self.ports, field).append((name, obj))
+        for name, budget in self.ports.budgets:
+            self.budget_run_id[name] = takes_run_id(budget.check) and takes_run_id(budget.commit)
 
     def _mark_broken(self, name: str, message: str) -> None:
         for record in self.plugin_records:
@@ -209,6 +224,11 @@ class Executor:
         return list(self.plugin_records)
 
     # -- registering agents and skills (the in-process palette) --------------------------------
+
+    @property
+    def agents(self) -> Mapping[str, Agent]:
+        """The agents registered with `register_agent`, by name (read-only)."""
+        return types.MappingProxyType(self._agents)
 
     def register_agent(self, agent: Agent) -> Agent:
         """Make ``agent`` callable from other agents' ``subagent_palette`` (``agent__<name>``) and recoverable."""
@@ -258,19 +278,27 @@ class Executor:
                 failing consumer never stalls the run.
             run_id: the id to give the run (default: a new uuid4 hex).
         """
-        return await AgentRun(
-            self,
-            agent,
-            prompt,
-            caller_id=caller_id,
-            channel_id=channel_id,
-            parent_run_id=parent_run_id,
-            inputs=inputs,
-            delivery=delivery,
-            dry_run=dry_run,
-            on_event=on_event,
-            run_id=run_id,
-        ).execute()
+        return await self._execute(
+            RunRequest(
+                agent=agent,
+                prompt=prompt,
+                caller_id=caller_id,
+                channel_id=channel_id,
+                parent_run_id=parent_run_id,
+                inputs=inputs,
+                delivery=delivery,
+                dry_run=dry_run,
+                on_event=on_event,
+                run_id=run_id,
+            )
+        )
+
+    async def _execute(self, request: RunRequest) -> Result:
+        try:
+            run = AgentRun(self, request)
+        except BaseException as exc:
+            return last_resort_result(request.run_id, f"internal error in executus: {exc!r}")
+        return await run.execute()
 
     def run_sync(self, agent: Agent, prompt: str, **kwargs: Any) -> Result:
         """`run` for synchronous hosts; the executor keeps one event loop for all its sync calls."""
@@ -292,36 +320,42 @@ class Executor:
     async def stream(self, agent: Agent, prompt: str, **kwargs: Any) -> AsyncIterator[RunEvent]:
         """Run like `run` and yield its events as they happen; the last event is ``result``.
 
-        Leaving the loop early cancels the run.
+        Events wait for you in a buffer of ``event_queue_size``; past that, streamed text deltas are
+        merged and other events dropped (``Result.warnings`` says how many), so a slow reader never
+        stalls the run. Leaving the loop early cancels the run, wherever it is.
         """
-        queue: asyncio.Queue[RunEvent] = asyncio.Queue()
+        buffer = EventBuffer(self.settings.core.event_queue_size)
         user_handler = kwargs.pop("on_event", None)
 
         async def on_event(event: RunEvent) -> None:
-            queue.put_nowait(event)
+            buffer.put(event)
             if user_handler is not None:
-                value = user_handler(event)
-                if inspect.isawaitable(value):
-                    await value
+                await await_me_maybe(user_handler(event))
 
-        run_id = kwargs.pop("run_id", None) or AgentRun.new_id()
+        run_id = kwargs.pop("run_id", None) or uuid.uuid4().hex
         task = asyncio.ensure_future(self.run(agent, prompt, on_event=on_event, run_id=run_id, **kwargs))
         try:
-            while not task.done() or not queue.empty():
-                if queue.empty():
-                    getter = asyncio.ensure_future(queue.get())
+            while not task.done() or len(buffer):
+                if not len(buffer):
+                    getter = asyncio.ensure_future(buffer.get())
                     await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
                     if not getter.done():
                         getter.cancel()
                         continue
                     yield getter.result()
                 else:
-                    yield queue.get_nowait()
+                    yield buffer.get_nowait()
             result = task.result()
+            if buffer.dropped:
+                result.warnings.append(
+                    f"the stream's reader fell behind: {buffer.dropped} events were dropped (event_queue_size)"
+                )
             yield RunEvent(result.run_id, "result", {"result": result}, utcnow())
         finally:
             if not task.done():
-                self.cancel(run_id)
+                # not admitted yet (still asking the budgets, say): cancel the task itself
+                if not self.cancel(run_id):
+                    task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
     def cancel(self, run_id: str) -> bool:
@@ -344,27 +378,22 @@ class Executor:
     async def recover(
         self, *, agents: Mapping[str, Agent] | None = None, on_event: EventHandler | None = None
     ) -> list[Result]:
-        """Resume every run the checkpoint store reports interrupted, concurrently, and return their results.
+        """Resume every run the checkpoint store reports interrupted and return their results.
 
-        A run resumes from its last checkpoint; a tool call whose result was saved is not run again.
-        Its agent comes from ``agents`` (by agent id), else from `register_agent`, else from the spec
-        saved with the checkpoint (tools by registered name).
+        A run resumes from its last checkpoint; a tool call whose result was saved is not run again,
+        and one that was in flight is run again flagged (`ToolContext.attempt`), or not at all for a
+        tool declared ``on_resume="ask"``. Its agent comes from ``agents`` (by agent id), else from
+        `register_agent`, else from the spec saved with the checkpoint (tools by registered name).
+        At most ``recovery_concurrency`` runs resume at once; each passes the budgets like a new
+        run (a refusal keeps its checkpoint for later); a run this executor is running is skipped.
         """
         if self.ports.checkpoints is None:
             return []
         name, store = self.ports.checkpoints
         label = f"checkpoint {name!r}: interrupted"
-        timeout = self.settings.core.port_timeout
-        found: Any = None
-        try:
-            async with asyncio.timeout(timeout) as waited:
-                found = store.interrupted()
-                if inspect.isawaitable(found):
-                    found = await found
-        except Exception as exc:
-            if isinstance(exc, TimeoutError) and waited.expired():
-                return [_recover_failed(f"{label} did not answer within {timeout:g}s; nothing was resumed")]
-            return [_recover_failed(f"{label} raised {type(exc).__name__}: {exc}; nothing was resumed")]
+        found = await guarded(label, store.interrupted, timeout=self.settings.core.port_timeout)
+        if isinstance(found, Failure):
+            return [_recover_failed(f"{found}; nothing was resumed")]
         if found is None:
             found = []
         if not isinstance(found, list | tuple):
@@ -373,28 +402,40 @@ class Executor:
         failed: list[Result] = []
         for raw in found:
             try:
-                items.append(raw if isinstance(raw, Interrupted) else Interrupted.model_validate(raw))
+                item = raw if isinstance(raw, Interrupted) else Interrupted.model_validate(raw)
             except Exception:
                 failed.append(_recover_failed(f"{label} listed {type(raw).__name__}, not an Interrupted run"))
+                continue
+            if item.info.run_id in self._runs:
+                log.warning(
+                    "recover: run %s is running in this executor; not resumed twice", item.info.run_id
+                )
+                continue
+            items.append(item)
         known = {a.id: a for a in self._agents.values()} | dict(agents or {})
-        return failed + list(await asyncio.gather(*(self._resume(item, known, on_event) for item in items)))
+        slots = asyncio.Semaphore(self.settings.core.recovery_concurrency)
+
+        async def resume(item: Interrupted) -> Result:
+            async with slots:
+                return await self._resume(item, known, on_event)
+
+        return failed + list(await asyncio.gather(*(resume(item) for item in items)))
 
     async def _resume(
         self, item: Interrupted, known: Mapping[str, Agent], on_event: EventHandler | None
     ) -> Result:
-        agent: Any = known.get(item.info.subject_id) or item.agent
-        run = AgentRun(
-            self,
-            agent,
-            None,
-            caller_id=item.info.caller_id,
-            channel_id=item.info.channel_id,
-            parent_run_id=item.info.parent_run_id,
-            inputs=item.info.inputs,
-            on_event=on_event,
-            resume=item,
+        return await self._execute(
+            RunRequest(
+                agent=known.get(item.info.subject_id) or item.agent,
+                prompt=None,
+                caller_id=item.info.caller_id,
+                channel_id=item.info.channel_id,
+                parent_run_id=item.info.parent_run_id,
+                inputs=item.info.inputs,
+                on_event=on_event,
+                resume=item,
+            )
         )
-        return await run.execute()
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -423,17 +464,14 @@ class Executor:
         except TimeoutError:
             log.warning("closing the models did not finish within %gs", self.settings.core.port_timeout)
         # One object may fill several ports (or be registered twice): close it once.
-        for obj in {id(o): o for o in self.ports.objects()}.values():
+        objects = [*self.ports.objects(), *self.toolsets.values()]
+        for obj in {id(o): o for o in objects}.values():
             close = getattr(obj, "aclose", None)
             if close is None:
                 continue
-            try:
-                async with asyncio.timeout(self.settings.core.port_timeout):
-                    value = close()
-                    if inspect.isawaitable(value):
-                        await value
-            except Exception as exc:
-                log.warning("closing %r failed: %r", obj, exc)
+            closed = await guarded(f"closing {obj!r}", close, timeout=self.settings.core.port_timeout)
+            if isinstance(closed, Failure):
+                log.warning("%s", closed)
 
     def close(self) -> None:
         """`shutdown` for synchronous hosts (after `run_sync`)."""
@@ -461,4 +499,4 @@ class Executor:
 def _recover_failed(message: str) -> Result:
     """A `Result` for a run `Executor.recover` could not even read from the store."""
     log.error("recover: %s", message)
-    return Result(run_id="", status=RunStatus.ERROR, error=message, stats=RunStats(status=RunStatus.ERROR))
+    return last_resort_result("", message)

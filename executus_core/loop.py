@@ -1,234 +1,124 @@
 """The agent loop of one run: ask the model, run the tools it calls, repeat; always end in a `Result`.
 
-Everything outside the loop's own code (ports, tools, the model, event consumers) is called through
-a guard that contains exceptions and bounds waiting, so nothing a plugin or a tool does can escape to
-the caller or hang the run past its deadline.
+A run passes through four rooms, each a module: `executus_core.prepare` checks the request and
+fills its defaults; `executus_core.lifecycle` admits it through the budgets and starts and ends
+its ports; this module runs the steps under the run's deadline; `executus_core.routing` delivers
+the result. Everything the core did not write is called through `executus_core.guard`, so nothing
+a port, a tool, the model or a consumer does can escape to the caller or hold the run past its
+deadline.
 
 The per-step path does no pluggy dispatch and nothing that grows with the transcript: the model gets
 the transcript list itself, tool specs are built once per run, a checkpoint holds only the messages
-that are new, and events reach consumers through per-consumer queues drained by their own tasks.
+that are new, and events reach consumers through bounded buffers drained by their own tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
+import contextvars
 import inspect
-import math
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from executus_core.errors import BudgetExceeded, ProviderError
-from executus_core.ports import Checkpointer, CriticHandle, Model, RunRecorder
+from executus_core.agent import Agent
+from executus_core.errors import ProviderError, RunTakenOver
+from executus_core.guard import Failure, describe, guarded, guarded_sync
+from executus_core.lifecycle import RunPorts, Warnings
+from executus_core.ports import Model
+from executus_core.prepare import Refused, RunPlan, RunRequest, prepare
+from executus_core.routing import deliver
 from executus_core.tools import Tally, Tool, ToolArgumentsError, ToolContext, tool_result_text
 from executus_core.types import (
-    Agent,
     Artifact,
     CheckpointState,
-    DeliveryTarget,
-    Interrupted,
     Message,
     ModelRequest,
     ModelResponse,
     Result,
-    RunEvent,
-    RunInfo,
     RunStats,
     RunStatus,
     ToolCall,
     ToolSpec,
     Usage,
-    utcnow,
 )
 
 if TYPE_CHECKING:
     from executus_core.executor import Executor
 
-__all__ = ["AgentRun", "EventHandler"]
+__all__ = ["AgentRun", "last_resort_result"]
 
-EventHandler = Callable[[RunEvent], Awaitable[None] | None]
-
-_FAILED = object()  # what a guarded port call returns when the port raised or did not answer
-
-
-class _Pump:
-    """Feeds one consumer from its own task and bounded queue, so a slow one never stalls the run.
-
-    Items are a method's name, the method and its arguments; a call may return an awaitable, which is
-    awaited with the port timeout. A consumer that times out is dropped for the rest of the run.
-    """
-
-    __slots__ = ("dead", "dropped", "label", "queue", "returns_none", "run", "task", "timeout")
-
-    def __init__(
-        self, label: str, run: AgentRun, maxsize: int, timeout: float, *, returns_none: bool = False
-    ) -> None:
-        self.label = label
-        self.run = run
-        self.timeout = timeout
-        self.returns_none = returns_none  # a port whose methods must return None (a recorder)
-        # (method name, callable, arguments): the name is the port's, for warnings
-        self.queue: asyncio.Queue[tuple[str, Callable[..., Any], tuple[Any, ...]] | None] = asyncio.Queue(
-            maxsize
-        )
-        self.dropped = 0
-        self.dead = False
-        self.task = asyncio.get_running_loop().create_task(self._drain())
-
-    def put(self, method: str, fn: Callable[..., Any], *args: Any) -> None:
-        if self.dead:
-            return
-        try:
-            self.queue.put_nowait((method, fn, args))
-        except asyncio.QueueFull:
-            self.dropped += 1
-
-    async def _drain(self) -> None:
-        while (item := await self.queue.get()) is not None:
-            method, fn, args = item
-            try:
-                value = fn(*args)
-                if inspect.isawaitable(value):
-                    async with asyncio.timeout(self.timeout):
-                        value = await value
-                if value is not None and self.returns_none:
-                    self.run.warn(
-                        f"{self.label}: {method} returned {type(value).__name__}, not None (ignored)"
-                    )
-            except TimeoutError:
-                self.dead = True
-                self.run.warn(
-                    f"{self.label}: {method} did not answer within {self.timeout:g}s; dropped for the rest "
-                    "of the run"
-                )
-                return
-            except Exception as exc:
-                # A failing log_error is not told about its own failure: that would loop.
-                self.run.warn(
-                    f"{self.label}: {method} raised {type(exc).__name__}: {exc}",
-                    skip=self if method == "log_error" else None,
-                )
-
-    async def close(self) -> None:
-        """Let the consumer finish what is queued (bounded by the port timeout), then stop it."""
-        if not self.dead:
-            try:
-                self.queue.put_nowait(None)
-            except asyncio.QueueFull:
-                self.dropped += 1
-                self.task.cancel()
-        try:
-            async with asyncio.timeout(self.timeout):
-                await asyncio.shield(self.task)
-        except (TimeoutError, asyncio.CancelledError):
-            self.task.cancel()
-            if not self.dead:
-                self.run.warn(f"{self.label} did not finish within {self.timeout:g}s of the run's end")
-        if self.dropped:
-            self.run.warn(f"{self.label} fell behind: {self.dropped} events were dropped")
+child_events: contextvars.ContextVar[Callable[[str, Mapping[str, Any]], Any] | None] = contextvars.ContextVar(
+    "executus_child_events", default=None
+)
+"""While a delegation tool runs: where the child run's events go (the in-process palette reads it)."""
 
 
-def _discard(value: Any) -> str:
-    """Describe a wrong answer from a port, and make sure an awaitable in it is never left pending."""
-    if inspect.iscoroutine(value):
-        value.close()  # never awaited: close it so it does not warn at garbage collection
-    elif isinstance(value, asyncio.Future):
-        value.cancel()
-    described = type(value).__name__
-    return (
-        f"{described} (an awaitable: the method must be synchronous)"
-        if inspect.isawaitable(value)
-        else described
+class _Done:
+    """An awaitable that is already complete: what the child-event forwarder returns, so a palette
+    source may call it plainly or ``await`` it."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield
+
+
+_DONE = _Done()
+
+
+def last_resort_result(run_id: Any, error: str, warnings: Sequence[str] = ()) -> Result:
+    """A `Result` that cannot fail to build, for when building the real one failed."""
+    return Result.model_construct(
+        run_id=run_id if isinstance(run_id, str) else "",
+        status=RunStatus.ERROR,
+        output=None,
+        error=error,
+        stats=RunStats.model_construct(status=RunStatus.ERROR, error=error),
+        messages=[],
+        artifacts=[],
+        warnings=[w for w in warnings if isinstance(w, str)],
+        request=None,
+        retry_after=None,
     )
 
 
-def _seconds(value: float) -> str:
-    """A wait for a person: rounded up (never tell a caller to retry too early), 0.1 s below 10 s."""
-    return f"{math.ceil(value)}" if value >= 10 else f"{math.ceil(value * 10) / 10:g}"
-
-
-def _kinds(delivery: Any) -> frozenset[str]:
-    """The target kinds a `Delivery` serves; a malformed ``kinds`` serves none (a lone str is one kind)."""
-    kinds = getattr(delivery, "kinds", None)
-    if isinstance(kinds, str):
-        return frozenset({kinds})
-    if isinstance(kinds, set | frozenset | list | tuple):
-        return frozenset(k for k in kinds if isinstance(k, str))
-    return frozenset()
-
-
-@dataclasses.dataclass(slots=True)
-class _RecorderLink:
-    name: str
-    recorder: RunRecorder
-    pump: _Pump
-
-
 class AgentRun:
-    """One run, from its budget check to its delivery. Made and driven by `Executor.run`."""
+    """One run, from its budget check to its delivery. Made and driven by `Executor`."""
 
-    def __init__(
-        self,
-        executor: Executor,
-        agent: Any,
-        prompt: Any,
-        *,
-        caller_id: Any,
-        channel_id: str | None = None,
-        parent_run_id: str | None = None,
-        inputs: Mapping[str, Any] | None = None,
-        delivery: Any = None,
-        dry_run: bool = False,
-        on_event: EventHandler | None = None,
-        run_id: str | None = None,
-        resume: Interrupted | None = None,
-    ) -> None:
+    def __init__(self, executor: Executor, request: RunRequest) -> None:
         self.ex = executor
+        self.request = request
         self.settings = executor.settings.core
-        self.agent_arg = agent
-        self.prompt = prompt
-        self.caller_id = caller_id
-        self.channel_id = channel_id
-        self.parent_run_id = parent_run_id
-        self.inputs = inputs
-        self.delivery_arg = delivery
-        self.dry_run = dry_run
-        self.on_event = on_event
-        self.resume = resume
-        self.run_id = run_id or (resume.info.run_id if resume else uuid.uuid4().hex)
+        self.run_id: str = request.run_id if isinstance(request.run_id, str) else ""  # prepare says why
         self.started = time.monotonic()
-
+        self.warn = Warnings()
+        self.ports = RunPorts(executor, self.run_id, request.caller_id, self.warn)
+        self.plan: RunPlan | None = None
         self.agent: Agent | None = None
-        self.info: RunInfo | None = None
         self.model: Model | None = None
         self.transcript: list[Message] = []
         self.tools: dict[str, Tool] = {}
         self.tool_specs: list[ToolSpec] = []
         self.tally = Tally()
         self.artifacts: list[Artifact] = []
-        self.warnings: list[str] = []
-        self._warned: set[str] = set()
         self.max_steps = self.settings.max_steps
         self.depth = 0
 
         self.status = RunStatus.ERROR
         self.error: str | None = None
         self.output: str | None = None
+        self.retry_after: float | None = None
         self.phase = "starting"
 
-        self.recorders: list[_RecorderLink] = []
-        self.pumps: list[_Pump] = []
-        self.event_pump: _Pump | None = None
-        self.critic: CriticHandle | None = None
-        self.critic_name = ""
-        self.checkpointer: Checkpointer | None = None
-        self.checkpointer_name = ""
         self.saved_upto = 0
+        self.attempts: dict[str, int] = {}  # call id -> starts, for calls a recovered run runs again
+        self._save_lock: asyncio.Lock | None = None
+        self._store_ok = True  # the last save got through
+        self._tool_slots: asyncio.Semaphore | None = None
         self.running_tools: dict[str, str] = {}  # call id -> tool name, while the tool runs
         self.hard_deadline = 0.0
         self.critic_deadline = False  # the deadline in force is the critic's, not the hard timeout
@@ -239,318 +129,171 @@ class AgentRun:
         self.admitted = False
         self.done = asyncio.Event()
 
-    @staticmethod
-    def new_id() -> str:
-        """A fresh run id (uuid4 hex), for a caller that must know the id before the run starts."""
-        return uuid.uuid4().hex
-
-    # -- helpers -----------------------------------------------------------------------------
-
-    def warn(self, message: str, *, skip: _Pump | None = None) -> None:
-        """Note a failure the run survives; it goes to ``Result.warnings`` (once) and the recorders."""
-        if message in self._warned:
-            return
-        self._warned.add(message)
-        self.warnings.append(message)
-        for link in self.recorders:
-            if link.pump is not skip:
-                link.pump.put("log_error", link.recorder.log_error, message)
-
-    def emit(self, type: str, data: dict[str, Any]) -> None:
-        """Send a run event to every consumer; free when there are none."""
-        if not self.pumps:
-            return
-        for link in self.recorders:
-            link.pump.put("log_event", link.recorder.log_event, type, data)
-        if self.event_pump is not None and self.on_event is not None:
-            # only the on_event consumer takes a RunEvent: recorders get (type, data)
-            self.event_pump.put("on_event", self.on_event, RunEvent(self.run_id, type, data, utcnow()))
-
-    async def _port(
-        self, label: str, fn: Callable[..., Any], *args: Any, _timeout: float | None = None, **kwargs: Any
-    ) -> Any:
-        """Call into a port: exceptions and hangs become a warning and `_FAILED`."""
-        timeout = _timeout or self.settings.port_timeout
-        try:
-            value = fn(*args, **kwargs)
-            if inspect.isawaitable(value):
-                async with asyncio.timeout(timeout):
-                    value = await value
-            return value
-        except TimeoutError:
-            if self._timeout is not None and self._timeout.expired():
-                raise
-            self.warn(f"{label} did not answer within {timeout:g}s")
-        except Exception as exc:
-            self.warn(f"{label} raised {type(exc).__name__}: {exc}")
-        return _FAILED
-
-    async def _port_call(
-        self, label: str, fn: Callable[..., Any], *args: Any, _timeout: float | None = None, **kwargs: Any
-    ) -> bool:
-        """`_port` for a method that returns nothing: True when it answered (a value back is flagged)."""
-        value = await self._port(label, fn, *args, _timeout=_timeout, **kwargs)
-        if value is _FAILED:
-            return False
-        if value is not None:
-            self.warn(f"{label} returned {type(value).__name__}, not None (ignored)")
-        return True
-
     def _end(self, status: RunStatus, error: str | None = None) -> None:
+        limit = self.settings.max_error_chars
+        if error is not None and len(error) > limit:
+            error = f"{error[:limit]}… ({len(error):,} characters, cut to {limit:,}: max_error_chars)"
         self.status, self.error = status, error
 
     # -- the run -----------------------------------------------------------------------------
 
     async def execute(self) -> Result:
         """Run to the end and return the `Result`; raises only `CancelledError` for the caller's own."""
-        caller_cancelled = False
         try:
-            ready = await self._prepare()
-            if ready and self.dry_run:
-                await self._resolve_palette()
-                return self._dry_run_result()
-            if ready and self.resume is None:
-                ready = await self._check_budgets()
-            if not ready:
-                # refused or invalid: nothing ran, but a host waiting on its delivery still hears of it
-                return await self._deliver_early()
-            if self.ex._closed:
-                # shutdown() began while the budgets were asked: charge them, start nothing.
-                self._end(RunStatus.ERROR, "the executor shut down before the run started; nothing ran")
-                return await self._finish()
-            self.admitted = True
-            self.task = asyncio.current_task()
-            self.ex._runs[self.run_id] = self
+            return await self._execute()
+        except asyncio.CancelledError:
+            raise  # the caller's own cancellation: the run has ended interrupted
+        except BaseException as exc:  # a bug of ours: still a Result
             try:
-                await self._start_ports()
-                await self._run_with_deadline()
-            except asyncio.CancelledError:
-                if self.stop_reason is None:
-                    caller_cancelled = True
-                    self._end(
-                        RunStatus.INTERRUPTED, "the caller's task was cancelled; the checkpoint is kept"
-                    )
-                else:
-                    if self.task is not None:
-                        self.task.uncancel()
-                    self._end(self.stop_reason, self._stop_message())
-            except Exception as exc:
-                self._end(RunStatus.ERROR, f"internal error in executus during {self.phase}: {exc!r}")
-            return await self._finish()
-        except Exception as exc:  # a bug of ours: still a Result
-            self._end(RunStatus.ERROR, f"internal error in executus: {exc!r}")
-            return self._result()
+                self._end(RunStatus.ERROR, f"internal error in executus during {self.phase}: {describe(exc)}")
+                return self._result()
+            except BaseException as again:  # building the Result failed too: one that cannot fail
+                return last_resort_result(
+                    self.run_id,
+                    f"internal error in executus while ending the run: {describe(again)}",
+                    self.warn.items,
+                )
         finally:
             if self.admitted:
                 self.ex._runs.pop(self.run_id, None)
             self.done.set()
-            if caller_cancelled:
-                raise asyncio.CancelledError
+
+    async def _execute(self) -> Result:
+        ex, request = self.ex, self.request
+        if ex._closed:
+            self._end(RunStatus.ERROR, "the executor is shut down; make a new Executor to start runs")
+            return await self._deliver_early()
+        if isinstance(self.run_id, str) and self.run_id in ex._runs:
+            self._end(RunStatus.ERROR, f"a run with id {self.run_id!r} is already running")
+            return await self._deliver_early()
+        parent = ex._runs.get(request.parent_run_id) if isinstance(request.parent_run_id, str) else None
+        try:
+            plan = await prepare(ex, request, parent.depth if parent is not None else None)
+        except Refused as refused:
+            self._end(RunStatus.ERROR, str(refused))
+            if request.resume is not None:
+                await self._give_back(str(refused))
+            return await self._deliver_early()
+        self._adopt(plan)
+        if request.dry_run:
+            await self._resolve_palette()
+            return self._dry_run_result()
+        if request.resume is not None:
+            # a resumed run holds its claim through its checkpointer: get it first, to give it back
+            await self.ports.open_checkpointer(plan.info, plan.agent)
+        refusal = await self.ports.admit()
+        if refusal is not None:
+            self._end(refusal.status, refusal.error)
+            self.retry_after = refusal.retry_after
+            if request.resume is not None:
+                await self._release()  # kept for later: a refusal is not the run's failure
+            return await self._deliver_early()
+        if ex._closed:
+            # shutdown() began while the budgets were asked: charge them, start nothing.
+            self._end(RunStatus.ERROR, "the executor shut down before the run started; nothing ran")
+            return await self._finish()
+        self.admitted = True
+        self.task = asyncio.current_task()
+        ex._runs[self.run_id] = self
+        caller_cancelled = False
+        try:
+            await self.ports.start(plan.info, plan.agent, plan.soft_timeout, request.on_event)
+            self.emit(
+                "run.start",
+                {
+                    "agent": plan.agent.name,
+                    "model": plan.agent.model_id,
+                    "caller_id": plan.info.caller_id,
+                    "resumed": request.resume is not None,
+                    "prompt": request.prompt if request.resume is None else None,
+                },
+            )
+            await self._run_with_deadline()
+        except asyncio.CancelledError:
+            if self.stop_reason is None:
+                caller_cancelled = True
+                self._end(RunStatus.INTERRUPTED, "the caller's task was cancelled; the checkpoint is kept")
+            else:
+                if self.task is not None:
+                    self.task.uncancel()
+                self._end(self.stop_reason, self._stop_message())
+        except RunTakenOver as taken:
+            self._end(
+                RunStatus.INTERRUPTED,
+                f"the run was taken over by another worker{f' ({taken.owner})' if taken.owner else ''}: "
+                f"{taken}; this worker stopped it before any further model call, tool or delivery",
+            )
+        except Exception as exc:
+            self._end(RunStatus.ERROR, f"internal error in executus during {self.phase}: {describe(exc)}")
+        result = await self._finish()
+        if caller_cancelled:
+            raise asyncio.CancelledError
+        return result
+
+    def _adopt(self, plan: RunPlan) -> None:
+        self.plan = plan
+        self.agent, self.model, self.tools = plan.agent, plan.model, plan.tools
+        self.transcript = plan.transcript
+        self.max_steps, self.depth = plan.max_steps, plan.depth
+        resumed = self.request.resume
+        if resumed is not None:
+            self.saved_upto = len(self.transcript)
+            self.attempts = dict(resumed.attempts)
+            tally = self.tally
+            tally.steps = resumed.iteration
+            tally.tool_calls = resumed.tool_calls
+            tally.input_tokens = resumed.usage.input_tokens
+            tally.output_tokens = resumed.usage.output_tokens
+            tally.thinking_tokens = resumed.usage.thinking_tokens
 
     def _stop_message(self) -> str:
         if self.stop_reason is RunStatus.CANCELLED:
             return "cancelled by Executor.cancel()"
         return "the executor shut down; the checkpoint is kept for Executor.recover()"
 
-    async def _prepare(self) -> bool:
-        """Validate the call and fill defaults; on a problem set the error and return False."""
-        if not isinstance(self.caller_id, str) or not self.caller_id:
-            self._end(RunStatus.ERROR, f"caller_id must be a non-empty string, got {self.caller_id!r}")
-            return False
-        if self.ex._closed:
-            self._end(RunStatus.ERROR, "the executor is shut down; make a new Executor to start runs")
-            return False
-        if self.run_id in self.ex._runs:
-            self._end(RunStatus.ERROR, f"a run with id {self.run_id!r} is already running")
-            return False
+    async def _release(self, error: str | None = None) -> None:
+        """Give a resumed run's claim back, keeping its checkpoint (with why, where the store can)."""
+        cp = self.ports.checkpointer
+        release = getattr(cp, "release", None)
+        if not callable(release):
+            return
+        args = (error,) if error is not None and _takes_error(release) else ()
+        with contextlib.suppress(RunTakenOver):
+            await self.ports.checkpoint("release", *args)
+
+    async def _give_back(self, error: str) -> None:
+        """A resumed run that could not even be prepared: release its claim, saying why."""
+        resume = self.request.resume
+        assert resume is not None
         try:
-            agent = (
-                self.agent_arg if isinstance(self.agent_arg, Agent) else Agent.model_validate(self.agent_arg)
-            )
-        except Exception as exc:
-            self._end(RunStatus.ERROR, f"not an agent: {exc}")
-            return False
-        self.agent = agent
-        if self.resume is None and not isinstance(self.prompt, str):
-            self._end(RunStatus.ERROR, f"prompt must be a string, got {type(self.prompt).__name__}")
-            return False
-        if self.inputs is not None and not isinstance(self.inputs, Mapping):
-            self._end(RunStatus.ERROR, f"inputs must be a mapping, got {type(self.inputs).__name__}")
-            return False
+            agent = Agent.model_validate(resume.agent)
+        except Exception:
+            agent = Agent(name=resume.info.name, id=resume.info.subject_id)
+        await self.ports.open_checkpointer(resume.info, agent)
+        await self._release(f"the resume failed: {error}")
 
-        parent = self.ex._runs.get(self.parent_run_id or "")
-        self.depth = parent.depth + 1 if parent is not None else 0
-        if self.depth > self.settings.max_delegation_depth:
-            self._end(
-                RunStatus.ERROR,
-                f"delegation depth limit ({self.settings.max_delegation_depth}) reached: run "
-                f"{self.parent_run_id} is already {parent.depth if parent else '?'} levels deep; raise "
-                "max_delegation_depth if this nesting is intended",
-            )
-            return False
+    # -- events --------------------------------------------------------------------------------
 
-        self.max_steps = agent.max_steps or self.settings.max_steps
-        self.hard_timeout = agent.hard_timeout or self.settings.hard_timeout
-        self.soft_timeout = agent.soft_timeout or self.settings.soft_timeout
-        try:
-            self.model = self.ex.models.resolve(agent.model)
-        except Exception as exc:
-            self._end(RunStatus.ERROR, f"model {agent.model_id!r}: {exc}")
-            return False
-        for item in agent.tools:
-            found = item if isinstance(item, Tool) else self.ex.tools.get(item)
-            if found is None:
-                self._end(
-                    RunStatus.ERROR,
-                    f"agent {agent.name!r} names unknown tool {item!r}; registered tools: "
-                    f"{', '.join(sorted(self.ex.tools)) or 'none'}",
-                )
-                return False
-            if found.name in self.tools:
-                self._end(RunStatus.ERROR, f"agent {agent.name!r} has two tools named {found.name!r}")
-                return False
-            self.tools[found.name] = found
+    def emit(self, type: str, data: dict[str, Any]) -> None:
+        """Send a run event to every consumer; free when there are none."""
+        if self.ports.pumps:
+            self.ports.emit(type, data)
 
-        resumed = self.resume
-        if resumed is not None:
-            self.info = resumed.info
-            self.transcript = list(resumed.messages)
-            self.saved_upto = len(self.transcript)
-            self.tally.steps = resumed.iteration
-            self.tally.tool_calls = resumed.tool_calls
-            self.tally.input_tokens = resumed.usage.input_tokens
-            self.tally.output_tokens = resumed.usage.output_tokens
-            self.tally.thinking_tokens = resumed.usage.thinking_tokens
-            if not self.transcript:
-                self._end(
-                    RunStatus.ERROR, f"the checkpoint of run {self.run_id} holds no messages to resume from"
-                )
-                return False
-        else:
-            self.info = RunInfo(
-                run_id=self.run_id,
-                subject_id=agent.id,
-                name=agent.name,
-                caller_id=self.caller_id,
-                channel_id=self.channel_id,
-                parent_run_id=self.parent_run_id,
-                inputs=dict(self.inputs) if self.inputs is not None else None,
-            )
-            if agent.instructions:
-                self.transcript.append(Message(role="system", content=agent.instructions))
-            self.transcript.append(Message(role="user", content=self.prompt))
-        return True
-
-    async def _check_budgets(self) -> bool:
-        """Ask every budget; a refusal, or a budget that cannot answer, refuses the run.
-
-        The budgets that admitted it before the refusal are committed with nothing used, so one
-        that holds a slot per admitted run (runs in flight) gets it back.
-        """
-        admitted: list[tuple[str, Any]] = []
-        for name, budget in self.ex.ports.budgets:
-            refusal = await self._ask_budget(name, budget)
-            if refusal is not None:
-                self._end(*refusal)
-                for earlier, allowed in admitted:
-                    await self._port(
-                        f"budget {earlier!r}: commit", allowed.commit, self.caller_id, 0.0, Usage()
-                    )
-                return False
-            admitted.append((name, budget))
-        return True
-
-    async def _ask_budget(self, name: str, budget: Any) -> tuple[RunStatus, str] | None:
-        label = f"budget {name!r}"
-        cannot = "the run is refused (a budget that cannot answer never lets a run through)"
-        try:
-            answer: Any = budget.check(self.caller_id)
-            if inspect.isawaitable(answer):
-                async with asyncio.timeout(self.settings.port_timeout):
-                    answer = await answer
-        except BudgetExceeded as exc:
-            retry = f" (retry after {_seconds(exc.retry_after)}s)" if exc.retry_after is not None else ""
-            return RunStatus.BUDGET_EXCEEDED, f"{label} refused the run: {exc.reason}{retry}"
-        except TimeoutError:
-            return (
-                RunStatus.ERROR,
-                f"{label}: check did not answer within {self.settings.port_timeout:g}s; {cannot}",
-            )
-        except Exception as exc:
-            return RunStatus.ERROR, f"{label}: check raised {type(exc).__name__}: {exc}; {cannot}"
-        if answer is not None:
-            return (
-                RunStatus.ERROR,
-                f"{label}: check returned {answer!r}; a Budget allows by returning None and refuses by "
-                "raising BudgetExceeded, so the run is refused",
-            )
-        return None
-
-    async def _start_ports(self) -> None:
-        info, agent = self.info, self.agent
-        assert info is not None and agent is not None
-        self.phase = "starting ports"
-        timeout = self.settings.port_timeout
-        for name, audit in self.ex.ports.audits:
-            recorder = await self._port(f"audit {name!r}: start_run", audit.start_run, info)
-            if recorder is _FAILED or recorder is None:
-                continue
-            if not isinstance(recorder, RunRecorder):
-                self.warn(f"audit {name!r}: start_run returned {type(recorder).__name__}, not a RunRecorder")
-                continue
-            pump = _Pump(
-                f"audit {name!r} recorder", self, self.settings.event_queue_size, timeout, returns_none=True
-            )
-            self.recorders.append(_RecorderLink(name, recorder, pump))
-            self.pumps.append(pump)
-        if self.on_event is not None:
-            self.event_pump = _Pump("on_event consumer", self, self.settings.event_queue_size, timeout)
-            self.pumps.append(self.event_pump)
-        if self.ex.ports.critic is not None:
-            self.critic_name, critic = self.ex.ports.critic
-            handle = await self._port(
-                f"critic {self.critic_name!r}: monitor", critic.monitor, info, self.soft_timeout
-            )
-            if handle is not _FAILED and handle is not None:
-                if isinstance(handle, CriticHandle):
-                    self.critic = handle
-                else:
-                    self.warn(
-                        f"critic {self.critic_name!r}: monitor returned {type(handle).__name__}, not a CriticHandle"
-                    )
-        if self.ex.ports.checkpoints is not None:
-            self.checkpointer_name, store = self.ex.ports.checkpoints
-            cp = await self._port(
-                f"checkpoint {self.checkpointer_name!r}: for_run", store.for_run, info, agent
-            )
-            if cp is not _FAILED and cp is not None:
-                if isinstance(cp, Checkpointer):
-                    self.checkpointer = cp
-                else:
-                    self.warn(
-                        f"checkpoint {self.checkpointer_name!r}: for_run returned {type(cp).__name__}, not a Checkpointer"
-                    )
-        self.emit(
-            "run.start",
-            {
-                "agent": agent.name,
-                "model": agent.model_id,
-                "caller_id": info.caller_id,
-                "resumed": self.resume is not None,
-            },
-        )
+    # -- the steps under the deadline ----------------------------------------------------------
 
     async def _run_with_deadline(self) -> None:
+        plan = self.plan
+        assert plan is not None
         loop = asyncio.get_running_loop()
-        self.hard_deadline = loop.time() + self.hard_timeout
+        self.hard_deadline = loop.time() + plan.hard_timeout
         self.tally.deadline = self.hard_deadline
         watcher = None
         try:
             async with asyncio.timeout_at(self.hard_deadline) as self._timeout:
-                if self.critic is not None:
+                if self.ports.critic is not None:
                     watcher = loop.create_task(self._watch_deadline())
-                if self.resume is None:
-                    await self._checkpoint()  # the prompt: a crash before the first step still resumes
+                if self.request.resume is None:
+                    await self._save()  # the prompt: a crash before the first step still resumes
                 await self._resolve_palette()
                 await self._steps()
         except TimeoutError:
@@ -564,65 +307,86 @@ class AgentRun:
                 by = f" (the critic's deadline{': ' + self.critic_reason if self.critic_reason else ''})"
             self._end(RunStatus.TIMEOUT, f"the run passed its deadline{by} during {where}")
         finally:
-            self._timeout = None
             if watcher is not None:
                 watcher.cancel()
+            self._timeout = None
+
+    def _follow_critic(self) -> float:
+        """Ask the critic for its deadline and put it in force; returns the deadline (loop time)."""
+        assert self.ports.critic is not None and self._timeout is not None
+        loop = asyncio.get_running_loop()
+        label = f"critic {self.ports.critic_name!r}: deadline"
+        when = self.hard_deadline
+        answer = guarded_sync(label, self.ports.critic.deadline)
+        if isinstance(answer, Failure):
+            self.warn(f"{answer}; the hard timeout applies")
+        elif isinstance(answer, datetime):
+            if answer.tzinfo is None:
+                self.warn(f"{label} returned a naive datetime; read as UTC")
+                answer = answer.replace(tzinfo=UTC)
+            when = loop.time() + (answer - datetime.now(UTC)).total_seconds()
+        elif answer is not None:
+            self.warn(f"{label} returned {type(answer).__name__}, not a datetime; the hard timeout applies")
+        current = self._timeout.when()
+        if current is None or abs(when - current) > 1e-3:
+            self._timeout.reschedule(when)
+            self.tally.deadline = when
+            self.critic_deadline = when != self.hard_deadline
+            reason = guarded_sync(
+                f"critic {self.ports.critic_name!r}: reason", getattr, self.ports.critic, "reason", None
+            )
+            self.critic_reason = reason if isinstance(reason, str) else None
+            self.emit(
+                "critic", {"deadline_in_seconds": round(when - loop.time(), 3), "reason": self.critic_reason}
+            )
+        return when
 
     async def _watch_deadline(self) -> None:
-        """Follow the critic's deadline; survives a ``deadline()`` that raises or answers oddly."""
-        assert self.critic is not None and self._timeout is not None
-        loop = asyncio.get_running_loop()
-        label = f"critic {self.critic_name!r}: deadline"
-        current = self.hard_deadline
+        """Follow the critic's deadline while a model call or a tool runs."""
         while True:
-            when = self.hard_deadline
-            try:
-                answer = self.critic.deadline()
-                if isinstance(answer, datetime):
-                    if answer.tzinfo is None:
-                        self.warn(f"{label} returned a naive datetime; read as UTC")
-                        answer = answer.replace(tzinfo=UTC)
-                    when = loop.time() + (answer - datetime.now(UTC)).total_seconds()
-                elif answer is not None:
-                    self.warn(
-                        f"{label} returned {_discard(answer)}, not a datetime; the hard timeout applies"
-                    )
-            except Exception as exc:
-                self.warn(f"{label} raised {type(exc).__name__}: {exc}; the hard timeout applies")
-            if abs(when - current) > 1e-3:
-                current = when
-                self._timeout.reschedule(when)
-                self.tally.deadline = when
-                self.critic_deadline = when != self.hard_deadline
-                try:  # optional: why the critic moved the deadline
-                    reason = getattr(self.critic, "reason", None)
-                except Exception:
-                    reason = None
-                self.critic_reason = reason if isinstance(reason, str) else None
-                self.emit(
-                    "critic",
-                    {"deadline_in_seconds": round(when - loop.time(), 3), "reason": self.critic_reason},
-                )
+            self._follow_critic()
             await asyncio.sleep(self.settings.deadline_poll)
 
+    async def _cut_if_due(self) -> None:
+        """Before a model call or a tool starts: a deadline the critic has cut to takes effect now."""
+        if self.ports.critic is None or self._timeout is None:
+            return
+        if self._follow_critic() <= asyncio.get_running_loop().time():
+            await asyncio.sleep(0)  # the rescheduled timeout fires here and cancels the run
+
     async def _resolve_palette(self) -> None:
-        from executus_core.palette import palette_tools
+        from executus_core.palette import Delegator, palette_tools
 
         agent = self.agent
         assert agent is not None
         if agent.skill_palette or agent.subagent_palette:
             self.phase = "resolving the palette"
-            for found in await palette_tools(self):
+            delegator = Delegator(
+                run_id=self.run_id,
+                caller_id=self.request.caller_id,
+                channel_id=self.request.channel_id,
+                depth=self.depth,
+                max_depth=self.settings.max_delegation_depth,
+                palettes=self.ex.ports.palettes,
+                timeout=self.settings.port_timeout,
+                warn=self.warn,
+            )
+            for found in await palette_tools(delegator, agent):
                 if found.name not in self.tools:
                     self.tools[found.name] = found
         self.tool_specs = [t.spec for t in self.tools.values()]
 
     async def _steps(self) -> None:
         pending = self._calls_without_results()
+        if pending:
+            for call in pending:
+                self.attempts[call.id] = self.attempts.get(call.id, 1) + 1
+            await self._save()  # the new attempt numbers, before the calls start again
         while True:
             if pending:
                 await self._run_tools(pending)
-                await self._checkpoint()
+                if not self._store_ok:
+                    await self._save()  # the results a failing store missed, before the next model call
             if self.tally.steps >= self.max_steps:
                 self.output = self._last_text()
                 self._end(
@@ -631,20 +395,24 @@ class AgentRun:
                     "(raise Agent.max_steps or max_steps)",
                 )
                 return
-            if self.critic is not None:
+            if self.ports.critic is not None:
                 self._steer()
+                await self._cut_if_due()
             response = await self._call_model()
             if response is None:
                 return
             self.transcript.append(response.to_message())
             if not response.tool_calls:
                 self.output = response.text
+                if not response.text:
+                    self.warn(f"model {self._model_id()} ended the run with an empty answer")
                 self._end(RunStatus.OK)
                 return
             pending = response.tool_calls
             # Save the calls before they run: a run recovered after a crash mid-tool re-runs these
-            # very calls, with the same ids and so the same idempotency keys.
-            await self._checkpoint()
+            # very calls, with the same ids and so the same idempotency keys. This save also
+            # confirms that this worker still owns the run before any tool starts.
+            await self._save()
 
     def _calls_without_results(self) -> list[ToolCall]:
         """On resume: the last step's tool calls whose results were not saved (the others are not re-run)."""
@@ -663,32 +431,20 @@ class AgentRun:
                 return message.content
         return None
 
+    def _model_id(self) -> str:
+        return self.agent.model_id if self.agent is not None else "?"
+
     def _steer(self) -> None:
-        assert self.critic is not None
-        label = f"critic {self.critic_name!r}: steer"
-        try:
-            messages = self.critic.steer()
-        except Exception as exc:
-            self.warn(f"{label} raised {type(exc).__name__}: {exc}")
-            return
+        messages = self.ports.critic_call("steer")
         if not messages:
             return
         if not isinstance(messages, Sequence) or not all(isinstance(m, Message) for m in messages):
-            self.warn(f"{label} returned {_discard(messages)}, not a list of Message")
+            self.warn(
+                f"critic {self.ports.critic_name!r}: steer returned {type(messages).__name__}, not a list of Message"
+            )
             return
         self.transcript.extend(messages)
         self.emit("steer", {"messages": [m.content for m in messages]})
-
-    def _critic_call(self, method: str, *args: Any) -> None:
-        assert self.critic is not None
-        label = f"critic {self.critic_name!r}: {method}"
-        try:
-            value = getattr(self.critic, method)(*args)
-        except Exception as exc:
-            self.warn(f"{label} raised {type(exc).__name__}: {exc}")
-            return
-        if value is not None:
-            self.warn(f"{label} returned {_discard(value)}, not None (ignored)")
 
     async def _call_model(self) -> ModelResponse | None:
         assert self.model is not None and self.agent is not None
@@ -699,34 +455,35 @@ class AgentRun:
             settings=self.agent.model_settings,
             run_id=self.run_id,
             deadline=self._timeout.when() if self._timeout is not None else None,
-            emit=self.emit if self.pumps else None,
+            emit=self.emit if self.ports.pumps else None,
         )
-        model_id = self.agent.model_id
-        try:
-            response = await self.model.complete(request)
-        except ProviderError as exc:
-            self._end(RunStatus.ERROR, f"model {model_id} failed: {exc}")
-            return None
-        except TimeoutError:
-            if self._timeout is not None and self._timeout.expired():
-                raise
-            self._end(RunStatus.ERROR, f"model {model_id} timed out")
-            return None
-        except Exception as exc:
-            self._end(RunStatus.ERROR, f"model {model_id} raised {type(exc).__name__}: {exc}")
+        model_id = self._model_id()
+        response = await guarded(f"model {model_id}", self.model.complete, request)
+        if isinstance(response, Failure):
+            error = response.error
+            if isinstance(error, ProviderError):
+                self._end(RunStatus.ERROR, f"model {model_id} failed: {error}")
+                retry = getattr(error, "retry_after", None)
+                self.retry_after = retry if isinstance(retry, int | float) else None
+            elif isinstance(error, TimeoutError):
+                self._end(RunStatus.ERROR, f"model {model_id} timed out")
+            else:
+                self._end(RunStatus.ERROR, str(response))
             return None
         if not isinstance(response, ModelResponse):
             self._end(
                 RunStatus.ERROR, f"model {model_id} returned {type(response).__name__}, not a ModelResponse"
             )
             return None
+        for note in getattr(response, "warnings", None) or ():
+            self.warn(str(note))
         tally = self.tally
         tally.steps += 1
         usage = response.usage
         tally.input_tokens += usage.input_tokens
         tally.output_tokens += usage.output_tokens
         tally.thinking_tokens += usage.thinking_tokens
-        if self.pumps:
+        if self.ports.pumps:
             self.emit(
                 "step",
                 {
@@ -735,63 +492,79 @@ class AgentRun:
                     "tool_calls": [c.name for c in response.tool_calls],
                     "input_tokens": usage.input_tokens,
                     "output_tokens": usage.output_tokens,
+                    "model": response.model,
                 },
             )
-            for link in self.recorders:
+            for link in self.ports.recorders:
                 link.pump.put("on_step", link.recorder.on_step, tally.steps, response)
-        if self.critic is not None:
-            self._critic_call("record_step", tally.steps)
+        if self.ports.critic is not None:
+            self.ports.critic_call("record_step", tally.steps)
         return response
 
     async def _run_tools(self, calls: list[ToolCall]) -> None:
+        limit = self.settings.max_tool_calls_per_step
+        if len(calls) > limit:
+            for call in calls[limit:]:
+                await self._answer(
+                    call,
+                    f"error: not run: at most {limit} tool calls are run per step (max_tool_calls_per_step); "
+                    "call it again in the next step if it is still needed",
+                )
+            calls = calls[:limit]
         self.phase = "tool " + ", ".join(c.name for c in calls)
         if len(calls) == 1:
-            self.transcript.append(await self._run_tool(calls[0]))
-        else:
-            self.transcript.extend(await asyncio.gather(*(self._run_tool(c) for c in calls)))
+            await self._run_call(calls[0])
+            return
+        if self._tool_slots is None:
+            self._tool_slots = asyncio.Semaphore(self.settings.max_concurrent_tools)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for call in calls:
+                    group.create_task(self._run_call(call, self._tool_slots))
+        except BaseExceptionGroup as failed:
+            taken = failed.subgroup(RunTakenOver)
+            if taken is not None and self.ports.taken_over is not None:
+                raise self.ports.taken_over from None
+            raise failed.exceptions[0] from None
 
-    async def _run_tool(self, call: ToolCall) -> Message:
-        self.tally.tool_calls += 1
-        if self.critic is not None:
-            self._critic_call("record_tool_start", call.name, call.arguments)
-        if self.pumps:
-            self.emit("tool.start", {"name": call.name, "call_id": call.id, "arguments": call.arguments})
-        started = time.monotonic()
-        is_error = True
-        found = self.tools.get(call.name)
-        if found is None:
-            text = (
-                f"error: there is no tool named {call.name!r}; the tools you can call are: "
-                f"{', '.join(self.tools) or 'none'}"
-            )
-        elif call.arguments_error is not None:
-            text = (
-                f"error: the arguments for {call.name} were not valid JSON ({call.arguments_error}); "
-                "call it again with a JSON object"
-            )
+    async def _run_call(self, call: ToolCall, slots: asyncio.Semaphore | None = None) -> None:
+        if slots is None:
+            text, is_error = await self._execute_call(call)
         else:
-            context = None
-            if found.context_param is not None:
-                assert self.info is not None
-                context = ToolContext(
-                    info=self.info,
-                    tally=self.tally,
-                    call_id=call.id,
-                    idempotency_key=f"{self.run_id}:{call.id}",
-                    artifacts=self.artifacts,
-                    max_steps=self.max_steps,
-                )
-            # Left in place if the deadline cancels the call, so the timeout error names the tool.
-            self.running_tools[call.id] = call.name
-            try:
-                text = tool_result_text(await found(call.arguments, context))
-                is_error = False
-            except ToolArgumentsError as exc:
-                text = f"error: {exc}"
-            except Exception as exc:
-                text = f"error: tool {call.name} failed: {type(exc).__name__}: {exc}"
-            del self.running_tools[call.id]
-        if self.pumps:
+            async with slots:
+                text, is_error = await self._execute_call(call)
+        await self._answer(call, text, is_error)
+
+    async def _answer(self, call: ToolCall, text: str, is_error: bool = True) -> None:
+        """Add a call's result to the transcript and save it at once (a crash after it never re-runs it).
+
+        While the store is failing, results wait for the save before the next model call instead,
+        so a stalled store costs one port timeout per step, not one per tool call.
+        """
+        self.transcript.append(
+            Message(role="tool", content=text, tool_call_id=call.id, name=call.name, is_error=is_error)
+        )
+        if self._store_ok:
+            await self._save()
+
+    async def _execute_call(self, call: ToolCall) -> tuple[str, bool]:
+        """Run one tool call; returns the text for the model and whether it is an error."""
+        await self._cut_if_due()
+        self.tally.tool_calls += 1
+        if self.ports.critic is not None:
+            self.ports.critic_call("record_tool_start", call.name, call.arguments)
+        attempt = self.attempts.get(call.id, 1)
+        if self.ports.pumps:
+            data: dict[str, Any] = {"name": call.name, "call_id": call.id, "arguments": call.arguments}
+            raw = getattr(call, "raw_arguments", None)
+            if raw is not None:
+                data["raw_arguments"] = raw
+            if attempt > 1:
+                data["attempt"], data["resumed"] = attempt, True
+            self.emit("tool.start", data)
+        started = time.monotonic()
+        text, is_error = await self._tool_outcome(call, attempt)
+        if self.ports.pumps:
             self.emit(
                 "tool.end",
                 {
@@ -800,33 +573,113 @@ class AgentRun:
                     "ok": not is_error,
                     "seconds": round(time.monotonic() - started, 6),
                     "result": text if len(text) <= 500 else text[:500] + "…",
+                    "attempt": attempt,
                 },
             )
-            for link in self.recorders:
+            for link in self.ports.recorders:
                 link.pump.put("on_tool", link.recorder.on_tool, call, text)
-        return Message(role="tool", content=text, tool_call_id=call.id, name=call.name, is_error=is_error)
+        return text, is_error
 
-    async def _checkpoint(self) -> None:
-        """Save the messages that are new since the last save (a failed save is retried with the next)."""
-        if self.checkpointer is None or self.saved_upto == len(self.transcript):
+    async def _tool_outcome(self, call: ToolCall, attempt: int) -> tuple[str, bool]:
+        found = self.tools.get(call.name)
+        if found is None:
+            return (
+                f"error: there is no tool named {call.name!r}; the tools you can call are: "
+                f"{', '.join(self.tools) or 'none'}",
+                True,
+            )
+        if call.arguments_error is not None:
+            return (
+                f"error: the arguments for {call.name} were not valid JSON ({call.arguments_error}); "
+                "call it again with a JSON object",
+                True,
+            )
+        if attempt > 1 and found.on_resume == "ask":
+            return (
+                f"error: {call.name} was not run again: its earlier attempt was in flight when the run was "
+                "interrupted, so it may already have taken effect. Check whether it did before calling it "
+                "again.",
+                True,
+            )
+        context = None
+        if found.context_param is not None:
+            assert self.plan is not None
+            context = ToolContext(
+                info=self.plan.info,
+                tally=self.tally,
+                call_id=call.id,
+                idempotency_key=f"{self.run_id}:{call.id}",
+                artifacts=self.artifacts,
+                max_steps=self.max_steps,
+                attempt=attempt,
+                resumed=attempt > 1,
+            )
+        # Left in place if the deadline cancels the call, so the timeout error names the tool.
+        self.running_tools[call.id] = call.name
+        token = None
+        if call.name.startswith(("agent__", "skill__")):
+            token = child_events.set(self._child_forwarder(call.name) if self.ports.pumps else None)
+        try:
+            value = await guarded(f"tool {call.name}", found, call.arguments, context)
+        finally:
+            if token is not None:
+                child_events.reset(token)
+        del self.running_tools[call.id]
+        if isinstance(value, Failure):
+            error = value.error
+            if isinstance(error, ToolArgumentsError):
+                return f"error: {error}", True
+            return f"error: tool {call.name} failed: {describe(error) if error else 'no answer'}", True
+        try:
+            return tool_result_text(value), False
+        except Exception as exc:
+            return f"error: the result of {call.name} could not be turned into text: {describe(exc)}", True
+
+    def _child_forwarder(self, tool_name: str) -> Callable[[str, Mapping[str, Any]], _Done]:
+        """Re-emit a child run's events in this run as ``child`` events (``data["run_id"]`` names it)."""
+
+        def forward(type: str, data: Mapping[str, Any]) -> _Done:
+            payload = dict(data)
+            child_run_id = payload.pop("run_id", None)
+            self.emit(
+                "child", {"tool": tool_name, "child_run_id": child_run_id, "type": type, "data": payload}
+            )
+            return _DONE
+
+        return forward
+
+    async def _save(self) -> None:
+        """Save what is new since the last save (a failed save is retried with the next).
+
+        Saves are serialized, so results of parallel calls that return together are written in turn.
+        Raises `RunTakenOver` when the store says this worker no longer owns the run.
+        """
+        if self.ports.checkpointer is None:
             return
-        tally = self.tally
-        state = CheckpointState.model_construct(
-            run_id=self.run_id,
-            iteration=tally.steps,
-            offset=self.saved_upto,
-            messages=self.transcript[self.saved_upto :],
-            usage=Usage(
-                input_tokens=tally.input_tokens,
-                output_tokens=tally.output_tokens,
-                thinking_tokens=tally.thinking_tokens,
-            ),
-            tool_calls=tally.tool_calls,
-        )
-        if await self._port_call(
-            f"checkpoint {self.checkpointer_name!r}: save", self.checkpointer.save, state
-        ):
-            self.saved_upto += len(state.messages)
+        if self._save_lock is None:
+            self._save_lock = asyncio.Lock()
+        async with self._save_lock:
+            if self.saved_upto == len(self.transcript) and not self.attempts:
+                return
+            tally = self.tally
+            state = CheckpointState.model_construct(
+                run_id=self.run_id,
+                iteration=tally.steps,
+                offset=self.saved_upto,
+                messages=self.transcript[self.saved_upto :],
+                usage=Usage(
+                    input_tokens=tally.input_tokens,
+                    output_tokens=tally.output_tokens,
+                    thinking_tokens=tally.thinking_tokens,
+                ),
+                tool_calls=tally.tool_calls,
+                attempts=self.attempts,
+            )
+            self._store_ok = await self.ports.save(state)
+            if self._store_ok:
+                self.saved_upto += len(state.messages)
+                if self.attempts:
+                    self.attempts = {}
 
     # -- the end -----------------------------------------------------------------------------
 
@@ -845,6 +698,12 @@ class AgentRun:
         )
 
     def _result(self, stats: RunStats | None = None) -> Result:
+        artifacts = [a for a in self.artifacts if isinstance(a, Artifact)]
+        if len(artifacts) != len(self.artifacts):
+            self.warn(
+                f"{len(self.artifacts) - len(artifacts)} artifacts were left out: a tool added something that "
+                "is not an Artifact (use ToolContext.add_artifact)"
+            )
         return Result(
             run_id=self.run_id,
             status=self.status,
@@ -852,8 +711,9 @@ class AgentRun:
             error=self.error,
             stats=stats or self._stats(),
             messages=self.transcript,
-            artifacts=self.artifacts,
-            warnings=self.warnings,
+            artifacts=artifacts,
+            warnings=self.warn.items,
+            retry_after=self.retry_after,
         )
 
     async def _finish(self) -> Result:
@@ -869,75 +729,31 @@ class AgentRun:
                 "tool_calls": stats.tool_calls,
             },
         )
-        if self.error and self.recorders:
-            for link in self.recorders:
-                link.pump.put("log_error", link.recorder.log_error, self.error)
-        if self.pumps:
-            await asyncio.gather(*(pump.close() for pump in self.pumps))
-        for link in self.recorders:
-            await self._port_call(f"audit {link.name!r}: close", link.recorder.close, stats)
-        usage = stats.usage
-        for name, budget in self.ex.ports.budgets:
-            await self._port_call(
-                f"budget {name!r}: commit", budget.commit, self.caller_id, stats.runtime_seconds, usage
-            )
-        if self.checkpointer is not None:
-            label = f"checkpoint {self.checkpointer_name!r}"
-            if self.status is RunStatus.OK:
-                await self._port_call(f"{label}: complete", self.checkpointer.complete)
-            elif self.status is not RunStatus.INTERRUPTED:
-                await self._port_call(
-                    f"{label}: fail", self.checkpointer.fail, self.error or self.status.value
-                )
-            elif callable(release := getattr(self.checkpointer, "release", None)):
-                # kept for recovery, and let go now, so another worker need not wait for a lease
-                await self._port_call(f"{label}: release", release)
-        if self.critic is not None:
-            self._critic_call("stop")
+        await self.ports.finish(stats)
         result = self._result(stats)
-        if self.delivery_arg is not None and self.status is not RunStatus.INTERRUPTED:
-            await self._deliver(result)
-            result.warnings = list(self.warnings)  # the Result copied them before delivery added any
+        if self.request.delivery is not None and self.status is not RunStatus.INTERRUPTED:
+            await deliver(
+                self.ex.ports.deliveries,
+                self.request.delivery,
+                result,
+                self.warn,
+                self.settings.delivery_timeout,
+            )
+            result.warnings = list(self.warn.items)  # the Result copied them before delivery added any
         return result
 
     async def _deliver_early(self) -> Result:
         result = self._result()
-        if self.delivery_arg is not None:
-            await self._deliver(result)
-            result.warnings = list(self.warnings)
-        return result
-
-    async def _deliver(self, result: Result) -> None:
-        targets = self.delivery_arg if isinstance(self.delivery_arg, list | tuple) else [self.delivery_arg]
-        for raw in targets:
-            try:
-                target = raw if isinstance(raw, DeliveryTarget) else DeliveryTarget.model_validate(raw)
-            except ValidationError as exc:
-                # never echo the target: it may hold a webhook secret
-                problems = "; ".join(
-                    f"{'.'.join(map(str, e['loc'])) or 'target'}: {e['msg']}" for e in exc.errors()
-                )
-                self.warn(f"a delivery target is not valid: {problems}")
-                continue
-            except Exception as exc:
-                self.warn(f"a delivery target is not valid: {type(exc).__name__}")
-                continue
-            served = next(((n, d) for n, d in self.ex.ports.deliveries if target.kind in _kinds(d)), None)
-            if served is None:
-                kinds = sorted({k for _, d in self.ex.ports.deliveries for k in _kinds(d)})
-                self.warn(
-                    f"no delivery serves targets of kind {target.kind!r}; installed kinds: {', '.join(kinds)}"
-                )
-                continue
-            name, delivery = served
-            method = "deliver" if result.status is RunStatus.OK else "deliver_error"
-            await self._port_call(
-                f"delivery {name!r}: {method} to {target.kind}",
-                getattr(delivery, method),
-                target,
+        if self.request.delivery is not None:
+            await deliver(
+                self.ex.ports.deliveries,
+                self.request.delivery,
                 result,
-                _timeout=self.settings.delivery_timeout,
+                self.warn,
+                self.settings.delivery_timeout,
             )
+            result.warnings = list(self.warn.items)
+        return result
 
     def _dry_run_result(self) -> Result:
         assert self.agent is not None and self.model is not None
@@ -948,13 +764,15 @@ class AgentRun:
             run_id=self.run_id,
         )
         preview = getattr(self.model, "preview", None)
-        body: dict[str, Any]
-        try:
-            body = preview(request) if callable(preview) else {}
-        except Exception as exc:
-            self.warn(f"model {self.agent.model_id}: preview raised {type(exc).__name__}: {exc}")
+        body: Any = (
+            guarded_sync(f"model {self.agent.model_id}: preview", preview, request)
+            if callable(preview)
+            else {}
+        )
+        if isinstance(body, Failure):
+            self.warn(str(body))
             body = {}
-        if not body:
+        if not isinstance(body, dict) or not body:
             body = {
                 "model": self.agent.model_id,
                 "messages": [m.model_dump(exclude_defaults=True) for m in self.transcript],
@@ -965,3 +783,10 @@ class AgentRun:
         result = self._result()
         result.request = body
         return result
+
+
+def _takes_error(release: Any) -> bool:
+    try:
+        return len(inspect.signature(release).parameters) >= 1
+    except (TypeError, ValueError):
+        return False

@@ -20,24 +20,25 @@ past the run's deadline or answers oddly becomes a tool error too; the parent ru
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import json
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from executus_core.agent import Agent
 from executus_core.config import Settings
+from executus_core.guard import Failure, await_me_maybe, guarded
 from executus_core.hookspecs import hookimpl
 from executus_core.ports import EventCallback, PaletteSource
 from executus_core.tools import Tool, ToolArgumentsError
-from executus_core.types import Agent, PaletteEntry, Result, RunEvent, RunStatus
+from executus_core.types import PaletteEntry, Result, RunEvent, RunStatus
 
 if TYPE_CHECKING:
     from executus_core.executor import Executor
-    from executus_core.loop import AgentRun
 
-__all__ = ["AGENT_SCHEMA", "DelegationError", "InProcessPalette", "palette_tools"]
+__all__ = ["AGENT_SCHEMA", "DelegationError", "Delegator", "InProcessPalette", "palette_tools"]
 
 AGENT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -95,36 +96,6 @@ class _Skill:
             raise ToolArgumentsError(f"skill__{self.name}'s prompt template needs the input {exc}") from None
 
 
-class _Done:
-    """An awaitable that is already complete: what the core's ``on_event`` callback returns."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[None, None, None]:
-        return
-        yield
-
-
-_DONE = _Done()
-
-
-def _child_forwarder(run: AgentRun, tool_name: str) -> Callable[[str, Mapping[str, Any]], _Done]:
-    """An ``on_event`` that re-emits a child's events in ``run`` as ``child`` events.
-
-    It does its work when called and returns an awaitable that is already done, so a palette source
-    may call it plainly or ``await`` it. A source may put the child's run id in ``data["run_id"]``;
-    it becomes ``child_run_id``.
-    """
-
-    def forward(type: str, data: Mapping[str, Any]) -> _Done:
-        payload = dict(data)
-        child_run_id = payload.pop("run_id", None)
-        run.emit("child", {"tool": tool_name, "child_run_id": child_run_id, "type": type, "data": payload})
-        return _DONE
-
-    return forward
-
-
 class InProcessPalette:
     """The built-in `PaletteSource`: the agents and skills registered on one executor.
 
@@ -179,7 +150,7 @@ class InProcessPalette:
 
     async def resolve_agent(self, caller_id: str, name: str) -> PaletteEntry | None:
         """The registered agent ``name``, or ``None``."""
-        agent = self.executor._agents.get(name)
+        agent = self.executor.agents.get(name)
         if agent is None:
             return None
         return PaletteEntry(
@@ -204,9 +175,10 @@ class InProcessPalette:
                 f"no skill named {name!r} is registered (registered: {', '.join(sorted(self.skills)) or 'none'})"
             )
         checked = skill.check(inputs)
-        # PaletteSource.invoke_skill has no on_event; in process, the parent run is at hand.
-        parent = self.executor._runs.get(parent_run_id or "")
-        forward = _child_forwarder(parent, f"skill__{name}") if parent is not None and parent.pumps else None
+        # PaletteSource.invoke_skill has no on_event; in process, the delegating tool's is at hand.
+        from executus_core.loop import child_events
+
+        forward = child_events.get()
         result = await self.executor.run(
             skill.agent,
             skill.render(checked),
@@ -231,11 +203,11 @@ class InProcessPalette:
         on_event: EventCallback | None,
     ) -> tuple[str, str, str]:
         """Run the registered agent as a child run; its events go to ``on_event`` with ``data["run_id"]``."""
-        agent = self.executor._agents.get(name)
+        agent = self.executor.agents.get(name)
         if agent is None:
             raise DelegationError(
                 f"no agent named {name!r} is registered "
-                f"(registered: {', '.join(sorted(self.executor._agents)) or 'none'})"
+                f"(registered: {', '.join(sorted(self.executor.agents)) or 'none'})"
             )
         changes: dict[str, Any] = {}
         if model_tier_override:
@@ -264,9 +236,7 @@ def _event_handler(on_event: EventCallback | None) -> Callable[[RunEvent], Any] 
         return None
 
     async def handle(event: RunEvent) -> None:
-        value = on_event(event.type, {**event.data, "run_id": event.run_id})
-        if inspect.isawaitable(value):
-            await value
+        await await_me_maybe(on_event(event.type, {**event.data, "run_id": event.run_id}))
 
     return handle
 
@@ -278,33 +248,46 @@ def _outcome(result: Result) -> tuple[str, str, str]:
     return text, result.run_id, result.status.value
 
 
-async def _resolve(run: AgentRun, kind: str, name: str) -> tuple[PaletteEntry, str, PaletteSource] | None:
-    from executus_core.loop import _FAILED
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Delegator:
+    """What the delegation tools need from the run that delegates (given by the loop)."""
 
-    for source_name, source in run.ex.ports.palettes:
-        method = getattr(source, f"resolve_{kind}")
-        found = await run._port(
-            f"palette {source_name!r}: resolve_{kind}", method, caller_id=run.caller_id, name=name
+    run_id: str
+    caller_id: str
+    channel_id: str | None
+    depth: int
+    max_depth: int
+    palettes: Sequence[tuple[str, PaletteSource]]
+    timeout: float
+    warn: Callable[[str], None]
+
+
+async def _resolve(run: Delegator, kind: str, name: str) -> tuple[PaletteEntry, str, PaletteSource] | None:
+    for source_name, source in run.palettes:
+        label = f"palette {source_name!r}: resolve_{kind}"
+        found = await guarded(
+            label, getattr(source, f"resolve_{kind}"), caller_id=run.caller_id, name=name, timeout=run.timeout
         )
-        if found is _FAILED or found is None:
+        if isinstance(found, Failure):
+            run.warn(str(found))
+            continue
+        if found is None:
             continue
         if isinstance(found, Mapping):
             try:
                 found = PaletteEntry.model_validate({"name": name, **found})
             except ValidationError as exc:
-                run.warn(f"palette {source_name!r}: resolve_{kind}({name!r}) returned a bad entry: {exc}")
+                run.warn(f"{label}({name!r}) returned a bad entry: {exc}")
                 continue
         if not isinstance(found, PaletteEntry):
-            run.warn(
-                f"palette {source_name!r}: resolve_{kind} returned {type(found).__name__}, not a PaletteEntry"
-            )
+            run.warn(f"{label} returned {type(found).__name__}, not a PaletteEntry")
             continue
         return found, source_name, source
     return None
 
 
-def _not_configured(run: AgentRun, kind: str, name: str) -> Tool:
-    asked = ", ".join(repr(n) for n, _ in run.ex.ports.palettes) or "none"
+def _not_configured(run: Delegator, kind: str, name: str) -> Tool:
+    asked = ", ".join(repr(n) for n, _ in run.palettes) or "none"
 
     async def answer(arguments: dict[str, Any]) -> str:
         raise DelegationError(
@@ -322,17 +305,16 @@ def _not_configured(run: AgentRun, kind: str, name: str) -> Tool:
 
 
 def _delegation_tool(
-    run: AgentRun, kind: str, entry: PaletteEntry, source_name: str, source: PaletteSource
+    run: Delegator, kind: str, entry: PaletteEntry, source_name: str, source: PaletteSource
 ) -> Tool:
     tool_name = f"{kind}__{entry.name}"
     label = f"palette {source_name!r}: invoke_{kind}"
 
     async def invoke(arguments: dict[str, Any]) -> str:
-        limit = run.settings.max_delegation_depth
-        if run.depth >= limit:
+        if run.depth >= run.max_depth:
             raise DelegationError(
                 f"{tool_name} was not called: the delegation depth limit is reached (this run is "
-                f"{run.depth} levels below the first, and max_delegation_depth is {limit}). Answer "
+                f"{run.depth} levels below the first, and max_delegation_depth is {run.max_depth}). Answer "
                 "without delegating further."
             )
         common: dict[str, Any] = {
@@ -344,28 +326,31 @@ def _delegation_tool(
         prompt = arguments.get("prompt")
         if kind == "agent" and (not isinstance(prompt, str) or not prompt.strip()):
             raise ToolArgumentsError(f"{tool_name} needs a non-empty 'prompt' string")
-        prompt = str(prompt)
-        try:
-            if kind == "skill":
-                outcome = await source.invoke_skill(inputs=dict(arguments), **common)
-            else:
-                outcome = await source.invoke_agent(
-                    prompt=prompt,
-                    model_tier_override=None,
-                    prompt_prepend=None,
-                    tools_subset=None,
-                    on_event=_child_forwarder(run, tool_name) if run.pumps else None,
-                    **common,
-                )
-        except DelegationError:
-            raise
-        except Exception as exc:
-            # the model reads the tool error; the host reads which port failed in Result.warnings
-            run.warn(f"{label} raised {type(exc).__name__}: {exc}")
-            raise
+        if kind == "skill":
+            outcome = await guarded(label, source.invoke_skill, inputs=dict(arguments), **common)
+        else:
+            from executus_core.loop import child_events
+
+            outcome = await guarded(
+                label,
+                source.invoke_agent,
+                prompt=str(prompt),
+                model_tier_override=None,
+                prompt_prepend=None,
+                tools_subset=None,
+                on_event=child_events.get(),
+                **common,
+            )
+        if isinstance(outcome, Failure):
+            assert outcome.error is not None  # no timeout given: the run's deadline bounds it
+            if not isinstance(outcome.error, DelegationError | ToolArgumentsError):
+                # the model reads the tool error; the host reads which port failed in Result.warnings
+                run.warn(str(outcome))
+            raise outcome.error
         if not (isinstance(outcome, tuple | list) and len(outcome) == 3):
-            run.warn(f"{label} returned {type(outcome).__name__}, not (output, run_id, status)")
-            raise TypeError(f"{label} returned {type(outcome).__name__}, not (output, run_id, status)")
+            message = f"{label} returned {type(outcome).__name__}, not (output, run_id, status)"
+            run.warn(message)
+            raise TypeError(message)
         output, child_id, status = outcome
         if status == RunStatus.OK.value:
             return str(output)
@@ -380,11 +365,10 @@ def _delegation_tool(
     )
 
 
-async def palette_tools(run: AgentRun) -> list[Tool]:
-    """The delegation tools of ``run``'s agent, resolved against every palette source, in order."""
-    assert run.agent is not None
+async def palette_tools(run: Delegator, agent: Agent) -> list[Tool]:
+    """The delegation tools of ``agent``, resolved against every palette source, in order."""
     made = []
-    for kind, names in (("skill", run.agent.skill_palette), ("agent", run.agent.subagent_palette)):
+    for kind, names in (("skill", agent.skill_palette), ("agent", agent.subagent_palette)):
         for name in names:
             resolved = await _resolve(run, kind, name)
             if resolved is None:

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from executus_core.agent import Agent
 from executus_core.types import (
-    Agent,
     CheckpointState,
     DeliveryTarget,
     Interrupted,

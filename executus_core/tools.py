@@ -21,14 +21,14 @@ import inspect
 import json
 import time
 from collections.abc import Callable
-from typing import Any, get_type_hints, overload
+from typing import Any, Literal, Protocol, get_type_hints, overload, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from executus_core.hookspecs import hookimpl
 from executus_core.types import Artifact, RunInfo, ToolSpec
 
-__all__ = ["Tally", "Tool", "ToolContext", "run_status", "tool"]
+__all__ = ["Tally", "Tool", "ToolContext", "ToolSet", "run_status", "tool"]
 
 
 @dataclasses.dataclass(slots=True)
@@ -83,6 +83,14 @@ class ToolContext:
         self.artifacts.append(Artifact(name=name, content=data, media_type=media_type))
 
 
+OnResume = Literal["rerun", "ask"]
+"""What a recovered run does with a call of this tool that was in flight at the crash.
+
+``"rerun"`` runs it again (``ToolContext.attempt`` > 1, ``resumed`` True, same idempotency key);
+``"ask"`` does not run it, and tells the model that the earlier attempt may have taken effect.
+"""
+
+
 class ToolArgumentsError(ValueError):
     """The model's arguments do not fit the tool's schema; the message is sent back to the model."""
 
@@ -103,6 +111,7 @@ class Tool:
     context_param: str | None = None
     inline: bool = False
     parameters: dict[str, Any] | None = None  # a JSON schema to show instead of args_model's
+    on_resume: OnResume = "rerun"
     spec: ToolSpec = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -144,7 +153,9 @@ def _first_paragraph(doc: str | None) -> str:
     return inspect.cleandoc(doc).split("\n\n")[0].replace("\n", " ") if doc else ""
 
 
-def _make_tool(fn: Callable[..., Any], name: str | None, description: str | None, inline: bool) -> Tool:
+def _make_tool(
+    fn: Callable[..., Any], name: str | None, description: str | None, inline: bool, on_resume: OnResume
+) -> Tool:
     hints = get_type_hints(fn)
     fields: dict[str, Any] = {}
     context_param = None
@@ -166,6 +177,7 @@ def _make_tool(fn: Callable[..., Any], name: str | None, description: str | None
         args_model=args_model,
         context_param=context_param,
         inline=inline,
+        on_resume=on_resume,
     )
 
 
@@ -175,7 +187,11 @@ def tool(fn: Callable[..., Any], /) -> Tool: ...
 
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None, inline: bool = False
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    inline: bool = False,
+    on_resume: OnResume = "rerun",
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -186,6 +202,7 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     inline: bool = False,
+    on_resume: OnResume = "rerun",
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a typed function (sync or async) into a `Tool`.
 
@@ -194,6 +211,10 @@ def tool(
         description: what the model is told the tool does (default: the docstring's first paragraph).
         inline: run a synchronous function on the event loop instead of a worker thread; only for
             functions that return at once.
+        on_resume: what a recovered run does with a call of this tool that was in flight when the
+            run was interrupted: ``"rerun"`` (default) runs it again, flagged in `ToolContext`;
+            ``"ask"`` sends the model an error saying the earlier attempt may have taken effect
+            (for payments and other side effects that have no idempotency key downstream).
 
     Example::
 
@@ -202,9 +223,11 @@ def tool(
             "Add two integers."
             return a + b
     """
+    if on_resume not in ("rerun", "ask"):
+        raise ValueError(f"on_resume must be 'rerun' or 'ask', got {on_resume!r}")
     if fn is not None:
-        return _make_tool(fn, name, description, inline)
-    return lambda f: _make_tool(f, name, description, inline)
+        return _make_tool(fn, name, description, inline, on_resume)
+    return lambda f: _make_tool(f, name, description, inline, on_resume)
 
 
 def tool_result_text(value: Any) -> str:
@@ -242,3 +265,21 @@ run_status: Tool = tool(name="run_status", inline=True)(_run_status)
 @hookimpl
 def executus_register_tools(register: Callable[[Tool], None]) -> None:
     register(run_status)
+
+
+@runtime_checkable
+class ToolSet(Protocol):
+    """A family of tools resolved by name when a run starts (MCP servers, say).
+
+    Register one from ``executus_register_tools(register)`` with ``register(toolset)``. An agent
+    names its tools as ``"<prefix>:<name>"`` (``"mcp:github"``, ``"mcp:github/search_issues"``); the
+    core calls ``await resolve(name)`` with the part after the prefix once per run, while preparing
+    it (bounded by ``port_timeout``), and adds the tools it returns. Raising refuses the run with
+    the exception's message. An object that also has ``aclose()`` is closed by `Executor.shutdown`.
+    """
+
+    prefix: str
+
+    async def resolve(self, name: str) -> list[Tool]:
+        """The tools ``name`` stands for (their names must differ from the agent's other tools)."""
+        ...

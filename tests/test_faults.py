@@ -162,6 +162,35 @@ class Calls:
     count = 0
 
 
+class Injected(BaseException):
+    """A BaseException that is not an Exception: what a careless library may raise."""
+
+
+DEAF_SECONDS = 1.2  # a deaf callee ignores cancellation this long, then returns
+deaf_tasks: list[asyncio.Task[Any]] = []
+
+
+async def _deaf(value: Any) -> Any:
+    deaf_tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    end = loop.time() + DEAF_SECONDS
+    while loop.time() < end:
+        try:
+            await asyncio.sleep(end - loop.time())
+        except asyncio.CancelledError:
+            continue  # deaf: swallows every cancellation
+    return value
+
+
+def _raise(mode: str) -> None:
+    if mode == "raises":
+        raise RuntimeError("injected fault")
+    if mode == "base":
+        raise Injected("injected base fault")
+    if mode == "cancel":
+        raise asyncio.CancelledError()
+
+
 def break_method(obj: Any, method: str, mode: str, calls: type[Calls] | Calls) -> None:
     """Replace ``obj.method`` with one that raises, hangs or answers the wrong type."""
     original = getattr(obj, method)
@@ -171,10 +200,11 @@ def break_method(obj: Any, method: str, mode: str, calls: type[Calls] | Calls) -
 
         async def broken_async(*args: Any, **kwargs: Any) -> Any:
             calls.count += 1
-            if mode == "raises":
-                raise RuntimeError("injected fault")
+            _raise(mode)
             if mode == "hangs":
                 await asyncio.get_running_loop().create_future()  # never completes
+            if mode == "deaf":
+                return await _deaf(wrong)
             return wrong
 
         setattr(obj, method, broken_async)
@@ -182,10 +212,11 @@ def break_method(obj: Any, method: str, mode: str, calls: type[Calls] | Calls) -
 
         def broken_sync(*args: Any, **kwargs: Any) -> Any:
             calls.count += 1
-            if mode == "raises":
-                raise RuntimeError("injected fault")
+            _raise(mode)
             if mode == "hangs":
                 return asyncio.get_running_loop().create_future()  # an awaitable that never completes
+            if mode == "deaf":
+                return _deaf(wrong)  # an awaitable deaf to cancellation
             return wrong
 
         setattr(obj, method, broken_sync)
@@ -279,10 +310,14 @@ MATRIX: list[tuple[str, bool, RunStatus, RunStatus, RunStatus]] = [
     ("delivery.deliver_error",      True,     ERROR,  ERROR,   ERROR),
 ]  # fmt: skip
 
+# A BaseException subclass and a CancelledError the method raises itself end like an exception;
+# a hang deaf to cancellation ends like a hang: the callee is abandoned, not waited for.
+LIKE = {"raises": 0, "base": 0, "cancel": 0, "hangs": 1, "deaf": 1, "wrong": 2}
+
 CASES = [
-    pytest.param(where, mode, fails, status, id=f"{where}-{mode}")
+    pytest.param(where, mode, fails, statuses[LIKE[mode]], id=f"{where}-{mode}")
     for where, fails, *statuses in MATRIX
-    for mode, status in zip(("raises", "hangs", "wrong"), statuses, strict=True)
+    for mode in LIKE
 ]
 
 TOOL_OF = {"invoke_skill": "skill__echo", "invoke_agent": "agent__helper"}
@@ -292,17 +327,36 @@ TOOL_OF = {"invoke_skill": "skill__echo", "invoke_agent": "agent__helper"}
 async def test_fault_matrix(where: str, mode: str, fails: bool, status: RunStatus) -> None:
     ports = Ports.build()
     calls = inject(ports, where, mode)
+    deaf_tasks.clear()
     result, seconds = await run_once(ports, fails=fails)
 
     assert calls.count > 0, f"{where} was never called: the case proves nothing"
     assert result.status is status, (result.status, result.error, result.warnings)
     assert "internal error in executus" not in (result.error or ""), result.error
     assert seconds < BOUND
+    # within the deadline + 1 s, however deaf the callee: it was abandoned, not waited for
+    assert seconds < HARD_TIMEOUT + 1.0, seconds
+    owner_key = where.split(".")[0]
+    if (
+        OWNERS[owner_key] != "budget" and result.status is not RunStatus.ERROR
+    ) or where == "recorder.log_error":
+        assert len(ports.budget.commits) == 1, "the budget was not committed exactly once"
+    if OWNERS[owner_key] != "audit" and ports.audit.recorders:
+        assert all(r.closed for r in ports.audit.recorders.values()), "a recorder was left open"
+    if deaf_tasks:  # nothing left behind: the abandoned callees end by themselves
+        await asyncio.wait(deaf_tasks, timeout=DEAF_SECONDS + 1)
+        assert all(t.done() for t in deaf_tasks)
+    if mode in ("base", "cancel") and where != "recorder.log_error" and status is not RunStatus.TIMEOUT:
+        raised = "Injected" if mode == "base" else "CancelledError"
+        lines = [result.error or "", *result.warnings, *(m.content or "" for m in result.messages)]
+        assert any(raised in line for line in lines), (result.error, result.warnings)
     owner, method = where.split(".")
     label = LABELS[OWNERS[owner]]
-    if method in TOOL_OF and mode == "hangs":
+    if method in TOOL_OF and mode in ("hangs", "deaf"):
         # Bounded by the run's deadline; the error names the delegation still running.
         assert f"tool {TOOL_OF[method]} (still running)" in (result.error or ""), result.error
+    elif method in TOOL_OF and mode in ("base", "cancel"):
+        assert names(result, f"tool {TOOL_OF[method]} failed", "Injected" if mode == "base" else "Cancelled")
     elif method in TOOL_OF and mode == "raises":
         # The model is told; see test_a_raising_palette_invoke_is_named_in_warnings for the Result.
         assert names(result, f"tool {TOOL_OF[method]} failed", "RuntimeError: injected fault"), (

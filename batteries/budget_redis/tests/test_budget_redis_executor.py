@@ -60,7 +60,7 @@ async def test_a_caller_over_its_runs_is_refused_before_any_model_call(executor:
     refused = results[2]
     assert refused.error is not None
     assert refused.error.startswith(
-        "budget 'budget_redis' refused the run: caller u1 started 2 of 2 runs this hour; resets in "
+        "budget 'budget_redis' refused the run (max_runs): caller u1 started 2 of 2 runs this hour; resets in "
     )
     assert "(retry after " in refused.error
     assert len(model.requests) == 2  # the refused run never reached the model

@@ -48,7 +48,7 @@ async def test_a_refusal_carries_retry_after_and_names_the_limit() -> None:
     assert result.status is RunStatus.BUDGET_EXCEEDED
     assert result.retry_after == 12.5
     assert (
-        result.error == "budget 'refusing' refused the run (max_runs): 3 of 3 runs today (retry after 12.5s)"
+        result.error == "budget 'refusing' refused the run (max_runs): 3 of 3 runs today (retry after 13s)"
     )
 
 

@@ -47,9 +47,7 @@ async def test_a_refusal_carries_retry_after_and_names_the_limit() -> None:
         result = await ex.run(Agent(name="a", model=ScriptedModel([answer("x")])), "go", caller_id="u1")
     assert result.status is RunStatus.BUDGET_EXCEEDED
     assert result.retry_after == 12.5
-    assert (
-        result.error == "budget 'refusing' refused the run (max_runs): 3 of 3 runs today (retry after 13s)"
-    )
+    assert result.error == "budget 'refusing' refused the run (max_runs): 3 of 3 runs today (retry after 13s)"
 
 
 async def test_budgets_that_take_run_id_get_the_runs_id_and_old_ones_keep_working() -> None:

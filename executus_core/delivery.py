@@ -14,7 +14,7 @@ that fails never fails the run: the `Result` lists why in ``warnings``. The core
 
 ``webhook``
     ``{"kind": "webhook", "url": "https://host/hook", "secret": "whsec_..."}`` POSTs the `Result` as
-    JSON, signed the way `Standard Webhooks <https://www.standardwebhooks.com/>`_ specifies, so any
+    JSON, signed the way Standard Webhooks (https://www.standardwebhooks.com/) specifies, so any
     Standard Webhooks library verifies it: ``webhook-id`` (the run id, the same on every attempt),
     ``webhook-timestamp`` (Unix seconds when the attempt was signed) and ``webhook-signature``
     (``v1,`` + base64 of HMAC-SHA256 over ``"{webhook-id}.{webhook-timestamp}.{body}"``). The id and

@@ -290,7 +290,9 @@ def build_plugin_manager(
             continue
         add(name, functools.partial(_same, plugin), None, module, None, "host")
     pm.check_pending()  # every plugin was checked as it came; this is pluggy's own last word
-    known = {r.name for r in records} | set(installed_plugin_names())
+    known = {r.name for r in records}
+    if not known.issuperset(disabled):  # only then is the installed list worth reading
+        known |= set(installed_plugin_names())
     for message in unknown_disabled(disabled, known):
         log.warning("%s", message)
         warnings.warn(f"executus: {message}", ExecutusWarning, stacklevel=3)

@@ -266,8 +266,9 @@ def mask_exception(exc: BaseException) -> BaseException:
 class SecretsFilter(logging.Filter):
     """A `logging.Filter` that masks secrets in every record it passes (message and arguments).
 
-    executus masks what it logs itself; add this filter to your handlers to mask what other
-    libraries log too (a driver's connection error holding a URL, say)::
+    executus's own loggers (``executus``, ``executus.plugins``, ``executus.delivery``) carry one
+    already; add this filter to your handlers to mask what other libraries log too (a driver's
+    connection error holding a URL, say)::
 
         handler.addFilter(SecretsFilter())
     """
@@ -282,3 +283,12 @@ class SecretsFilter(logging.Filter):
         if masked != message:
             record.msg, record.args = masked, None
         return True
+
+
+# The core's own loggers mask what they log (a port's repr or error on close can hold a URL). A
+# logger's filter applies to the records logged on it, not on its children: each gets one.
+_CORE_LOGGERS = ("executus", "executus.plugins", "executus.delivery")
+for _name in _CORE_LOGGERS:
+    _logger = logging.getLogger(_name)
+    if not any(isinstance(f, SecretsFilter) for f in _logger.filters):
+        _logger.addFilter(SecretsFilter())

@@ -162,6 +162,16 @@ def test_the_logging_filter_masks_records(caplog: pytest.LogCaptureFixture) -> N
     assert_clean(caplog.text)
 
 
+def test_the_cores_own_loggers_mask_what_they_log(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="executus"):
+        logging.getLogger("executus").warning(
+            "closing %r failed", f"Engine(postgresql://u:{PG_PASSWORD}@h/db)"
+        )
+        logging.getLogger("executus.delivery").info("retrying with token=%s", API_KEY)
+    assert "postgresql://u:***@h/db" in caplog.text and "token=***" in caplog.text
+    assert_clean(caplog.text)
+
+
 # -- ConfigError and PluginError ------------------------------------------------------------------
 
 

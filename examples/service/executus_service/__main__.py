@@ -191,7 +191,7 @@ class _Child:
         return self.process
 
 
-def _first_line(process: subprocess.Popen[str], prefix: str, label: str, timeout: float = 60.0) -> str:
+def _first_line(process: subprocess.Popen[str], prefix: str, label: str, timeout: float = 120.0) -> str:
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -205,7 +205,7 @@ def _first_line(process: subprocess.Popen[str], prefix: str, label: str, timeout
     raise SystemExit(f"up: {label} was not ready within {timeout:g}s")
 
 
-def _wait_healthy(url: str, timeout: float = 60.0) -> None:
+def _wait_healthy(url: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -143,7 +143,7 @@ class RunHost:
                     return status
                 continue
             if row["status"] in _FINAL_CHECKPOINT:
-                return await self._already_ended(run_id)
+                return await self._already_ended(run_id, row)
             if run_id in self.executor.running or not self._lease_lapsed(row):
                 await asyncio.sleep(self.service.busy_retry_seconds)  # held by a live worker: wait
                 continue
@@ -152,6 +152,9 @@ class RunHost:
                     if (status := await self._ended(result)) is not None:
                         return status
                 elif result.status is not RunStatus.INTERRUPTED and not _not_ours(result):
+                    log.info(
+                        "run %s (resumed beside run %s) ended %s", result.run_id, run_id, result.status.value
+                    )
                     await record_end(
                         self.pool,
                         result.run_id,
@@ -178,21 +181,39 @@ class RunHost:
             return None  # taken over by another worker (or it stopped): look again
         if _not_ours(result):
             return None
+        if result.status is RunStatus.OK:
+            log.info("run %s ended ok", result.run_id)
+        else:
+            log.warning("run %s ended %s: %s", result.run_id, result.status.value, result.error)
         await record_end(
             self.pool, result.run_id, result.status.value, result.output, result.error, produced=True
         )
         return result.status.value
 
-    async def _already_ended(self, run_id: str) -> str:
-        """The run ended in an earlier job (or another worker): keep its output if it was ok."""
+    async def _already_ended(self, run_id: str, row: Mapping[str, Any]) -> str:
+        """The run ended in an earlier job (or on another worker): make sure its end is kept.
+
+        The audit's record says how it ended. A worker killed right after the run ended can leave the
+        audit without its closing write while the checkpoint says ``completed`` (ok) or ``failed``:
+        then the end is taken from the checkpoint, and an ok run's output from its last step in the
+        trail, if the trail has it.
+        """
         audit: Any = next(
             (a for _, a in self.executor.ports.audits if callable(getattr(a, "get_run", None))), None
         )
         record = await audit.get_run(run_id) if audit is not None else None
-        if record is None or record.status is None:
-            return "ended"
-        await record_end(self.pool, run_id, record.status.value, record.output, record.error, produced=False)
-        return record.status.value
+        if record is not None and record.status is not None and record.status is not RunStatus.INTERRUPTED:
+            status, output, error = record.status.value, record.output, record.error
+        elif row["status"] == "completed":
+            trail = await audit.trail(run_id, kinds=["step"]) if audit is not None else []
+            texts = [entry.text for entry in trail if entry.text]
+            status, output, error = RunStatus.OK.value, (texts[-1] if texts else None), None
+            log.warning("run %s: the audit has no end; the checkpoint says it completed", run_id)
+        else:
+            status, output, error = RunStatus.ERROR.value, None, row.get("error")
+            log.warning("run %s: the audit has no end; the checkpoint says it failed: %s", run_id, error)
+        await record_end(self.pool, run_id, status, output, error, produced=False)
+        return status
 
 
 async def run_worker(

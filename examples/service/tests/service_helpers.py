@@ -137,7 +137,7 @@ class Service:
 
 
 def read_events(
-    client: httpx2.Client, url: str, timeout: float = 60.0
+    client: httpx2.Client, url: str, timeout: float = 120.0
 ) -> list[tuple[str, dict[str, Any], str | None]]:
     """Read a server-sent event stream to its end: ``(event, data, id)`` for each event."""
     events: list[tuple[str, dict[str, Any], str | None]] = []
@@ -166,7 +166,7 @@ def read_events(
     return events
 
 
-def wait_result(client: httpx2.Client, base: str, run_id: str, timeout: float = 60.0) -> dict[str, Any]:
+def wait_result(client: httpx2.Client, base: str, run_id: str, timeout: float = 120.0) -> dict[str, Any]:
     """Poll ``/runs/{id}/result`` until it answers 200."""
     deadline = time.monotonic() + timeout
     while True:

@@ -247,6 +247,23 @@ def test_durable_runs_across_killed_and_paused_workers(
             ).fetchall()
             entries = conn.execute("SELECT run_id, amount FROM service_ledger_entries").fetchall()
             ends = {r: (s, n) for r, s, n in conn.execute("SELECT run_id, status, ends FROM service_results")}
+            # Where each run that did not end is stuck: its checkpoint row and its job.
+            for run_id in set(runs) - set(ended):
+                row = conn.execute(
+                    "SELECT status, owner, round((lease_until - extract(epoch FROM clock_timestamp()))::numeric, 1), "
+                    "claimed_at IS NOT NULL, message_count, error FROM executus.executus_checkpoint_runs "
+                    "WHERE run_id = %s",
+                    (run_id,),
+                ).fetchone()
+                job = conn.execute(
+                    "SELECT id, status::text, worker_id, attempts FROM procrastinate_jobs WHERE args->>'run_id' = %s",
+                    (run_id,),
+                ).fetchone()
+                problem(
+                    "stuck",
+                    f"run {run_id} is stuck: checkpoint (status, owner, lease left, claimed, messages, error) "
+                    f"{row}; job (id, status, worker, attempts) {job}",
+                )
             jobs = Counter(
                 status
                 for (status,) in conn.execute(

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from executus_audit_sql import trail as reads
@@ -225,13 +225,18 @@ class SqlAudit:
 
     # -- upkeep -------------------------------------------------------------------------------
 
-    async def prune(self, older_than_days: float) -> int:
+    async def prune(self, older_than_days: float, *, dry_run: bool = False) -> int:
         """Delete finished runs that started more than ``older_than_days`` ago, with their trails.
 
-        Runs still going (no roll-up yet) are kept. Returns how many runs were deleted.
+        Runs still going (no roll-up yet) are kept. Returns how many runs were deleted — or, with
+        ``dry_run``, how many would be, deleting nothing.
         """
         cutoff = utcnow() - timedelta(days=older_than_days)
         old = select(RUNS.c.run_id).where(RUNS.c.started_at < cutoff, RUNS.c.status.is_not(None))
+        if dry_run:
+            async with self._read() as conn:
+                counted = await conn.execute(select(func.count()).select_from(old.subquery()))
+                return int(counted.scalar_one())
         async with self._read() as conn:
             await conn.execute(delete(EVENTS).where(EVENTS.c.run_id.in_(old)))
             deleted = (await conn.execute(delete(RUNS).where(RUNS.c.run_id.in_(old)))).rowcount

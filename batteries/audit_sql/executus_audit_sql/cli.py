@@ -4,8 +4,8 @@
 
     executus runs list [--caller C] [--status S] [--agent A] [--limit N] [--json]
     executus runs show RUN_ID [--all] [--json]        RUN_ID may be a unique prefix
-    executus runs prune [--older-than DAYS] [--json]
-    executus runs import [FILE ...] [--json]          load the rows close() saved when the database was down
+    executus runs prune [--older-than DAYS] [--dry-run] [--yes] [--json]
+    executus runs import [FILE ...] [--dry-run] [--json]   load the rows close() saved when the database was down
     executus db upgrade [NAME ...]                    migrate every installed SQL battery (or those named)
 
 Every command takes ``-s key=value`` settings like ``executus run`` (``-s audit_sql.url=...``).
@@ -36,8 +36,16 @@ from executus_audit_sql.audit import SqlAudit
 from executus_audit_sql.errors import AuditSqlError, describe_error
 from executus_audit_sql.migrate import upgrade
 from executus_audit_sql.settings import SECTION, AuditSqlSettings
-from executus_audit_sql.trail import RUNNING, RunRecord, TrailEntry
-from executus_core.cli.helpers import db_upgraders, parse_settings
+from executus_audit_sql.trail import RUNNING, RunRecord, TrailEntry, run_facts
+from executus_core.cli.helpers import (
+    DryRunOption,
+    YesOption,
+    confirm,
+    db_upgraders,
+    parse_settings,
+    print_table,
+    short_id,
+)
 from executus_core.config import Settings, load_settings
 from executus_core.errors import ConfigError, ExecutusError
 from executus_core.types import RunStatus
@@ -166,11 +174,7 @@ def _short(text: str | None, limit: int = 160) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def _short_id(run_id: str) -> str:
-    """uuid4 hex ids (the core's) shown like git's: 12 characters are unique; ``runs show`` takes them."""
-    if len(run_id) == 32 and all(c in "0123456789abcdef" for c in run_id):
-        return run_id[:12]
-    return run_id
+_short_id = short_id  # run ids as every executus command shows them
 
 
 def _record_json(record: RunRecord) -> dict[str, Any]:
@@ -187,8 +191,6 @@ def _print_runs(records: Sequence[RunRecord], audit: SqlAudit) -> None:
         _err().print(f"no runs recorded in {escape(audit.describe_database())} match", highlight=False)
         return
     table = Table(
-        title=f"runs in {escape(audit.describe_database())}",
-        title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         show_edge=False,
@@ -213,7 +215,7 @@ def _print_runs(records: Sequence[RunRecord], audit: SqlAudit) -> None:
             _when_short(record.started_at),
             _duration(record.duration_seconds),
         )
-    out.print(table)
+    print_table(table, title=f"runs in {audit.describe_database()}", console=out)
 
 
 def _resolve(audit: SqlAudit, run_id: str) -> Callable[[SqlAudit], Coroutine[Any, Any, RunRecord]]:
@@ -279,6 +281,7 @@ def _entry_label(entry: TrailEntry, started: datetime) -> str:
 
 def _print_run(record: RunRecord, trail: Sequence[TrailEntry], *, show_all: bool) -> None:
     out = Console()
+    facts = run_facts(trail)
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
@@ -289,6 +292,16 @@ def _print_run(record: RunRecord, trail: Sequence[TrailEntry], *, show_all: bool
         + (f" [dim]({escape(record.subject_id)})[/]" if record.subject_id != record.name else ""),
     )
     head.add_row("caller", escape(record.caller_id))
+    if facts.model:
+        model = escape(facts.model)
+        if facts.tier:
+            model += f" [dim](tier {escape(facts.tier)})[/]"
+        answered = [name for name in facts.answered_by if name != facts.model.partition(":")[2]]
+        if answered:
+            model += f" [dim]· answered by {escape(', '.join(answered))}[/]"
+        head.add_row("model", model)
+    if facts.prompt is not None:
+        head.add_row("prompt", escape(_short(facts.prompt, 600)))
     if record.channel_id:
         head.add_row("channel", escape(record.channel_id))
     if record.parent_run_id:
@@ -389,7 +402,8 @@ def register(cli: typer.Typer) -> None:
 
         record, trail = _run(audit, work)
         if as_json:
-            payload = {"run": _record_json(record), "trail": [e.model_dump(mode="json") for e in trail]}
+            run = _record_json(record) | run_facts(trail).model_dump(mode="json")
+            payload = {"run": run, "trail": [e.model_dump(mode="json") for e in trail]}
             typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         else:
             _print_run(record, trail, show_all=show_all)
@@ -400,10 +414,15 @@ def register(cli: typer.Typer) -> None:
             float | None,
             typer.Option("--older-than", min=0, help="Days; default: retention_days from the settings."),
         ] = None,
+        dry_run: DryRunOption = False,
+        yes: YesOption = False,
         setting: SettingOption = None,
         as_json: JsonOption = False,
     ) -> None:
-        """Delete finished runs (and their trails) that started more than --older-than days ago."""
+        """Delete finished runs (and their trails) that started more than --older-than days ago.
+
+        It counts them first and asks before deleting (--yes: do not ask); --dry-run only counts.
+        """
         audit = _audit(setting)
         days = older_than if older_than is not None else audit.settings.retention_days
         if days is None:
@@ -411,11 +430,27 @@ def register(cli: typer.Typer) -> None:
                 "say how old: --older-than DAYS, or set [tool.executus.audit_sql] retention_days",
                 EXIT_CANNOT_START,
             )
+        where = audit.describe_database()
+        noun = f"finished run{{}} older than {days:g} days in {where}"
+
+        async def count(audit: SqlAudit) -> int:
+            return await audit.prune(days, dry_run=True)
+
+        found = _run(audit, count)  # closes this audit: the deletion opens its own
+        if dry_run or not found:
+            if as_json:
+                typer.echo(json.dumps({"deleted": 0, "would_delete": found, "older_than_days": days}))
+            elif dry_run:
+                Console().print(f"would delete {found} {noun.format('s' * (found != 1))}", highlight=False)
+            else:
+                Console().print(f"deleted 0 runs older than {days:g} days", highlight=False)
+            return
+        confirm(f"Delete {found} {noun.format('s' * (found != 1))}, with their trails?", yes=yes)
 
         async def work(audit: SqlAudit) -> int:
             return await audit.prune(days)
 
-        deleted = _run(audit, work)
+        deleted = _run(_audit(setting), work)
         if as_json:
             typer.echo(json.dumps({"deleted": deleted, "older_than_days": days}))
         else:
@@ -431,17 +466,40 @@ def register(cli: typer.Typer) -> None:
                 help="Spill files (default: every file in the spill directory).", show_default=False
             ),
         ] = None,
+        dry_run: DryRunOption = False,
         setting: SettingOption = None,
         as_json: JsonOption = False,
     ) -> None:
-        """Write the rows close() saved to files while the database was down, then delete the files."""
+        """Write the rows close() saved to files while the database was down; delete each file written.
+
+        It writes into the database the settings name here (-s audit_sql.url=... to choose) and
+        says which; a file that was not written is kept, to import again.
+        """
         audit = _audit(setting)
+        where = audit.describe_database()
+        paths = list(files or audit.spill_files())
+        if dry_run:
+            if as_json:
+                typer.echo(json.dumps({"database": where, "would_import": [str(p) for p in paths]}, indent=2))
+            else:
+                out = Console(soft_wrap=True)
+                out.print(
+                    f"would import {len(paths)} spill file{'s' * (len(paths) != 1)} into {escape(where)}:"
+                )
+                for path in paths:
+                    out.print(f"  {escape(str(path))}", highlight=False)
+            return
+        if paths and not as_json:
+            _err().print(
+                f"importing {len(paths)} spill file{'s' * (len(paths) != 1)} into {escape(where)}",
+                highlight=False,
+            )
 
         async def work(audit: SqlAudit) -> list[dict[str, Any]]:
             outcomes = []
-            for path in files or audit.spill_files():
+            for path in paths:
                 try:
-                    spilled = await audit.import_spill(path)
+                    spilled = await audit.import_spill(path)  # deletes the file once written
                     outcomes.append(
                         {
                             "file": str(path),
@@ -451,12 +509,14 @@ def register(cli: typer.Typer) -> None:
                         }
                     )
                 except Exception as exc:
-                    outcomes.append({"file": str(path), "ok": False, "error": describe_error(exc)})
+                    outcomes.append(
+                        {"file": str(path), "ok": False, "error": describe_error(exc), "kept": path.exists()}
+                    )
             return outcomes
 
         outcomes = _run(audit, work)
         if as_json:
-            typer.echo(json.dumps({"imported": outcomes}, indent=2))
+            typer.echo(json.dumps({"database": where, "imported": outcomes}, indent=2))
         else:
             out = Console(soft_wrap=True)
             if not outcomes:
@@ -466,13 +526,14 @@ def register(cli: typer.Typer) -> None:
             for outcome in outcomes:
                 if outcome["ok"]:
                     out.print(
-                        f"[green]✓[/] run {escape(outcome['run_id'])}: {outcome['rows']} rows from "
-                        f"{escape(outcome['file'])}",
+                        f"[green]✓[/] run {escape(short_id(outcome['run_id']))}: {outcome['rows']} rows from "
+                        f"{escape(outcome['file'])} into {escape(where)} (file deleted)",
                         highlight=False,
                     )
                 else:
+                    kept = " (file kept)" if outcome["kept"] else ""
                     out.print(
-                        f"[bold red]✗[/] {escape(outcome['file'])}: {escape(outcome['error'])}",
+                        f"[bold red]✗[/] {escape(outcome['file'])}: {escape(outcome['error'])}{kept}",
                         highlight=False,
                     )
         if not all(o["ok"] for o in outcomes):

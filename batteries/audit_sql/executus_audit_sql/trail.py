@@ -18,7 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from executus_audit_sql.schema import RunEventRow, RunRow
 from executus_core.types import RunInfo, RunStats, RunStatus, utcnow
 
-__all__ = ["RUNNING", "RunRecord", "TrailEntry", "find_runs", "get_run", "get_trail", "list_runs"]
+__all__ = [
+    "RUNNING",
+    "RunFacts",
+    "RunRecord",
+    "TrailEntry",
+    "find_runs",
+    "get_run",
+    "get_trail",
+    "list_runs",
+    "run_facts",
+]
 
 RUNS: Table = RunRow.__table__  # type: ignore[assignment]
 EVENTS: Table = RunEventRow.__table__  # type: ignore[assignment]
@@ -120,6 +130,37 @@ class TrailEntry(BaseModel):
     call_id: str | None = None
     text: str | None = None
     data: Any = None
+
+
+class RunFacts(BaseModel):
+    """What a run was asked and which model answered, read from its trail.
+
+    ``prompt`` and ``model`` come from the ``run.start`` event (the model id the run resolved, such
+    as ``openai:gpt-4o-mini``, not the tier); ``answered_by`` are the model names the provider
+    reported on each step (``gpt-4o-mini-2024-07-18``), in order, without repeats.
+    """
+
+    prompt: str | None = None
+    model: str | None = None
+    tier: str | None = None
+    answered_by: list[str] = []
+
+
+def run_facts(trail: Sequence[TrailEntry]) -> RunFacts:
+    """The prompt and the models of a run, from its trail (see `RunFacts`); empty for old trails."""
+    facts = RunFacts()
+    for entry in trail:
+        data = entry.data if isinstance(entry.data, dict) else {}
+        if entry.kind == "event" and entry.name == "run.start" and facts.model is None:
+            prompt, model, tier = data.get("prompt"), data.get("model"), data.get("tier")
+            facts.prompt = prompt if isinstance(prompt, str) else None
+            facts.model = model if isinstance(model, str) else None
+            facts.tier = tier if isinstance(tier, str) and tier != facts.model else None
+        elif entry.kind == "step":
+            answered = data.get("model")
+            if isinstance(answered, str) and answered and answered not in facts.answered_by:
+                facts.answered_by.append(answered)
+    return facts
 
 
 def _record(row: RowMapping) -> RunRecord:

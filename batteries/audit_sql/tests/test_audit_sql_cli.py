@@ -171,7 +171,17 @@ def test_runs_prune_deletes_old_finished_runs_only(backend: Backend) -> None:
     ids = asyncio.run(seed())
     needs_age = invoke("runs", "prune", *where(backend))
     assert needs_age.exit_code == 2 and "--older-than" in needs_age.stderr
-    pruned = invoke("runs", "prune", "--older-than", "30", "--json", *where(backend))
+    dry = invoke("runs", "prune", "--older-than", "30", "--dry-run", *where(backend))
+    assert dry.exit_code == 0 and "would delete" in dry.stdout
+    unconfirmed = invoke("runs", "prune", "--older-than", "30", "--json", *where(backend))
+    assert unconfirmed.exit_code == 2 and "pass --yes" in unconfirmed.stderr  # no terminal to ask on
+    assert ids["old"] in {
+        r["run_id"]
+        for r in json.loads(invoke("runs", "list", "--caller", caller, "--json", *where(backend)).stdout)[
+            "runs"
+        ]
+    }
+    pruned = invoke("runs", "prune", "--older-than", "30", "--json", "--yes", *where(backend))
     assert pruned.exit_code == 0, pruned.output
     assert json.loads(pruned.stdout)["deleted"] >= 1
     left = {
@@ -198,11 +208,13 @@ def test_runs_import_loads_spill_files(backend: Backend, tmp_path: Path) -> None
 
     imported = invoke("runs", "import", "--json", *where(backend))
     assert imported.exit_code == 1
+    assert json.loads(imported.stdout)["database"] == audit.describe_database()
     outcomes = {Path(o["file"]).name: o for o in json.loads(imported.stdout)["imported"]}
     assert outcomes[path.name]["ok"] and outcomes[path.name]["rows"] == 3
     assert (
         not outcomes["junk.jsonl"]["ok"]
         and "not an executus-audit-sql spill file" in outcomes["junk.jsonl"]["error"]
+        and outcomes["junk.jsonl"]["kept"]
     )
     assert not path.exists() and (audit.spill_dir / "junk.jsonl").exists()
 
@@ -324,3 +336,96 @@ def test_the_installed_console_script_records_and_lists_a_run(tmp_path: Path) ->
     assert [(r["run_id"], r["status"], r["tool_calls"]) for r in listed] == [(result["run_id"], "ok", 3)]
     shown = run("runs", "show", result["run_id"][:8])
     assert shown.returncode == 0 and "tool convert_units" in shown.stdout
+
+
+def test_runs_prune_asks_first_and_can_only_count(backend: Backend) -> None:
+    """`runs prune --older-than 0` used to delete every finished run at once, without a word."""
+    caller = f"asker-{uuid.uuid4().hex[:8]}"
+    ids = record_runs(backend, caller)
+
+    def mine() -> set[str]:
+        listed = invoke("runs", "list", "--caller", caller, "--json", *where(backend)).stdout
+        return {r["run_id"] for r in json.loads(listed)["runs"]}
+
+    dry = invoke("runs", "prune", "--older-than", "0", "--dry-run", "--json", *where(backend))
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout)["would_delete"] >= 2 and mine() == set(ids.values())
+
+    refused = invoke("runs", "prune", "--older-than", "0", *where(backend))
+    assert refused.exit_code == 2 and "Not asking without a terminal: pass --yes" in " ".join(
+        refused.stderr.split()
+    )
+    assert mine() == set(ids.values())
+
+    done = invoke("runs", "prune", "--older-than", "0", "--yes", *where(backend))
+    assert done.exit_code == 0 and "deleted" in done.stdout
+    assert mine() == {ids["running"]}  # a run still going is never pruned
+
+
+def test_runs_import_says_where_it_writes_and_keeps_what_it_could_not(
+    backend: Backend, tmp_path: Path
+) -> None:
+    info = make_info(caller_id=f"importer-{uuid.uuid4().hex[:8]}")
+    audit = backend.audit()
+    rows = [(1, "event", "tick", None, None, None, {"k": 0}, utcnow())]
+    path = audit.spill(RunState(info, steps=1), rows, RunStats(status=RunStatus.OK, steps=1), utcnow())
+    dry = invoke("runs", "import", "--dry-run", *where(backend))
+    assert dry.exit_code == 0 and f"into {audit.describe_database()}" in " ".join(dry.stdout.split())
+    assert path.exists()
+    # a database that cannot be written: the file stays for the next try
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    down = f"postgresql+psycopg://127.0.0.1:{closed}/test"
+    broken = invoke(
+        "runs", "import", str(path), "-s", f"audit_sql.url={down}", "-s", "audit_sql.connect_timeout=2"
+    )
+    assert broken.exit_code == 1 and "(file kept)" in broken.stdout and path.exists()
+    assert f"importing 1 spill file into postgresql+psycopg://127.0.0.1:{closed}/test" in " ".join(
+        broken.stderr.split()
+    )
+    done = invoke("runs", "import", *where(backend))
+    assert done.exit_code == 0, done.output
+    assert "(file deleted)" in done.stdout and not path.exists()
+
+
+def test_runs_show_has_the_prompt_and_the_model_that_answered(backend: Backend) -> None:
+    """The audit used to keep neither the prompt nor the model: only the tier name ("default")."""
+    from executus_core import ModelResponse, Usage
+
+    info = make_info(caller_id=f"prompt-{uuid.uuid4().hex[:8]}")
+
+    async def record() -> None:
+        audit = backend.audit()
+        try:
+            recorder = await audit.start_run(info)
+            recorder.log_event(
+                "run.start",
+                {"agent": "a", "model": "openai:gpt-4o-mini", "tier": "default", "prompt": "What is 2 + 40?"},
+            )
+            recorder.on_step(1, ModelResponse(text="42", usage=Usage(), model="gpt-4o-mini-2024-07-18"))
+            await recorder.close(RunStats(status=RunStatus.OK, steps=1, output="42"))
+            await audit.flush()
+        finally:
+            await audit.aclose()
+
+    asyncio.run(record())
+    shown = invoke("runs", "show", info.run_id, *where(backend))
+    assert shown.exit_code == 0, shown.output
+    lines = [" ".join(line.split()) for line in shown.stdout.splitlines()]
+    assert "prompt What is 2 + 40?" in lines
+    assert "model openai:gpt-4o-mini (tier default) · answered by gpt-4o-mini-2024-07-18" in lines
+    data = json.loads(invoke("runs", "show", info.run_id, "--json", *where(backend)).stdout)["run"]
+    assert data["prompt"] == "What is 2 + 40?" and data["model"] == "openai:gpt-4o-mini"
+    assert data["answered_by"] == ["gpt-4o-mini-2024-07-18"]
+
+
+def test_run_ids_are_shown_as_long_as_everywhere(backend: Backend) -> None:
+    from executus_core.cli.helpers import RUN_ID_LENGTH
+
+    caller = f"ids-{uuid.uuid4().hex[:8]}"
+    ids = record_runs(backend, caller)
+    shown = invoke("runs", "list", "--caller", caller, *where(backend)).stdout
+    assert ids["ok"][:RUN_ID_LENGTH] in shown and ids["ok"][: RUN_ID_LENGTH + 1] not in shown

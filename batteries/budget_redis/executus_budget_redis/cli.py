@@ -28,7 +28,7 @@ from executus_budget_redis.durations import format_duration
 from executus_budget_redis.errors import BudgetUnavailable
 from executus_budget_redis.factory import open_budget
 from executus_budget_redis.settings import SECTION
-from executus_core.cli.helpers import parse_settings
+from executus_core.cli.helpers import parse_settings, print_table, short_id
 from executus_core.config import load_settings
 from executus_core.errors import ConfigError
 
@@ -132,9 +132,11 @@ async def _show(budget: StoreBudget, caller: str | None, *, as_json: bool) -> in
         )
         return 0
     out = Console()
-    out.print(_table(usages, budget.describe(), config.key_prefix))
+    # The title is a line of its own: a long store path no longer wraps it at the table's width.
+    title = f"executus budget · {budget.describe()} · prefix {config.key_prefix!r}"
+    print_table(_table(usages, budget.describe(), config.key_prefix), title=title, console=out)
     if any(u.runs for u in usages):
-        out.print(_runs_table(usages))
+        print_table(_runs_table(usages), title="runs in flight", console=out)
     return 0
 
 
@@ -147,9 +149,7 @@ def _amount(used: float, limit: float | None, text: str, limit_text: str) -> str
 
 
 def _table(usages: list[CallerUsage], store: str, prefix: str) -> Table:
-    table = Table(
-        title=f"executus budget · {escape(store)} · prefix {escape(repr(prefix))}", title_justify="left"
-    )
+    table = Table()
     # "limits from" only earns its width when some caller has limits of its own.
     sources = any(u.source != "defaults" for u in usages)
     columns = ["caller", *(["limits from"] if sources else []), "window", "runs", "tokens", "runtime"]
@@ -205,14 +205,14 @@ def _held(usage: CallerUsage) -> str:
 
 
 def _runs_table(usages: list[CallerUsage]) -> Table:
-    table = Table(title="runs in flight", title_justify="left")
+    table = Table()
     for column in ("caller", "run", "holds", "slot expires in"):
         table.add_column(column, justify="right" if column == "holds" else "left", overflow="fold")
     for usage in usages:
         for index, run in enumerate(usage.runs):
             table.add_row(
                 escape(usage.caller_id) if index == 0 else "",
-                escape(run.run_id),
+                escape(short_id(run.run_id)),
                 f"{run.hold:,}",
                 format_duration(max(run.expires_in, 0.001)),
             )

@@ -155,3 +155,15 @@ def test_the_commands_come_from_the_entry_point(
     listed = cli("plugins", "--json", app=app)
     row = next(p for p in json.loads(listed.stdout)["plugins"] if p["name"] == "budget_redis")
     assert (row["status"], row["ports"]) == ("enabled", ["budget", "commands"])
+
+
+def test_show_title_is_one_line_at_120_columns(
+    cli: Any, seeded: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The title used to be squeezed into the table's width, and wrapped."""
+    monkeypatch.setenv("COLUMNS", "120")
+    result = cli("budget", "show")
+    assert result.exit_code == 0, result.output
+    title = result.stdout.splitlines()[0]
+    assert title.startswith("executus budget · Redis at ") and title.rstrip().endswith("'")
+    assert "prefix '" in title and "┃" not in title

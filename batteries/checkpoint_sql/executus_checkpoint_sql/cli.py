@@ -32,7 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from executus_checkpoint_sql.settings import SECTION
-from executus_core.cli.helpers import db_upgraders, load_agent, parse_settings
+from executus_core.cli.helpers import db_upgraders, load_agent, parse_settings, print_table, short_id
 from executus_core.config import Settings, load_settings
 from executus_core.errors import ConfigError, ExecutusError, PluginError
 from executus_core.types import Result, RunEvent, RunStatus
@@ -154,12 +154,12 @@ class RecoverProgress:
 
     def _doing(self, run_id: str, what: str) -> None:
         self.going[run_id] = what
-        shown = "; ".join(f"{rid[:8]}: {doing}" for rid, doing in list(self.going.items())[:4])
+        shown = "; ".join(f"{short_id(rid)}: {doing}" for rid, doing in list(self.going.items())[:4])
         more = f" (+{len(self.going) - 4})" if len(self.going) > 4 else ""
         self._spin(f"[dim]{len(self.going)} running · {escape(shown)}{more}[/]")
 
     def __call__(self, event: RunEvent) -> None:
-        short = event.run_id[:8]
+        short = short_id(event.run_id)
         data = event.data
         if event.type == "run.start":
             self.console.print(
@@ -199,7 +199,7 @@ def _results_table(results: list[Result]) -> Table:
         colour = "green" if result.ok else "red"
         detail = result.output if result.ok else result.error
         table.add_row(
-            escape(result.run_id or "—"),
+            escape(short_id(result.run_id) if result.run_id else "—"),
             f"[{colour}]{result.status.value}[/]",
             str(result.stats.steps),
             str(result.stats.tool_calls),
@@ -241,7 +241,8 @@ async def _recover(
         for result in results:
             for warning in result.warnings:
                 err.print(
-                    f"[yellow]warning:[/] {escape(result.run_id[:8])}: {escape(warning)}", highlight=False
+                    f"[yellow]warning:[/] {escape(short_id(result.run_id))}: {escape(warning)}",
+                    highlight=False,
                 )
     else:
         err.print("no interrupted runs: nothing to recover", highlight=False)
@@ -343,7 +344,7 @@ def list_command(
         what = "runs" if include_finished else "live runs"
         _err().print(f"no {what} in {escape(store.database)}", highlight=False)
         return
-    table = Table(title=f"checkpoints in {escape(store.database)}", title_justify="left")
+    table = Table()
     table.add_column("run id", no_wrap=True)
     table.add_column("agent / caller", overflow="fold")
     table.add_column("state", min_width=11)
@@ -358,14 +359,14 @@ def list_command(
         if x.error:
             state += f"\n[red]{escape(_short(x.error, 60))}[/]"
         table.add_row(
-            escape(x.run_id),
+            escape(short_id(x.run_id)),
             f"{escape(x.name)}\n[dim]{escape(x.caller_id)}[/]",
             state,
             f"{_count(x.steps, 'step')}\n{_count(x.tool_calls, 'tool call')}\n{_count(x.messages, 'message')}",
             escape(x.owner or "—"),
             _ago(x.updated_at),
         )
-    Console(soft_wrap=True).print(table)
+    print_table(table, title=f"checkpoints in {store.database}")
     interrupted = sum(1 for x in listings if x.state == "interrupted")
     if interrupted:
         _err().print(

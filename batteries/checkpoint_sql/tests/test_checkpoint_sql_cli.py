@@ -121,13 +121,13 @@ def test_recover_resumes_interrupted_runs_and_reports_each(
     # on, the command says why and exits 1, and the run stays there for the next try.
     missing = executus("recover", *cli_settings(backend))
     assert missing.exit_code == 1
-    assert run_id in missing.stdout and "error" in missing.stdout
+    assert run_id[:12] in missing.stdout and "error" in missing.stdout  # run ids as every command shows them
 
     human = executus("recover", "--agent", "checkpoint_sql_agents:crash_agent", *cli_settings(backend))
     assert human.exit_code == 0, human.output
-    assert f"resuming {run_id[:8]}" in human.stderr and f"✓ {run_id[:8]} ok · 3 steps" in human.stderr
+    assert f"resuming {run_id[:12]}" in human.stderr and f"✓ {run_id[:12]} ok · 3 steps" in human.stderr
     table = " ".join(human.stdout.split())
-    assert "recovered 1 run" in table and run_id in table and "done" in table
+    assert "recovered 1 run" in table and run_id[:12] in table and "done" in table
     assert lines("record.log") == ["one"]
 
     second = asyncio.run(_interrupted_crash_run(backend, monkeypatch))
@@ -138,3 +138,24 @@ def test_recover_resumes_interrupted_runs_and_reports_each(
     results = json.loads(scripted.stdout)["results"]
     assert [(r["run_id"], r["status"], r["output"]) for r in results] == [(second, "ok", "done")]
     assert scripted.stderr == ""  # no progress in JSON mode
+
+
+def test_checkpoints_list_shows_run_ids_as_long_as_runs_list(backend: Backend) -> None:
+    """`checkpoints list` showed 32 characters of a run id where `runs list` shows 12."""
+    import uuid
+
+    from executus_core.cli.helpers import RUN_ID_LENGTH
+
+    run_id = uuid.uuid4().hex  # the core's run ids
+
+    async def seed() -> None:
+        store = backend.store(worker_id="ids-worker", lease_seconds=600)
+        checkpointer = await store.for_run(make_info(run_id=run_id), Agent(name="ids", model="scripted:none"))
+        state = CheckpointState(run_id=run_id, iteration=1, offset=0, messages=[Message.user("hi")] * 2)
+        await checkpointer.save(state)
+        await store.aclose()
+
+    asyncio.run(seed())
+    human = executus("checkpoints", "list", "--all", *cli_settings(backend))
+    assert human.exit_code == 0, human.output
+    assert run_id[:RUN_ID_LENGTH] in human.stdout and run_id not in human.stdout

@@ -20,9 +20,9 @@
 
 ``${NAME}`` in ``env``, ``headers``, ``args`` and ``url`` is replaced by the host's environment
 variable ``NAME`` when the server starts (``$${`` for a literal ``${``), so secrets stay out of
-pyproject.toml; a variable that is not set is an error naming it. The same table in code:
-``Executor(settings={"mcp": {"servers": {"github": {"command": "npx", ...}}}})``, and in the
-environment ``EXECUTUS_MCP__SERVERS='{"github": {"command": "npx", ...}}'`` (JSON).
+pyproject.toml; a variable that is not set is an error naming it. The same table in the
+environment: ``EXECUTUS_MCP__SERVERS='{"github": {"command": "npx", ...}}'`` (JSON); in code,
+``McpToolSet(McpSettings.model_validate({...}))`` (see the plugin module for why not ``settings=``).
 """
 
 from __future__ import annotations

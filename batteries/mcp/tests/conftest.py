@@ -27,8 +27,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
 
 
 @pytest.fixture
-async def make_toolset() -> AsyncIterator[Callable[..., McpToolSet]]:
-    """``make_toolset({"demo": stdio_server()}, call_timeout=1)``: closed (servers stopped) after the test."""
+async def new_toolset() -> AsyncIterator[Callable[..., McpToolSet]]:
+    """``new_toolset({"demo": stdio_server()}, call_timeout=1)``: closed (servers stopped) after the test."""
     made: list[McpToolSet] = []
 
     def make(servers: dict[str, dict[str, Any]], **limits: Any) -> McpToolSet:

@@ -41,15 +41,15 @@ async def _fifty_runs(tools: Any) -> list[Any]:
 
 @pytest.mark.parametrize("transport", ["stdio", "http"])
 async def test_fifty_concurrent_runs_share_one_server(
-    make_toolset: Any, call_log: Path, transport: str
+    new_toolset: Any, call_log: Path, transport: str
 ) -> None:
     env = {"MCP_TEST_LOG": str(call_log)}
     if transport == "stdio":
-        tools = make_toolset({"demo": stdio_server(env=env)})
+        tools = new_toolset({"demo": stdio_server(env=env)})
         results = await _fifty_runs(tools)
     else:
         with http_server(env=env) as server:
-            tools = make_toolset({"demo": {"url": server.url}})
+            tools = new_toolset({"demo": {"url": server.url}})
             results = await _fifty_runs(tools)
 
     assert [r.status for r in results] == [RunStatus.OK] * RUNS, [r.error for r in results if r.error]

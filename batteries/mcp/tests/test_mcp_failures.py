@@ -28,9 +28,9 @@ async def _pid(tools: Any) -> int:
 
 
 async def test_a_server_killed_mid_call_fails_that_call_once_and_restarts_for_the_next(
-    make_toolset: Any, call_log: Path
+    new_toolset: Any, call_log: Path
 ) -> None:
-    tools = make_toolset({"demo": stdio_server(env={"MCP_TEST_LOG": call_log})})
+    tools = new_toolset({"demo": stdio_server(env={"MCP_TEST_LOG": call_log})})
     conn = tools.servers["demo"]
     first_pid = await _pid(tools)
     (slow,) = await tools.resolve("demo/slow")
@@ -52,8 +52,8 @@ async def test_a_server_killed_mid_call_fails_that_call_once_and_restarts_for_th
     assert calls == [["slow", "once"], ["add", "1+2"]]
 
 
-async def test_a_crash_between_calls_is_not_the_next_call_s_error(make_toolset: Any) -> None:
-    tools = make_toolset({"demo": stdio_server()})
+async def test_a_crash_between_calls_is_not_the_next_call_s_error(new_toolset: Any) -> None:
+    tools = new_toolset({"demo": stdio_server()})
     conn = tools.servers["demo"]
     first_pid = await _pid(tools)
     os.kill(first_pid, signal.SIGKILL)
@@ -68,8 +68,8 @@ async def test_a_crash_between_calls_is_not_the_next_call_s_error(make_toolset: 
     assert conn.starts == 2 and await _pid(tools) != first_pid
 
 
-async def test_a_crash_inside_a_call_is_a_lost_connection(make_toolset: Any, call_log: Path) -> None:
-    tools = make_toolset({"demo": stdio_server(env={"MCP_TEST_LOG": call_log})})
+async def test_a_crash_inside_a_call_is_a_lost_connection(new_toolset: Any, call_log: Path) -> None:
+    tools = new_toolset({"demo": stdio_server(env={"MCP_TEST_LOG": call_log})})
     (die,) = await tools.resolve("demo/die")
     with pytest.raises(McpConnectionLost, match="'die'"):
         await die({})
@@ -79,9 +79,9 @@ async def test_a_crash_inside_a_call_is_a_lost_connection(make_toolset: Any, cal
 
 
 async def test_a_hung_call_is_cut_by_call_timeout_and_the_session_survives(
-    make_toolset: Any, call_log: Path
+    new_toolset: Any, call_log: Path
 ) -> None:
-    tools = make_toolset({"demo": stdio_server(call_timeout=0.5, env={"MCP_TEST_LOG": call_log})})
+    tools = new_toolset({"demo": stdio_server(call_timeout=0.5, env={"MCP_TEST_LOG": call_log})})
     (hang,) = await tools.resolve("demo/hang")
     started = time.monotonic()
     with pytest.raises(
@@ -98,8 +98,8 @@ async def test_a_hung_call_is_cut_by_call_timeout_and_the_session_survives(
     assert tools.servers["demo"].starts == 1
 
 
-async def test_a_call_never_outlives_the_run_s_deadline(make_toolset: Any) -> None:
-    tools = make_toolset({"demo": stdio_server()}, call_timeout=60)
+async def test_a_call_never_outlives_the_run_s_deadline(new_toolset: Any) -> None:
+    tools = new_toolset({"demo": stdio_server()}, call_timeout=60)
     (hang,) = await tools.resolve("demo/hang")
     started = time.monotonic()
     with pytest.raises(McpCallTimeout, match="what was left of the run's time"):
@@ -109,8 +109,8 @@ async def test_a_call_never_outlives_the_run_s_deadline(make_toolset: Any) -> No
         await hang.fn({}, tool_context(seconds_left=0))
 
 
-async def test_a_server_that_cannot_start_is_an_error_naming_it(make_toolset: Any) -> None:
-    tools = make_toolset({"gone": {"command": "executus-no-such-mcp-server", "args": ["--flag"]}})
+async def test_a_server_that_cannot_start_is_an_error_naming_it(new_toolset: Any) -> None:
+    tools = new_toolset({"gone": {"command": "executus-no-such-mcp-server", "args": ["--flag"]}})
     with pytest.raises(McpServerUnavailable) as caught:
         await tools.resolve("gone")
     message = str(caught.value)
@@ -121,9 +121,9 @@ async def test_a_server_that_cannot_start_is_an_error_naming_it(make_toolset: An
 
 
 async def test_a_server_that_cannot_start_is_skipped_when_not_required(
-    make_toolset: Any, caplog: pytest.LogCaptureFixture
+    new_toolset: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tools = make_toolset(
+    tools = new_toolset(
         {"gone": {"command": sys.executable, "args": ["-c", "import sys; sys.exit('no token configured')"]}},
         required=False,
     )
@@ -133,14 +133,10 @@ async def test_a_server_that_cannot_start_is_skipped_when_not_required(
     assert "the run goes on without its tools" in caplog.text
 
 
-async def test_a_server_that_never_greets_is_cut_by_connect_timeout(
-    make_toolset: Any, tmp_path: Path
-) -> None:
+async def test_a_server_that_never_greets_is_cut_by_connect_timeout(new_toolset: Any, tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
     script = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
-    tools = make_toolset(
-        {"mute": {"command": sys.executable, "args": ["-c", script], "connect_timeout": 0.5}}
-    )
+    tools = new_toolset({"mute": {"command": sys.executable, "args": ["-c", script], "connect_timeout": 0.5}})
     started = time.monotonic()
     with pytest.raises(
         McpServerUnavailable, match=r"did not finish starting within 0.5s \(connect_timeout\)"
@@ -156,14 +152,14 @@ async def test_a_server_that_never_greets_is_cut_by_connect_timeout(
     assert not pid_alive(pid)
 
 
-async def test_a_missing_environment_variable_is_named(make_toolset: Any) -> None:
-    tools = make_toolset({"demo": stdio_server(env={"TOKEN": "${EXECUTUS_TEST_MCP_UNSET_VARIABLE}"})})
+async def test_a_missing_environment_variable_is_named(new_toolset: Any) -> None:
+    tools = new_toolset({"demo": stdio_server(env={"TOKEN": "${EXECUTUS_TEST_MCP_UNSET_VARIABLE}"})})
     with pytest.raises(McpServerUnavailable, match="EXECUTUS_TEST_MCP_UNSET_VARIABLE is not set"):
         await tools.resolve("demo")
 
 
-async def test_failed_starts_are_not_repeated_by_every_caller_at_once(make_toolset: Any) -> None:
-    tools = make_toolset({"gone": {"command": "executus-no-such-mcp-server"}})
+async def test_failed_starts_are_not_repeated_by_every_caller_at_once(new_toolset: Any) -> None:
+    tools = new_toolset({"gone": {"command": "executus-no-such-mcp-server"}})
     results = await asyncio.gather(*(tools.resolve("gone") for _ in range(20)), return_exceptions=True)
     assert all(isinstance(r, McpServerUnavailable) for r in results)
     assert tools.servers["gone"].starts == 1

@@ -13,10 +13,10 @@ from executus_mcp import McpConnectionLost, McpServerUnavailable, ServerState
 from mcp_helpers import eventually, http_server, log_lines
 
 
-async def test_round_trip_over_http_with_headers(make_toolset: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_round_trip_over_http_with_headers(new_toolset: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXECUTUS_TEST_MCP_TOKEN", "s3cret")
     with http_server() as server:
-        tools = make_toolset(
+        tools = new_toolset(
             {"web": {"url": server.url, "headers": {"Authorization": "Bearer ${EXECUTUS_TEST_MCP_TOKEN}"}}}
         )
         resolved = {t.name: t for t in await tools.resolve("web")}
@@ -27,9 +27,9 @@ async def test_round_trip_over_http_with_headers(make_toolset: Any, monkeypatch:
         assert conn.target == server.url
 
 
-async def test_a_tool_list_that_changes_over_http(make_toolset: Any) -> None:
+async def test_a_tool_list_that_changes_over_http(new_toolset: Any) -> None:
     with http_server() as server:
-        tools = make_toolset({"web": {"url": server.url}})
+        tools = new_toolset({"web": {"url": server.url}})
         (grow,) = await tools.resolve("web/grow")
         assert await grow({"name": "late"}) == "added late"
         conn = tools.servers["web"]
@@ -42,9 +42,9 @@ async def test_a_tool_list_that_changes_over_http(make_toolset: Any) -> None:
         assert conn.starts == 1
 
 
-async def test_an_http_server_killed_mid_call_then_back(make_toolset: Any, call_log: Path) -> None:
+async def test_an_http_server_killed_mid_call_then_back(new_toolset: Any, call_log: Path) -> None:
     with http_server(env={"MCP_TEST_LOG": str(call_log)}) as server:
-        tools = make_toolset({"web": {"url": server.url, "connect_timeout": 3}}, call_timeout=20)
+        tools = new_toolset({"web": {"url": server.url, "connect_timeout": 3}}, call_timeout=20)
         (slow,) = await tools.resolve("web/slow")
         (add,) = await tools.resolve("web/add")
         call = asyncio.create_task(slow({"seconds": 30, "tag": "once"}))

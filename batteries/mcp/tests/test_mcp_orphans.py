@@ -76,8 +76,8 @@ def test_sigkill_of_the_host_leaves_no_orphans(tmp_path: Path, call_log: Path) -
             host.wait()
 
 
-async def test_close_stops_a_server_that_ignores_stdin_and_sigterm(make_toolset: Any, call_log: Path) -> None:
-    tools = make_toolset({"demo": stdio_server(env={"MCP_TEST_IGNORE_EOF": "1", "MCP_TEST_LOG": call_log})})
+async def test_close_stops_a_server_that_ignores_stdin_and_sigterm(new_toolset: Any, call_log: Path) -> None:
+    tools = new_toolset({"demo": stdio_server(env={"MCP_TEST_IGNORE_EOF": "1", "MCP_TEST_LOG": call_log})})
     (pid,) = await tools.resolve("demo/pid")
     server_pid = int(await pid({}))
     guard_pid = _parent(server_pid)

@@ -13,8 +13,8 @@ from mcp import Client, StdioServerParameters
 from mcp_helpers import log_lines, stdio_server, tool_context
 
 
-async def test_round_trip_names_schemas_and_one_start(make_toolset: Any, call_log: Path) -> None:
-    tools = make_toolset({"demo": stdio_server(env={"MCP_TEST_LOG": call_log})})
+async def test_round_trip_names_schemas_and_one_start(new_toolset: Any, call_log: Path) -> None:
+    tools = new_toolset({"demo": stdio_server(env={"MCP_TEST_LOG": call_log})})
     conn = tools.servers["demo"]
     assert conn.state is ServerState.IDLE  # nothing starts before a run names the server
 
@@ -35,15 +35,15 @@ async def test_round_trip_names_schemas_and_one_start(make_toolset: Any, call_lo
     assert [line[1:] for line in log_lines(call_log)] == [["add", "2+40"], ["echo", "héllo"]]
 
 
-async def test_the_handshake_era_works_too(make_toolset: Any) -> None:
-    tools = make_toolset({"old": stdio_server(mode="legacy")})
+async def test_the_handshake_era_works_too(new_toolset: Any) -> None:
+    tools = new_toolset({"old": stdio_server(mode="legacy")})
     (add,) = await tools.resolve("old/add")
     assert await add({"a": 1, "b": 1}) == "2"
     assert tools.servers["old"].protocol_version == "2025-11-25"
 
 
-async def test_a_failed_call_is_a_tool_error_naming_the_reason(make_toolset: Any) -> None:
-    tools = make_toolset({"demo": stdio_server()})
+async def test_a_failed_call_is_a_tool_error_naming_the_reason(new_toolset: Any) -> None:
+    tools = new_toolset({"demo": stdio_server()})
     (fail,) = await tools.resolve("demo/fail")
     with pytest.raises(McpToolError, match="no such customer") as caught:
         await fail({"reason": "no such customer"})
@@ -54,8 +54,8 @@ async def test_a_failed_call_is_a_tool_error_naming_the_reason(make_toolset: Any
         await add({"a": "not a number", "b": 1})
 
 
-async def test_images_become_artifacts_of_the_run(make_toolset: Any) -> None:
-    tools = make_toolset({"demo": stdio_server()})
+async def test_images_become_artifacts_of_the_run(new_toolset: Any) -> None:
+    tools = new_toolset({"demo": stdio_server()})
     (picture,) = await tools.resolve("demo/picture")
     context = tool_context(call_id="c7")
     text = await picture.fn({}, context)
@@ -65,8 +65,8 @@ async def test_images_become_artifacts_of_the_run(make_toolset: Any) -> None:
     assert artifact.name in text
 
 
-async def test_unknown_server_and_tool_say_what_exists(make_toolset: Any) -> None:
-    tools = make_toolset({"demo": stdio_server(), "other": stdio_server()})
+async def test_unknown_server_and_tool_say_what_exists(new_toolset: Any) -> None:
+    tools = new_toolset({"demo": stdio_server(), "other": stdio_server()})
     with pytest.raises(McpNameError, match=r"no MCP server named 'nope'.*configured: demo, other"):
         await tools.resolve("nope")
     with pytest.raises(McpNameError, match=r"offers no tool named 'nope' \(it offers: add, echo"):
@@ -74,9 +74,9 @@ async def test_unknown_server_and_tool_say_what_exists(make_toolset: Any) -> Non
     assert tools.servers["other"].state is ServerState.IDLE
 
 
-async def test_a_paginated_tool_list_is_read_to_the_end(make_toolset: Any) -> None:
+async def test_a_paginated_tool_list_is_read_to_the_end(new_toolset: Any) -> None:
     env = {"MCP_TEST_PAGE_SIZE": 3, "MCP_TEST_EXTRA_TOOLS": 10}
-    tools = make_toolset(
+    tools = new_toolset(
         {"paged": stdio_server(env=env), "whole": stdio_server(env={"MCP_TEST_EXTRA_TOOLS": 10})}
     )
     paged = [t.name.removeprefix("paged__") for t in await tools.resolve("paged")]
@@ -92,10 +92,10 @@ async def test_a_paginated_tool_list_is_read_to_the_end(make_toolset: Any) -> No
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_a_tool_list_that_changes_mid_run(make_toolset: Any, mode: str) -> None:
+async def test_a_tool_list_that_changes_mid_run(new_toolset: Any, mode: str) -> None:
     """2026-07-28 sessions learn of it through subscriptions/listen, handshake-era ones through
     notifications/tools/list_changed; either way the cache follows without a restart."""
-    tools = make_toolset({"demo": stdio_server(mode=mode)})
+    tools = new_toolset({"demo": stdio_server(mode=mode)})
     conn = tools.servers["demo"]
     run_tools = {t.name: t for t in await tools.resolve("demo")}
     assert "demo__fresh" not in run_tools

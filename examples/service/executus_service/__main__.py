@@ -133,7 +133,7 @@ async def worker_main() -> None:
 
     settings, service = load()
     conninfo = plain_postgres_url(service.database_url)
-    pool = AsyncConnectionPool(conninfo, min_size=1, max_size=service.concurrency + 2, open=False)
+    pool = AsyncConnectionPool(conninfo, min_size=1, max_size=service.ledger_connections, open=False)
     await pool.open()
     try:
         agents = build_agents(pool, model=service.model, tool_seconds=service.tool_seconds)

@@ -47,7 +47,15 @@ _FINAL_CHECKPOINT = {"completed", "failed"}
 
 
 class RunNotFinished(Exception):
-    """The run did not end in this job (the worker is shutting down): the job is retried later."""
+    """The run did not end in this job: the job is retried after ``retry_in`` seconds.
+
+    Raised when this worker shuts down (retried at once, on whichever worker is free), and when a
+    resumed run was refused by a budget for now (retried when the budget says it may pass).
+    """
+
+    def __init__(self, message: str, retry_in: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
 
 
 class _Backoff(BaseRetryStrategy):
@@ -59,13 +67,14 @@ class _Backoff(BaseRetryStrategy):
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
         if isinstance(exception, RunNotFinished):
-            return RetryDecision(retry_in={"seconds": 0})
+            return RetryDecision(retry_in={"seconds": round(exception.retry_in)})
         return RetryDecision(retry_in={"seconds": min(30.0, 0.5 * 2 ** min(job.attempts, 6))})
 
 
 def make_app(service: ServiceSettings, conninfo: str) -> App:
     """The Procrastinate app of the service, with its one task ``run_agent`` registered."""
-    app = App(connector=PsycopgConnector(conninfo=conninfo, min_size=1, max_size=service.concurrency + 4))
+    # Jobs touch the queue only to be fetched and finished: a few connections serve many job slots.
+    app = App(connector=PsycopgConnector(conninfo=conninfo, min_size=1, max_size=service.queue_connections))
 
     @app.task(name=RUN_TASK, queue=service.queue, pass_context=True, retry=_Backoff())
     async def run_agent(context: JobContext, run_id: str, prompt: str, caller_id: str, agent: str) -> str:
@@ -136,36 +145,49 @@ class RunHost:
             # The web app checks names; a job for an agent this worker lacks is a deploy mismatch.
             raise LookupError(f"this worker has no agent {agent_name!r} (it has {', '.join(self.agents)})")
         while True:
-            row = await self.store.run_row(run_id)
-            if row is None:
-                result = await self.executor.run(agent, prompt, caller_id=caller_id, run_id=run_id)
-                if (status := await self._ended(result)) is not None:
-                    return status
+            if run_id in self.executor.running:
+                await asyncio.sleep(
+                    self.service.busy_retry_seconds
+                )  # this worker runs it (resumed beside another)
                 continue
-            if row["status"] in _FINAL_CHECKPOINT:
+            row = await self.store.run_row(run_id)
+            if row is None or (not row.get("message_count") and self._startable(run_id, row)):
+                # Never started, or its worker died before it saved even the prompt: nothing ran, and the
+                # store never hands out a run with no messages, so it starts afresh under its id.
+                result = await self.executor.run(agent, prompt, caller_id=caller_id, run_id=run_id)
+            elif row["status"] in _FINAL_CHECKPOINT:
                 return await self._already_ended(run_id, row)
-            if run_id in self.executor.running or not self._lease_lapsed(row):
+            elif not self._startable(run_id, row):
                 await asyncio.sleep(self.service.busy_retry_seconds)  # held by a live worker: wait
                 continue
-            for result in await self._recover():
-                if result.run_id == run_id:
-                    if (status := await self._ended(result)) is not None:
-                        return status
-                elif result.status is not RunStatus.INTERRUPTED and not _not_ours(result):
-                    log.info(
-                        "run %s (resumed beside run %s) ended %s", result.run_id, run_id, result.status.value
-                    )
-                    await record_end(
-                        self.pool,
-                        result.run_id,
-                        result.status.value,
-                        result.output,
-                        result.error,
-                        produced=True,
-                    )
+            else:
+                results = await self._recover()
+                for other in results:
+                    if other.run_id != run_id:
+                        await self._settle(other, beside=run_id)
+                found = [r for r in results if r.run_id == run_id]
+                if not found:
+                    # Another worker claimed it first (or the store would not hand it out yet): wait.
+                    await asyncio.sleep(self.service.busy_retry_seconds)
+                    continue
+                result = found[0]
+            status = await self._settle(result)
+            if status is not None:
+                return status
+            # The run goes on: this worker is stopping, the run was taken over, or a budget refused the
+            # resumed run for now (its checkpoint is kept).
+            if self.stopping:
+                raise RunNotFinished(f"run {run_id} was interrupted by this worker's shutdown")
+            if result.status is RunStatus.BUDGET_EXCEEDED:
+                wait = (
+                    result.retry_after if result.retry_after is not None else self.service.busy_retry_seconds
+                )
+                raise RunNotFinished(f"run {run_id} is over budget for now: {result.error}", retry_in=wait)
 
-    @staticmethod
-    def _lease_lapsed(row: Mapping[str, Any]) -> bool:
+    def _startable(self, run_id: str, row: Mapping[str, Any]) -> bool:
+        """The run is live and its lease lapsed: no live worker holds it."""
+        if row["status"] != "live":
+            return False
         lease = row.get("lease_until")
         return lease is None or float(lease) < time.time()
 
@@ -173,18 +195,23 @@ class RunHost:
         """``Executor.recover()``: resume every run whose lease lapsed, this one among them."""
         return await self.executor.recover(agents={a.id: a for a in self.agents.values()})
 
-    async def _ended(self, result: Result) -> str | None:
-        """The status of a run that ended in this worker, or None when it did not end here."""
-        if result.status is RunStatus.INTERRUPTED:
-            if self.stopping:
-                raise RunNotFinished(f"run {result.run_id} was interrupted by this worker's shutdown")
-            return None  # taken over by another worker (or it stopped): look again
-        if _not_ours(result):
+    async def _settle(self, result: Result, *, beside: str | None = None) -> str | None:
+        """Keep the end of a run this worker ran; None when the run goes on.
+
+        A run has ended when its checkpoint says so (``completed``, ``failed``) or when it has none
+        (refused before it started). ``interrupted`` is never an end; nor is a refusal of a resumed
+        run, whose checkpoint the core keeps for later.
+        """
+        if result.status is RunStatus.INTERRUPTED or _not_ours(result):
             return None
+        row = await self.store.run_row(result.run_id)
+        if row is not None and row["status"] not in _FINAL_CHECKPOINT:
+            return None
+        note = f" (resumed beside run {beside})" if beside else ""
         if result.status is RunStatus.OK:
-            log.info("run %s ended ok", result.run_id)
+            log.info("run %s%s ended ok", result.run_id, note)
         else:
-            log.warning("run %s ended %s: %s", result.run_id, result.status.value, result.error)
+            log.warning("run %s%s ended %s: %s", result.run_id, note, result.status.value, result.error)
         await record_end(
             self.pool, result.run_id, result.status.value, result.output, result.error, produced=True
         )
@@ -227,7 +254,11 @@ async def run_worker(
             name=name,
             concurrency=service.concurrency,
             update_heartbeat_interval=service.heartbeat_seconds,
-            stalled_worker_timeout=service.stalled_seconds,
+            # Procrastinate uses this only to delete old worker registrations when a worker starts. A
+            # worker that was paused (SIGSTOP, a long GC, a VM migration) and is deleted meanwhile can
+            # no longer fetch jobs (its id is gone) and stops; so keep registrations far longer than it
+            # takes to see a worker as stalled (the sweeper's stalled_seconds).
+            stalled_worker_timeout=max(300.0, 10 * service.stalled_seconds),
             shutdown_graceful_timeout=shutdown_timeout,
             additional_context={"host": host},
         )

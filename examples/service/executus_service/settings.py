@@ -47,6 +47,12 @@ class ServiceSettings(BaseModel):
     port: int = Field(8765, ge=0, le=65535, description="The web app's port (0: any free port).")
     workers: int = Field(2, ge=1, description="Worker processes `run` starts.")
     concurrency: int = Field(20, ge=1, description="Jobs (runs) one worker process runs at once.")
+    queue_connections: int = Field(
+        4, ge=2, description="Connections a process keeps to the queue's database (Procrastinate's pool)."
+    )
+    ledger_connections: int = Field(
+        4, ge=1, description="Connections a worker keeps for the ledger tool (each call holds one briefly)."
+    )
     queue: str = Field("executus_runs", min_length=1, description="The Procrastinate queue of run jobs.")
     agent: str = Field("ledger", description="The agent a run request gets when it names none.")
     model: str = Field(

@@ -175,7 +175,7 @@ def test_durable_runs_across_killed_and_paused_workers(
         service_database,
         service_redis,
         tmp_path,
-        EXECUTUS_SERVICE__CONCURRENCY="40",
+        EXECUTUS_SERVICE__CONCURRENCY="20",
         EXECUTUS_SERVICE__TOOL_SECONDS="1.0",
         EXECUTUS_SERVICE__HEARTBEAT_SECONDS="1",
         EXECUTUS_SERVICE__STALLED_SECONDS="3",

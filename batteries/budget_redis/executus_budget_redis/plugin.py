@@ -22,7 +22,11 @@ from executus_budget_redis.settings import SECTION, BudgetRedisSettings
 from executus_core import hookimpl
 from executus_core.config import Settings
 
-__all__ = ["executus_budget", "executus_register_commands"]
+__all__ = ["executus_budget", "executus_name", "executus_register_commands"]
+
+executus_name = "budget_redis"
+"""The plugin's name, passed in ``Executor(plugins=[...])`` or loaded by its entry point alike:
+``disable = ["budget_redis"]`` and ``executor.ports.budgets`` use it."""
 
 
 @hookimpl

@@ -2,7 +2,8 @@
 
 Run as ``python budget_worker.py JSON``; JSON holds ``settings`` (for `RedisBudget`), ``caller``,
 ``runs``, ``at_once``, ``name`` (run ids start with it), ``tokens`` ([low, high] per run, drawn with
-``seed``) and ``hold_seconds`` (how long a run stays in flight at most). Each run checks with its
+``seed``), ``hold_seconds`` (how long a run stays in flight at most) and ``ready_file`` (written
+once the worker is connected, before its runs start). Each run checks with its
 run id, waits, and commits; the worker prints one JSON line: what it was told and what it did, so
 the test can compare the budget in Redis with the truth.
 """
@@ -13,6 +14,7 @@ import asyncio
 import json
 import random
 import sys
+from pathlib import Path
 from typing import Any
 
 from executus_budget_redis import BudgetUnavailable, RedisBudget
@@ -51,6 +53,9 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
             except BudgetUnavailable:
                 out["spooled"] += 1  # kept, and replayed once Redis answers
 
+    if ready := spec.get("ready_file"):
+        await budget.ping()  # connected: the test may start its trouble now
+        Path(ready).write_text("ready")  # noqa: ASYNC240 - once, before any run starts
     await asyncio.gather(*(one(i) for i in range(spec["runs"])))
     for _ in range(200):  # let the spool reach Redis before closing (aclose tries briefly too)
         if budget.settled:

@@ -125,3 +125,37 @@ def test_budget_show_reads_the_embedded_store(monkeypatch: pytest.MonkeyPatch, t
         "run-in-flight",
         700,
     )
+
+
+async def test_a_run_another_budget_refuses_is_released(tmp_path: Path) -> None:
+    # The core asks this budget first (the last plugin passed is asked first), then one that
+    # refuses: the release gives back the run's count, slot and hold, by run id.
+    from executus_core.testing import MemoryBudget
+
+    settings = {"budget_redis": {"path": str(tmp_path / "b.sqlite3"), "max_runs": 1, "max_tokens": 1000}}
+    refuser = MemoryBudget(max_runs=0, name="refuser")
+    agent = Agent(name="a", model=ScriptedModel([answer()], per_run=True))
+    async with Executor(
+        settings=settings, plugins=[refuser, executus_budget_redis.plugin], entry_points=False
+    ) as ex:
+        assert [name for name, _ in ex.ports.budgets] == ["budget_redis", "refuser"]
+        refused = await ex.run(agent, "hi", caller_id="u1")
+        budget = the_budget_named(ex, "budget_redis")
+        usage = await budget.usage("u1")
+    assert refused.status is RunStatus.BUDGET_EXCEEDED
+    assert (usage.windows[0].runs, usage.in_flight, usage.held) == (0, 0, 0)
+
+
+async def test_refusals_reach_the_result_as_data(tmp_path: Path, other_plugins: list[str]) -> None:
+    settings = {"budget_redis": {"path": str(tmp_path / "b.sqlite3"), "max_runs": 1, "window": "1h"}}
+    agent = Agent(name="a", model=ScriptedModel([answer()], per_run=True))
+    async with Executor(settings=settings, disable=other_plugins) as ex:
+        assert (await ex.run(agent, "hi", caller_id="u1")).status is RunStatus.OK
+        refused = await ex.run(agent, "hi", caller_id="u1")
+    assert refused.status is RunStatus.BUDGET_EXCEEDED
+    assert refused.retry_after is not None and 3500 < refused.retry_after <= 3600
+    assert "(max_runs)" in (refused.error or "")
+
+
+def the_budget_named(ex: Executor, wanted: str) -> Any:
+    return next(budget for name, budget in ex.ports.budgets if name == wanted)

@@ -86,7 +86,7 @@ def test_eight_processes_stay_within_the_token_bound(
 
 
 def test_no_charge_is_doubled_or_lost_through_stalls_kills_and_a_restart(
-    start_redis: Any, key_prefix: str
+    start_redis: Any, key_prefix: str, tmp_path: Path
 ) -> None:
     server = start_redis(appendonly=True)  # its data survives the restart, as a production Redis's would
     caller = f"u-{uuid.uuid4().hex[:8]}"
@@ -97,11 +97,15 @@ def test_no_charge_is_doubled_or_lost_through_stalls_kills_and_a_restart(
         "runs": 300,
         "at_once": 30,
         "tokens": [10, 100],
-        "hold_seconds": 0.05,
+        "hold_seconds": 1.0,  # 300 runs, 30 at once, up to 1 s each: about 5 s of runs per worker
     }
+    ready = [tmp_path / f"ready-{n}" for n in range(4)]
 
     def trouble() -> None:
-        time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while not all(marker.exists() for marker in ready) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
         for _ in range(2):
             server.pause()  # a stall: checks and commits time out while Redis holds them
             time.sleep(0.8)
@@ -118,7 +122,19 @@ def test_no_charge_is_doubled_or_lost_through_stalls_kills_and_a_restart(
         server.start()
 
     troublemaker = threading.Thread(target=trouble)
-    workers = start_workers(4, spec)
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(WORKER),
+                json.dumps({**spec, "name": f"p{n}", "seed": n, "ready_file": str(ready[n])}),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
     troublemaker.start()
     done = results(workers)
     troublemaker.join()

@@ -28,7 +28,7 @@ import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
 import orjson
@@ -121,11 +121,24 @@ class HttpSettings(BaseModel):
         ge=80,
         description="The most characters of a server's error message kept (the rest is cut, its size said).",
     )
-    transport: httpx2.AsyncBaseTransport | None = Field(
+    transport: httpx2.AsyncBaseTransport | Literal["httpx", "aiohttp"] | None = Field(
         None,
         repr=False,
-        description="Any httpx2 transport (a proxy, a test transport, a faster one); settable in code only.",
+        description='"aiohttp" (the aiohttp extra), "httpx" (the default), or any httpx2 transport object in code.',
     )
+
+    @field_validator("transport")
+    @classmethod
+    def _aiohttp_is_installed(cls, value: Any) -> Any:
+        if value == "aiohttp":
+            try:
+                import httpx_aiohttp.httpx2  # noqa: F401
+            except ImportError as exc:
+                raise ValueError(
+                    f'transport = "aiohttp" needs the aiohttp extra ({exc}): '
+                    "pip install 'executus-core[aiohttp]'"
+                ) from None
+        return value
 
 
 class EndpointSettings(HttpSettings):
@@ -543,8 +556,16 @@ class Endpoint:
             ),
             keepalive_expiry=options.keepalive_seconds,
         )
+        transport = options.transport
+        if transport == "aiohttp":
+            # One per client, like the client: an aiohttp session belongs to the loop it started in.
+            from httpx_aiohttp.httpx2 import AiohttpTransport
+
+            transport = AiohttpTransport(limits=limits)
+        elif transport == "httpx":
+            transport = None
         self._client = httpx2.AsyncClient(
-            transport=options.transport, limits=limits, timeout=self._timeout, follow_redirects=False
+            transport=transport, limits=limits, timeout=self._timeout, follow_redirects=False
         )
         self._loop = loop
         return self._client

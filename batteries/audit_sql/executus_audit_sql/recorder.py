@@ -5,8 +5,8 @@ row tuple and appends it — no I/O, no await, nothing that grows with the trans
 (`executus_audit_sql.writer`) takes the buffered rows of every recorder every ``flush_interval``
 seconds, or as soon as ``batch_size`` rows are waiting, and writes them in one transaction.
 
-Tool arguments and event payloads are stored masked (`executus_core.secrets.mask_value`): a field
-named ``password``, ``api_key``, ``token``... is kept as ``***``, and a URL's password too.
+Tool arguments, event payloads and error messages are stored masked (`executus_core.secrets`): a
+field named ``password``, ``api_key``, ``token``... is kept as ``***``, and a URL's password too.
 
 ``close(stats)`` waits for the writer's batch in flight, writes what is left with the roll-up in one
 transaction, and — if the database will not take them within ``write_timeout`` — saves them to a
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from executus_audit_sql.errors import AuditWriteError, describe_error
 from executus_audit_sql.schema import EventKind
 from executus_audit_sql.writes import Row, RunState
-from executus_core.secrets import mask_value
+from executus_core.secrets import mask_text, mask_value
 from executus_core.types import ModelResponse, RunInfo, RunStats, ToolCall, utcnow
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ class SqlRecorder:
 
     def log_error(self, message: str) -> None:
         """Record an error the run survived, or the one that ended it."""
-        self._append(EventKind.ERROR, None, None, None, message, None)
+        self._append(EventKind.ERROR, None, None, None, mask_text(message), None)
 
     # -- the writer's side --------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ from executus_audit_sql.settings import sync_url
 
 from executus_core import Agent, Executor, ModelResponse, RunStatus, ToolCall, tool
 from executus_core.testing import ScriptedModel
+from executus_core.testing.conformance import make_info
+from executus_core.types import RunStats
 
 PASSWORD = "Hunter2-audit-pw"
 DSN = f"postgresql://svc:{PASSWORD}@db.internal/app"
@@ -21,6 +23,21 @@ DSN = f"postgresql://svc:{PASSWORD}@db.internal/app"
 def login(user: str, password: str, dsn: str) -> str:
     """Log a user in (the test's tool: it only says who)."""
     return f"logged in {user}"
+
+
+async def test_an_error_message_with_a_url_password_is_stored_masked(backend: Backend) -> None:
+    audit = backend.audit(batch_size=1)
+    try:
+        info = make_info(caller_id="errors")
+        recorder = await audit.start_run(info)
+        recorder.log_error(f"tool 'query' raised OperationalError: cannot connect to {DSN}")
+        await recorder.close(RunStats(status=RunStatus.ERROR))
+        [entry] = [e for e in await audit.trail(info.run_id) if e.kind == "error"]
+        assert entry.text == "tool 'query' raised OperationalError: cannot connect to " + (
+            "postgresql://svc:***@db.internal/app"
+        )
+    finally:
+        await audit.aclose()
 
 
 async def test_a_password_argument_is_stored_masked(backend: Backend) -> None:

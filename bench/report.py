@@ -227,8 +227,7 @@ def text(results: dict[str, Any]) -> str:
         "Import and build times",
         _text_table(*import_rows(results)),
         "",
-        "Targets (issue 12)"
-        + (" -- quick run: these are not the figures" if plan["name"] == "quick" else ""),
+        "Targets" + (" -- quick run: these are not the figures" if plan["name"] == "quick" else ""),
         _text_table(*target_rows(results)),
     ]
     executus = results.get("clients", {}).get("executus", {})
@@ -262,7 +261,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         _md_table(*import_rows(results)),
         "",
-        "**Targets** (issue 12):",
+        "**Targets**:",
         "",
         _md_table(*target_rows(results)),
         "",

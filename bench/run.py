@@ -26,6 +26,8 @@ from bench.clients import CLIENTS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
+QUICK_OUTPUT = ROOT / "bench" / "results" / "quick.json"
+"""Where ``--quick`` writes: not a tracked file, so a smoke run never changes the published figures."""
 DOCS_PAGE = ROOT / "docs" / "performance.md"
 DOCS_PLOT = ROOT / "docs" / "performance-cpu-per-step.svg"
 PEERS = ("openai_agents", "pydantic_ai")
@@ -518,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         "--output",
         type=Path,
         default=None,
-        help=f"the JSON to write (default: {DEFAULT_OUTPUT.relative_to(ROOT)})",
+        help=f"the JSON to write (default: {DEFAULT_OUTPUT.relative_to(ROOT)}; "
+        f"with --quick, {QUICK_OUTPUT.relative_to(ROOT)}, which git ignores)",
     )
     parser.add_argument(
         "--clients", default=",".join(CLIENTS), help=f"comma-separated subset of: {', '.join(CLIENTS)}"
@@ -545,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in clients if c not in CLIENTS]
     if unknown:
         parser.error(f"unknown client(s) {', '.join(unknown)}; known: {', '.join(CLIENTS)}")
-    output = args.output or DEFAULT_OUTPUT
+    output = args.output or (QUICK_OUTPUT if args.quick else DEFAULT_OUTPUT)
     if args.update_docs and args.quick:
         parser.error("--update-docs takes the full run's figures; drop --quick")
 

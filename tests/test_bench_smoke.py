@@ -15,10 +15,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_quick_bench_runs_and_writes_results(tmp_path: Path) -> None:
-    output = tmp_path / "results.json"
+def _tracked_changes() -> str | None:
+    """``git status`` of the tracked files, or None outside a git checkout."""
+    try:
+        proc = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except OSError:
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def test_quick_bench_runs_and_writes_results() -> None:
+    before = _tracked_changes()
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
+        [sys.executable, "-m", "bench", "--quick"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -26,6 +41,10 @@ def test_quick_bench_runs_and_writes_results(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, f"bench --quick failed:\n{done.stdout}\n{done.stderr}"
+    # A smoke run writes beside the published figures, never over them (nor over the docs' plot).
+    output = ROOT / "bench" / "results" / "quick.json"
+    assert _tracked_changes() == before
+    assert "(issue" not in done.stdout  # people read this table: no tracker references
     results = json.loads(output.read_text())
 
     assert results["plan"]["name"] == "quick"

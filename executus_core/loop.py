@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import inspect
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -27,6 +26,7 @@ from executus_core.agent import Agent
 from executus_core.errors import ProviderError, RunTakenOver
 from executus_core.guard import Failure, describe, guarded, guarded_sync
 from executus_core.lifecycle import RunPorts, Warnings
+from executus_core.palette import Delegator, child_events, palette_tools
 from executus_core.ports import Model
 from executus_core.prepare import Refused, RunPlan, RunRequest, prepare
 from executus_core.routing import deliver
@@ -49,11 +49,6 @@ if TYPE_CHECKING:
     from executus_core.executor import Executor
 
 __all__ = ["AgentRun", "last_resort_result"]
-
-child_events: contextvars.ContextVar[Callable[[str, Mapping[str, Any]], Any] | None] = contextvars.ContextVar(
-    "executus_child_events", default=None
-)
-"""While a delegation tool runs: where the child run's events go (the in-process palette reads it)."""
 
 
 class _Done:
@@ -355,8 +350,6 @@ class AgentRun:
             await asyncio.sleep(0)  # the rescheduled timeout fires here and cancels the run
 
     async def _resolve_palette(self) -> None:
-        from executus_core.palette import Delegator, palette_tools
-
         agent = self.agent
         assert agent is not None
         if agent.skill_palette or agent.subagent_palette:

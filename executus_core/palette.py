@@ -20,6 +20,7 @@ past the run's deadline or answers oddly becomes a tool error too; the parent ru
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
     from executus_core.executor import Executor
 
 __all__ = ["AGENT_SCHEMA", "DelegationError", "Delegator", "InProcessPalette", "palette_tools"]
+
+child_events: contextvars.ContextVar[Callable[[str, Mapping[str, Any]], Any] | None] = contextvars.ContextVar(
+    "executus_child_events", default=None
+)
+"""While a delegation tool runs: where the child run's events go (set by the loop, read here)."""
 
 AGENT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -176,8 +182,6 @@ class InProcessPalette:
             )
         checked = skill.check(inputs)
         # PaletteSource.invoke_skill has no on_event; in process, the delegating tool's is at hand.
-        from executus_core.loop import child_events
-
         forward = child_events.get()
         result = await self.executor.run(
             skill.agent,
@@ -329,8 +333,6 @@ def _delegation_tool(
         if kind == "skill":
             outcome = await guarded(label, source.invoke_skill, inputs=dict(arguments), **common)
         else:
-            from executus_core.loop import child_events
-
             outcome = await guarded(
                 label,
                 source.invoke_agent,

@@ -451,7 +451,8 @@ class AgentRun:
             emit=self.emit if self.ports.pumps else None,
         )
         model_id = self._model_id()
-        response = await guarded(f"model {model_id}", self.model.complete, request)
+        # In the run's own task (inline): a provider honours cancellation, and this is the hot path.
+        response = await guarded(f"model {model_id}", self.model.complete, request, inline=True)
         if isinstance(response, Failure):
             error = response.error
             if isinstance(error, ProviderError):

@@ -305,6 +305,7 @@ class AnthropicModel(HttpModel):
             finish_reason=reason,
             model=model if isinstance(model, str) else None,
             provider_data={"anthropic": {"content": kept}} if keep else None,
+            warnings=[],  # given: a default_factory costs model_construct an inspect.signature
         )
         return self._finish(answer, usage_reported=isinstance(usage, dict) and bool(usage), body=body)
 

@@ -322,6 +322,7 @@ class OpenAIModel(HttpModel):
             finish_reason=reason,
             model=model if isinstance(model, str) else None,
             provider_data={"openai": {"arguments": invalid}} if invalid else None,
+            warnings=[],  # given: a default_factory costs model_construct an inspect.signature
         )
         return self._finish(answer, usage_reported=isinstance(usage, dict), body=body)
 

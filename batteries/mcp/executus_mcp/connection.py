@@ -358,6 +358,7 @@ class ServerConnection:
         self._session: _Session | None = None
         self._failed: tuple[float, McpServerUnavailable] | None = None
         self._tools: list[mcp_types.Tool] | None = None
+        self._names: frozenset[str] = frozenset()
         self._stale = False
         self._generation = 0  # bumped by each list_changed
         self._refresh: asyncio.Task[None] | None = None
@@ -531,6 +532,7 @@ class ServerConnection:
 
     def _set_tools(self, tools: list[mcp_types.Tool]) -> None:
         self._tools = tools
+        self._names = frozenset(tool.name for tool in tools)
         for listener in self._listeners:
             listener()
 
@@ -570,7 +572,7 @@ class ServerConnection:
                 tool=tool,
             )
         client = await self.session(budget)
-        if not self._stale and self._tools is not None and all(t.name != tool for t in self._tools):
+        if not self._stale and self._tools is not None and tool not in self._names:
             offered = ", ".join(t.name for t in self._tools) or "none"
             raise McpToolError(
                 f"MCP server {self.name!r} no longer offers the tool {tool!r} (its tool list changed); "
@@ -588,7 +590,7 @@ class ServerConnection:
         session = self._session
         try:
             # The SDK's request timeout cancels the call on the server; ours is the backstop.
-            with anyio.fail_after(left + 1.0):
+            async with asyncio.timeout(left + 1.0):
                 return await client.call_tool(tool, arguments, read_timeout_seconds=left)
         except MCPError as exc:
             if exc.code == mcp_types.REQUEST_TIMEOUT:

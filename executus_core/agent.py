@@ -18,7 +18,10 @@ class Agent(BaseModel):
     ``model`` is a model id (``"openai:gpt-4o-mini"``), a tier name mapped under
     ``[tool.executus.models]``, or any object with ``async complete(request)``. ``tools`` holds
     `Tool` objects or names of registered tools. Unset limits take the executor's settings.
-    ``source`` says where the agent was loaded from (a TOML file's path or ``module:attribute``),
+    ``output_type`` (a pydantic model, a dataclass, a TypedDict or a simple type such as ``int``
+    or ``list[str]``; in a TOML agent file, ``"module:Class"``) makes the run end with
+    ``Result.output`` validated as that type; an answer that does not validate goes back to the
+    model, at most ``output_retries`` times. ``source`` says where the agent was loaded from (a TOML file's path or ``module:attribute``),
     so a checkpointed run can be rebuilt by `executus recover` with no flags.
 
     Example::
@@ -41,6 +44,8 @@ class Agent(BaseModel):
     hard_timeout: float | None = Field(default=None, gt=0)
     model_settings: ModelSettings = Field(default_factory=ModelSettings)
     source: str | None = None
+    output_type: Any = None
+    output_retries: int = Field(default=2, ge=0)
 
     def model_post_init(self, __context: Any) -> None:
         if not self.id:
@@ -57,6 +62,15 @@ class Agent(BaseModel):
                 )
         return value
 
+    @field_validator("output_type", mode="before")
+    @classmethod
+    def _output_type_importable(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            from executus_core.output import import_type
+
+            return import_type(value)
+        return value
+
     @property
     def model_id(self) -> str:
         """The model as a string: the id or tier, or the model object's ``id`` attribute."""
@@ -66,8 +80,12 @@ class Agent(BaseModel):
 
     def spec(self) -> dict[str, Any]:
         """This agent as JSON-able data (tools by name), for checkpoints and recovery."""
-        data = self.model_dump(exclude={"model", "tools"})
+        data = self.model_dump(exclude={"model", "tools", "output_type"})
         data["model"] = self.model_id
+        if self.output_type is not None:
+            from executus_core.output import type_path
+
+            data["output_type"] = type_path(self.output_type)
         data["tools"] = [t if isinstance(t, str) else t.name for t in self.tools]
         return data
 

@@ -74,6 +74,9 @@ class CoreSettings(BaseModel):
     max_concurrent_tools: int = Field(8, ge=1, description="Tool calls of one run running at once.")
     max_error_chars: int = Field(4000, ge=100, description="Longest Result.error kept; the rest is cut.")
     recovery_concurrency: int = Field(8, ge=1, description="Runs Executor.recover() resumes at once.")
+    max_history_messages: int = Field(
+        500, ge=1, description="Messages of history= a run keeps; older turns are left out."
+    )
     disable: list[str] = Field(default_factory=list, description="Plugins not to load, by name.")
     skip_broken_plugins: bool = Field(False, description="Start without broken plugins instead of refusing.")
     models: dict[str, str] = Field(default_factory=dict, description="Tier name -> model id.")

@@ -36,7 +36,7 @@ from executus_core.ports import Audit, Budget, CheckpointStore, Critic, Delivery
 from executus_core.prepare import RunRequest
 from executus_core.providers import ModelRegistry
 from executus_core.tools import Tool, ToolSet
-from executus_core.types import Interrupted, Result, RunEvent, RunStats, RunStatus, utcnow
+from executus_core.types import Interrupted, Message, Result, RunEvent, RunStats, RunStatus, utcnow
 
 __all__ = ["Executor", "Ports"]
 
@@ -267,6 +267,8 @@ class Executor:
         dry_run: bool = False,
         on_event: EventHandler | None = None,
         run_id: str | None = None,
+        history: Sequence[Message] | None = None,
+        conversation_id: str | None = None,
     ) -> Result:
         """Run ``agent`` on ``prompt`` for ``caller_id`` and return its `Result`; never raises.
 
@@ -277,6 +279,10 @@ class Executor:
             on_event: called with each `RunEvent` (sync or async) from a task of its own: a slow or
                 failing consumer never stalls the run.
             run_id: the id to give the run (default: a new uuid4 hex).
+            history: the messages of earlier turns to continue from (``previous.messages``): the
+                conversation goes on with ``prompt`` as the next user message. At most
+                ``max_history_messages`` are kept (the oldest turns are left out, with a warning).
+            conversation_id: links the turns of one conversation in the audit trail.
         """
         return await self._execute(
             RunRequest(
@@ -290,6 +296,8 @@ class Executor:
                 dry_run=dry_run,
                 on_event=on_event,
                 run_id=run_id,
+                history=history,
+                conversation_id=conversation_id,
             )
         )
 

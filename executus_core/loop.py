@@ -26,6 +26,7 @@ from executus_core.agent import Agent
 from executus_core.errors import ProviderError, RunTakenOver
 from executus_core.guard import Failure, describe, guarded, guarded_sync
 from executus_core.lifecycle import RunPorts, Warnings
+from executus_core.output import FINAL_RESULT, OutputPlan, type_path
 from executus_core.palette import Delegator, child_events, palette_tools
 from executus_core.ports import Model
 from executus_core.prepare import Refused, RunPlan, RunRequest, prepare
@@ -105,12 +106,14 @@ class AgentRun:
 
         self.status = RunStatus.ERROR
         self.error: str | None = None
-        self.output: str | None = None
+        self.output: Any = None
+        self.text: str | None = None
         self.retry_after: float | None = None
         self.phase = "starting"
 
         self.saved_upto = 0
         self.attempts: dict[str, int] = {}  # call id -> starts, for calls a recovered run runs again
+        self.output_schema: dict[str, Any] | None = None  # for a model with native structured output
         self._save_lock: asyncio.Lock | None = None
         self._store_ok = True  # the last save got through
         self._tool_slots: asyncio.Semaphore | None = None
@@ -162,14 +165,17 @@ class AgentRun:
             self._end(RunStatus.ERROR, f"a run with id {self.run_id!r} is already running")
             return await self._deliver_early()
         parent = ex._runs.get(request.parent_run_id) if isinstance(request.parent_run_id, str) else None
+        notes: list[str] = []
         try:
-            plan = await prepare(ex, request, parent.depth if parent is not None else None)
+            plan = await prepare(ex, request, parent.depth if parent is not None else None, notes)
         except Refused as refused:
             self._end(RunStatus.ERROR, str(refused))
             if request.resume is not None:
                 await self._give_back(str(refused))
             return await self._deliver_early()
         self._adopt(plan)
+        for note in notes:
+            self.warn(note)
         if request.dry_run:
             await self._resolve_palette()
             return self._dry_run_result()
@@ -368,6 +374,13 @@ class AgentRun:
                 if found.name not in self.tools:
                     self.tools[found.name] = found
         self.tool_specs = [t.spec for t in self.tools.values()]
+        output = self.plan.output if self.plan is not None else None
+        self.output_schema = None
+        if output is not None:
+            if getattr(self.model, "supports_output_schema", False) is True:
+                self.output_schema = output.schema
+            else:
+                self.tool_specs.append(output.tool_spec())
 
     async def _steps(self) -> None:
         pending = self._calls_without_results()
@@ -381,7 +394,7 @@ class AgentRun:
                 if not self._store_ok:
                     await self._save()  # the results a failing store missed, before the next model call
             if self.tally.steps >= self.max_steps:
-                self.output = self._last_text()
+                self.output = self.text = self._last_text()
                 self._end(
                     RunStatus.ERROR,
                     f"step limit reached: {self.max_steps} model calls without a final answer "
@@ -395,17 +408,83 @@ class AgentRun:
             if response is None:
                 return
             self.transcript.append(response.to_message())
-            if not response.tool_calls:
-                self.output = response.text
+            if self.plan is not None and self.plan.output is not None:
+                typed = await self._typed_answer(response, self.plan.output)
+                if typed is None:
+                    return
+                pending = typed
+            elif not response.tool_calls:
+                self.output = self.text = response.text
                 if not response.text:
                     self.warn(f"model {self._model_id()} ended the run with an empty answer")
                 self._end(RunStatus.OK)
                 return
-            pending = response.tool_calls
+            else:
+                pending = response.tool_calls
             # Save the calls before they run: a run recovered after a crash mid-tool re-runs these
             # very calls, with the same ids and so the same idempotency keys. This save also
             # confirms that this worker still owns the run before any tool starts.
             await self._save()
+
+    async def _typed_answer(self, response: ModelResponse, output: OutputPlan) -> list[ToolCall] | None:
+        """Read a typed agent's answer: None when the run ended, else the calls to run (maybe none,
+        when the answer went back to the model to be corrected)."""
+        finals = [c for c in response.tool_calls if c.name == FINAL_RESULT]
+        others = [c for c in response.tool_calls if c.name != FINAL_RESULT]
+        if finals:
+            call = finals[0]
+            value, problem = (
+                output.from_arguments(call.arguments)
+                if call.arguments_error is None
+                else (None, call.arguments_error)
+            )
+            if problem is None:
+                for answered in response.tool_calls:  # every call gets its answer: the transcript stays whole
+                    note = (
+                        "final answer received" if answered is call else "not run: the final answer was given"
+                    )
+                    await self._answer(answered, note, is_error=answered is not call)
+                self.output, self.text = value, output.to_text(value)
+                self._end(RunStatus.OK)
+                return None
+            for final in finals:
+                await self._answer(
+                    final,
+                    f"error: the answer does not match the schema: {problem}; call {FINAL_RESULT} again",
+                )
+            return others if self._retry_output(output, problem, response) else None
+        if others:
+            return others
+        value, problem = output.from_text(response.text)
+        if problem is None:
+            self.output, self.text = value, response.text
+            self._end(RunStatus.OK)
+            return None
+        if not self._retry_output(output, problem, response):
+            return None
+        how = (
+            "Answer again with only JSON that matches the schema."
+            if self.output_schema is not None
+            else f"Give your answer by calling the {FINAL_RESULT} tool."
+        )
+        self.transcript.append(
+            Message(role="user", content=f"Your answer does not match the required schema: {problem}. {how}")
+        )
+        return []
+
+    def _retry_output(self, output: OutputPlan, problem: str, response: ModelResponse) -> bool:
+        """Count one answer that did not validate; False (and the run ended) when none are left."""
+        output.tries_left -= 1
+        if output.tries_left < 0:
+            self.text = response.text
+            self._end(
+                RunStatus.ERROR,
+                f"the model's answer did not match output_type {type_path(output.output_type)} after "
+                f"{self.plan.agent.output_retries + 1 if self.plan else '?'} tries: {problem}",
+            )
+            return False
+        self.emit("output.retry", {"problem": problem, "tries_left": output.tries_left})
+        return True
 
     def _calls_without_results(self) -> list[ToolCall]:
         """On resume: the last step's tool calls whose results were not saved (the others are not re-run)."""
@@ -449,6 +528,7 @@ class AgentRun:
             run_id=self.run_id,
             deadline=self._timeout.when() if self._timeout is not None else None,
             emit=self.emit if self.ports.pumps else None,
+            output_schema=self.output_schema,
         )
         model_id = self._model_id()
         # In the run's own task (inline): a provider honours cancellation, and this is the hot path.
@@ -681,7 +761,7 @@ class AgentRun:
         tally = self.tally
         return RunStats(
             status=self.status,
-            output=self.output,
+            output=self.text,
             error=self.error,
             steps=tally.steps,
             tool_calls=tally.tool_calls,
@@ -708,6 +788,7 @@ class AgentRun:
             artifacts=artifacts,
             warnings=self.warn.items,
             retry_after=self.retry_after,
+            text=self.text,
         )
 
     async def _finish(self) -> Result:

@@ -248,7 +248,9 @@ def _event_handler(on_event: EventCallback | None) -> Callable[[RunEvent], Any] 
 def _outcome(result: Result) -> tuple[str, str, str]:
     """A child run's ``(text, run_id, status)``: its output if ``ok``, else what went wrong."""
     ok = result.status is RunStatus.OK
-    text = (result.output or "") if ok else (result.error or result.output or "")
+    # a typed child's answer reaches the parent as its JSON text
+    answer = result.text if result.text is not None else result.output
+    text = (answer or "") if ok else (result.error or answer or "")
     return text, result.run_id, result.status.value
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from executus_core.agent import Agent
 from executus_core.events import EventHandler
 from executus_core.guard import Failure, describe, guarded
+from executus_core.output import FINAL_RESULT, OutputPlan
 from executus_core.ports import Model
 from executus_core.tools import Tool, ToolSet
 from executus_core.types import Interrupted, Message, RunInfo
@@ -29,7 +30,8 @@ class RunRequest:
     """One run as its caller asked for it: the arguments of `Executor.run`, in one object.
 
     ``resume`` is set for a run `Executor.recover` resumes from its checkpoint (then ``prompt`` is
-    unused); ``run_id`` is the id to give the run (default: a new uuid4 hex).
+    unused); ``run_id`` is the id to give the run (default: a new uuid4 hex). ``history`` holds the
+    messages of earlier turns of a conversation (``Result.messages`` of the previous run).
     """
 
     agent: Any
@@ -43,6 +45,8 @@ class RunRequest:
     on_event: EventHandler | None = None
     run_id: Any = None
     resume: Interrupted | None = None
+    history: Any = None
+    conversation_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.run_id is None:
@@ -62,17 +66,20 @@ class RunPlan:
     soft_timeout: float
     hard_timeout: float
     depth: int
+    output: OutputPlan | None = None
 
 
 class Refused(Exception):
     """A request that cannot run; the message is the run's error."""
 
 
-async def prepare(executor: Executor, request: RunRequest, depth_of_parent: int | None) -> RunPlan:
+async def prepare(
+    executor: Executor, request: RunRequest, depth_of_parent: int | None, warnings: list[str]
+) -> RunPlan:
     """Check ``request`` and fill its defaults; raises `Refused` with what to fix.
 
     ``depth_of_parent`` is the delegation depth of the run named by ``parent_run_id`` when that
-    run is live in this executor.
+    run is live in this executor; what the run should be told (a history cut) goes to ``warnings``.
     """
     settings = executor.settings.core
     if not isinstance(request.run_id, str) or not request.run_id:
@@ -84,7 +91,7 @@ async def prepare(executor: Executor, request: RunRequest, depth_of_parent: int 
         raise Refused(f"prompt must be a string, got {type(request.prompt).__name__}")
     if request.inputs is not None and not isinstance(request.inputs, Mapping):
         raise Refused(f"inputs must be a mapping, got {type(request.inputs).__name__}")
-    for name in ("channel_id", "parent_run_id"):
+    for name in ("channel_id", "parent_run_id", "conversation_id"):
         value = getattr(request, name)
         if value is not None and not isinstance(value, str):
             raise Refused(f"{name} must be a string or None, got {type(value).__name__}")
@@ -105,6 +112,14 @@ async def prepare(executor: Executor, request: RunRequest, depth_of_parent: int 
     except Exception as exc:
         raise Refused(f"model {agent.model_id!r}: {exc}") from None
     tools = await _tools(executor, agent)
+    output = None
+    if agent.output_type is not None:
+        try:
+            output = OutputPlan.build(agent.output_type, agent.output_retries)
+        except TypeError as exc:
+            raise Refused(f"agent {agent.name!r}: {exc}") from None
+        if FINAL_RESULT in tools:
+            raise Refused(f"agent {agent.name!r} has a tool named {FINAL_RESULT!r}, which output_type uses")
 
     if resume is not None:
         info = resume.info
@@ -120,10 +135,13 @@ async def prepare(executor: Executor, request: RunRequest, depth_of_parent: int 
             channel_id=request.channel_id,
             parent_run_id=request.parent_run_id,
             inputs=dict(request.inputs) if request.inputs is not None else None,
+            conversation_id=request.conversation_id,
         )
         transcript = []
         if agent.instructions:
             transcript.append(Message(role="system", content=agent.instructions))
+        if request.history is not None:
+            transcript += _history(request.history, settings.max_history_messages, warnings)
         transcript.append(Message(role="user", content=request.prompt))
     return RunPlan(
         agent=agent,
@@ -135,7 +153,33 @@ async def prepare(executor: Executor, request: RunRequest, depth_of_parent: int 
         soft_timeout=agent.soft_timeout or settings.soft_timeout,
         hard_timeout=agent.hard_timeout or settings.hard_timeout,
         depth=depth,
+        output=output,
     )
+
+
+def _history(history: Any, limit: int, warnings: list[str]) -> list[Message]:
+    """The earlier turns to continue from: messages (or their dicts), no system messages, the last
+    ``limit`` of them, cut where a user message starts so no tool result loses its call."""
+    if not isinstance(history, list | tuple):
+        raise Refused(f"history must be a list of Message, got {type(history).__name__}")
+    messages: list[Message] = []
+    for index, item in enumerate(history):
+        try:
+            message = item if isinstance(item, Message) else Message.model_validate(item)
+        except Exception as exc:
+            raise Refused(f"history[{index}] is not a message: {exc}"[:500]) from None
+        if message.role != "system":  # the agent's instructions come first, once
+            messages.append(message)
+    if len(messages) > limit:
+        start = len(messages) - limit
+        while start < len(messages) and messages[start].role != "user":
+            start += 1
+        warnings.append(
+            f"history has {len(messages)} messages; the oldest {start} were left out (max_history_messages "
+            f"is {limit}: trim or summarize the history yourself to choose what stays)"
+        )
+        messages = messages[start:]
+    return messages
 
 
 async def _tools(executor: Executor, agent: Agent) -> dict[str, Tool]:

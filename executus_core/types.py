@@ -179,6 +179,9 @@ class ModelRequest:
     ``messages`` is the run's transcript itself, not a copy: a provider must not mutate it.
     ``deadline`` is the ``loop.time()`` after which the run ends (retries never sleep past it);
     ``emit(type, data)`` reports run events (retries, streamed text) and never raises.
+    ``output_schema`` is set, for a model that declares ``supports_output_schema = True``, when the
+    agent wants a typed answer: the JSON schema its final text must follow (OpenAI's
+    ``response_format``); other models get a ``final_result`` tool instead.
     """
 
     messages: list[Message]
@@ -187,6 +190,7 @@ class ModelRequest:
     run_id: str = ""
     deadline: float | None = None
     emit: Callable[[str, dict[str, Any]], None] | None = None
+    output_schema: dict[str, Any] | None = None
 
 
 class RunStatus(enum.StrEnum):
@@ -202,7 +206,11 @@ class RunStatus(enum.StrEnum):
 
 
 class RunInfo(BaseModel):
-    """Who runs what: the attribution every port gets when a run starts."""
+    """Who runs what: the attribution every port gets when a run starts.
+
+    ``conversation_id`` links the turns of one conversation (runs that continued one another with
+    ``history=``), as the host names it with ``Executor.run(..., conversation_id=...)``.
+    """
 
     run_id: str
     subject_id: str
@@ -212,6 +220,7 @@ class RunInfo(BaseModel):
     parent_run_id: str | None = None
     inputs: dict[str, Any] | None = None
     started_at: datetime = Field(default_factory=utcnow)
+    conversation_id: str | None = None
 
 
 class RunStats(BaseModel):
@@ -253,13 +262,15 @@ class Result(BaseModel):
     ``error`` says what ended the run when ``status`` is not ``ok``. ``warnings`` lists the port
     failures the run survived (an audit recorder that raised, a delivery that failed, ...).
     ``request`` holds, for a ``dry_run``, the first request that would have been sent.
+    ``output`` is the model's final answer: its text, or, for an agent with an ``output_type``, the
+    answer validated as that type (``text`` then keeps the raw text it was read from).
     ``retry_after`` is, for a refused run (``budget_exceeded``, or a provider's rate limit), the
     seconds to wait before trying again, where the refusing side knows it; else ``None``.
     """
 
     run_id: str
     status: RunStatus
-    output: str | None = None
+    output: Any = None
     error: str | None = None
     stats: RunStats
     messages: list[Message] = Field(default_factory=list)
@@ -267,6 +278,7 @@ class Result(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     request: dict[str, Any] | None = None
     retry_after: float | None = None
+    text: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -153,13 +153,23 @@ def _usage(data: Any) -> Usage:
     )
 
 
+def _response_format(schema: dict[str, Any]) -> bytes:
+    """``response_format`` asking for JSON that follows ``schema`` (a typed agent's answer)."""
+    form = {"type": "json_schema", "json_schema": {"name": "final_result", "schema": schema, "strict": False}}
+    return b',"response_format":' + orjson.dumps(form)
+
+
 class OpenAIModel(HttpModel):
     """A model behind a Chat Completions endpoint. Built by `create_openai` from ``openai:<model>``.
+
+    ``supports_output_schema``: a typed agent's schema goes out as ``response_format``.
 
     Args:
         model: the model name the server knows (``gpt-4o-mini``, ``llama3.1:8b``, ...).
         endpoint: the shared `Endpoint` (address, key, pooled client, retry policy).
     """
+
+    supports_output_schema = True
 
     def __init__(self, model: str, endpoint: Endpoint) -> None:
         super().__init__(model, endpoint)
@@ -238,6 +248,10 @@ class OpenAIModel(HttpModel):
         settings = _settings_bytes(request.settings, bool(request.tools))
         if settings:
             chunks.append(settings)
+        if request.output_schema is not None and "response_format" not in (
+            request.settings.__pydantic_extra__ or ()
+        ):
+            chunks.append(_response_format(request.output_schema))
         if stream:
             chunks.append(self._stream_tail)
         chunks.append(b"}")

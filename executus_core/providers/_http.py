@@ -401,7 +401,7 @@ _VALIDATION = re.compile(rb"\d+ validation errors?\b|ValidationError|Input shoul
 # same complaint for each member of a union.
 _VALIDATION_CHARS = 600
 # The most bytes of an error body read (the rest is not): enough for any real error message.
-_ERROR_READ_BYTES = 256 * 1024
+_ERROR_READ_BYTES = 64 * 1024
 
 
 def _validation_hint(text: str) -> str:
@@ -830,6 +830,8 @@ async def iter_sse(
                 f"the stream is longer than max_body_bytes ({max_body_bytes:,} bytes); raise "
                 "max_body_bytes under [tool.executus.providers] if such answers are expected"
             )
+        if len(buffer) + len(chunk) > max_event_bytes and b"\n" not in chunk:
+            raise error(_too_big("a line", max_event_bytes))  # refused before the buffer grows past it
         # Search only the new bytes for line ends: a long line arriving in many chunks is not
         # scanned again for each one.
         scan = len(buffer)

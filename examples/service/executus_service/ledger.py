@@ -12,7 +12,8 @@ Tables (PostgreSQL, created by `ensure_tables`):
 - ``service_ledger_entries``: one row per entry, primary key the idempotency key (the effect);
 - ``service_ledger_calls``: one row per execution of the tool (no constraint: duplicates show);
 - ``service_results``: one row per run that ended, with its status and output or error; ``ends``
-  counts how many times a worker saw the run end (1, unless a run ended twice). The audit trail has
+  counts the workers whose run ended there (1; 0 when the worker died before keeping the end and a
+  later job kept it; more if a run ended twice). The audit trail has
   the same and more, except for a run refused before it started (``budget_exceeded``), which the
   audit never sees.
 """
@@ -97,9 +98,9 @@ async def record_end(
     conflict = "DO UPDATE SET ends = service_results.ends + 1" if produced else "DO NOTHING"
     async with pool.connection() as conn:
         await conn.execute(
-            "INSERT INTO service_results (run_id, status, output, error, worker) VALUES (%s, %s, %s, %s, %s) "
-            f"ON CONFLICT (run_id) {conflict}",
-            (run_id, status, output, error, worker_name()),
+            "INSERT INTO service_results (run_id, status, output, error, worker, ends) "
+            f"VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id) {conflict}",
+            (run_id, status, output, error, worker_name(), 1 if produced else 0),
         )
 
 

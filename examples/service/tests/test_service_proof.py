@@ -274,13 +274,11 @@ def test_durable_runs_across_killed_and_paused_workers(
         chaos.release_all()
         code = service.stop()
 
-    # One output per run: the workers saw each run end once.
+    # One output per run: one worker ended each run (none, if it died before keeping the end).
     for run_id in runs:
         status, count = ends.get(run_id, (None, 0))
-        if count != 1:
-            problem(
-                "ended more than once", f"run {run_id}: workers saw it end {count} times (the first {status})"
-            )
+        if run_id not in ends or count > 1:
+            problem("ended more than once", f"run {run_id}: {count} workers ended it (the first {status})")
 
     # The ledger: each entry once; each call executed once unflagged, re-runs flagged; no stray calls.
     by_key: dict[tuple[str, str], list[tuple[int, bool, str, bool]]] = defaultdict(list)

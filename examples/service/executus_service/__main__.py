@@ -12,7 +12,8 @@
 
 Every process reads its settings from ``examples/service/pyproject.toml`` under ``EXECUTUS_*``
 variables (see `executus_service.settings`). ``up`` prints one line per process it starts
-(``worker 2 pid 4242``), then ``READY <url>`` once the web app answers.
+(``worker 2 pid 4242``) and one when a worker is ready (``worker 2 ready pid 4242``), then
+``READY <url>`` once the web app answers and every worker is ready.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -141,6 +143,7 @@ async def worker_main() -> None:
         async with Executor(settings=settings) as executor, app.open_async():
             host = RunHost(executor, agents, pool, service)
             log.info("worker %s: %d job slots on queue %s", worker_name(), service.concurrency, service.queue)
+            print("READY", flush=True)  # `up` tells when each worker is ready
             await run_worker(app, host, service, name=worker_name())
     finally:
         await pool.close()
@@ -179,16 +182,28 @@ class _Child:
     def __init__(self, label: str, args: list[str], env: dict[str, str]) -> None:
         self.label, self.args, self.env = label, args, env
         self.process: subprocess.Popen[str] | None = None
+        self.ready = threading.Event()
 
-    def start(self, *, capture: bool = False) -> subprocess.Popen[str]:
+    def start(self, *, capture: bool = False, announce_ready: bool = False) -> subprocess.Popen[str]:
+        self.ready = threading.Event()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "executus_service", *self.args],
             env=self.env,
-            stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture or announce_ready else subprocess.DEVNULL,
             text=True,
         )
         print(f"{self.label} pid {self.process.pid}", flush=True)
+        if announce_ready:
+            threading.Thread(target=self._watch, args=(self.process, self.ready), daemon=True).start()
         return self.process
+
+    def _watch(self, process: subprocess.Popen[str], ready: threading.Event) -> None:
+        """Print ``<label> ready pid N`` when the process says READY; drain its stdout after."""
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.strip() == "READY" and not ready.is_set():
+                ready.set()
+                print(f"{self.label} ready pid {process.pid}", flush=True)
 
 
 def _first_line(process: subprocess.Popen[str], prefix: str, label: str, timeout: float = 120.0) -> str:
@@ -257,8 +272,13 @@ def up_main(workers: int | None, port: int | None) -> int:
         pool = [_Child(f"worker {index}", ["worker"], env) for index in range(1, count + 1)]
         children.extend(pool)
         for child in pool:
-            child.start()
+            child.start(announce_ready=True)
         _wait_healthy(url)
+        deadline = time.monotonic() + 120.0
+        for child in pool:
+            if not child.ready.wait(max(0.0, deadline - time.monotonic())):
+                print(f"up: {child.label} was not ready within 120s (see its log above)", file=sys.stderr)
+                return 1
         print(f"READY {url}", flush=True)
         while not stopping:
             time.sleep(0.2)
@@ -274,7 +294,7 @@ def up_main(workers: int | None, port: int | None) -> int:
                         f"{child.label} pid {child.process.pid} exited with {code}; starting a new one",
                         flush=True,
                     )
-                    child.start()
+                    child.start(announce_ready=True)
                 else:
                     print(
                         f"up: {child.label} exited with {code}; stopping the service",

@@ -76,8 +76,19 @@ class Chaos:
     def round(self) -> None:
         index = self.rng.randint(1, WORKERS)
         pid = self.service.pid(f"worker {index}")
-        if pid in self.stopped:
-            return
+        if pid in self.stopped or self.service.pids.get(f"worker {index} ready") != pid:
+            # Paused, or a new worker still starting (it has no runs yet): try the others.
+            ready = [
+                i
+                for i in range(1, WORKERS + 1)
+                if self.service.pids.get(f"worker {i} ready") == self.service.pid(f"worker {i}")
+                and self.service.pid(f"worker {i}") not in self.stopped
+            ]
+            if not ready:
+                self.note("no worker is ready: round skipped")
+                return
+            index = self.rng.choice(ready)
+            pid = self.service.pid(f"worker {index}")
         if self.rng.random() < 0.5:
             os.kill(pid, signal.SIGKILL)
             self.note(f"SIGKILL worker {index} (pid {pid})")

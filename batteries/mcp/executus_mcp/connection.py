@@ -312,6 +312,14 @@ class _Session:
             log.debug("MCP server %r: the tool-list subscription ended: %r", self.conn.name, exc)
 
 
+def _session_unknown(exc: MCPError) -> bool:
+    """The server answered HTTP 404 to our session id: it restarted, or expired the session, and did
+    not run the request (the SDK's stand-in is INVALID_REQUEST "Session terminated"; servers that
+    send a JSON-RPC body say "Session not found")."""
+    message = exc.error.message.lower()
+    return (exc.code == mcp_types.INVALID_REQUEST and "session" in message) or "session not found" in message
+
+
 def _wants_listen(client: Client) -> bool:
     tools = client.server_capabilities.tools
     return (
@@ -557,57 +565,75 @@ class ServerConnection:
     async def call_tool(
         self, tool: str, arguments: dict[str, Any], *, limit: float | None = None
     ) -> mcp_types.CallToolResult:
-        """Call ``tool`` once, within ``limit`` seconds (and ``call_timeout``), starting the server if needed.
+        """Call ``tool`` within ``limit`` seconds (and ``call_timeout``), starting the server if needed.
 
-        Never sends the call twice. Raises `McpServerUnavailable`, `McpCallTimeout`,
+        A call that may have run is never sent again. The one case where it goes out a second time
+        is a call the server refused, unrun, because it no longer knew the session (HTTP 404 on a
+        handshake-era session, after the server restarted): the spec says to start a new session
+        then, and the call goes to it. Raises `McpServerUnavailable`, `McpCallTimeout`,
         `McpConnectionLost` or `McpToolError` (the server refused the call); a result with
         ``isError`` is returned as it is.
         """
         started = time.monotonic()
         budget = self.call_timeout if limit is None else min(limit, self.call_timeout)
-        if budget <= 0:
-            raise McpCallTimeout(
-                f"no time left to call {tool!r} on MCP server {self.name!r}: the run's deadline has passed",
-                server=self.name,
-                tool=tool,
-            )
-        client = await self.session(budget)
-        if not self._stale and self._tools is not None and tool not in self._names:
-            offered = ", ".join(t.name for t in self._tools) or "none"
-            raise McpToolError(
-                f"MCP server {self.name!r} no longer offers the tool {tool!r} (its tool list changed); "
-                f"it offers: {offered}",
-                server=self.name,
-                tool=tool,
-            )
-        left = budget - (time.monotonic() - started)
-        if left <= 0:
-            raise McpCallTimeout(
-                f"no time left to call {tool!r} after starting MCP server {self.name!r} (limit {budget:g}s)",
-                server=self.name,
-                tool=tool,
-            )
-        session = self._session
-        try:
-            # The SDK's request timeout cancels the call on the server; ours is the backstop.
-            async with asyncio.timeout(left + 1.0):
-                return await client.call_tool(tool, arguments, read_timeout_seconds=left)
-        except MCPError as exc:
-            if exc.code == mcp_types.REQUEST_TIMEOUT:
+        for attempt in (1, 2):
+            left = budget - (time.monotonic() - started)
+            if left <= 0:
+                raise McpCallTimeout(
+                    f"no time left to call {tool!r} on MCP server {self.name!r} "
+                    + ("(the run's deadline has passed)" if attempt == 1 else f"(limit {budget:g}s)"),
+                    server=self.name,
+                    tool=tool,
+                )
+            client = await self.session(left)
+            if not self._stale and self._tools is not None and tool not in self._names:
+                offered = ", ".join(t.name for t in self._tools) or "none"
+                raise McpToolError(
+                    f"MCP server {self.name!r} no longer offers the tool {tool!r} (its tool list changed); "
+                    f"it offers: {offered}",
+                    server=self.name,
+                    tool=tool,
+                )
+            left = budget - (time.monotonic() - started)
+            if left <= 0:
+                raise McpCallTimeout(
+                    f"no time left to call {tool!r} after starting MCP server {self.name!r} (limit {budget:g}s)",
+                    server=self.name,
+                    tool=tool,
+                )
+            session = self._session
+            try:
+                # The SDK's request timeout cancels the call on the server; ours is the backstop.
+                async with asyncio.timeout(left + 1.0):
+                    return await client.call_tool(tool, arguments, read_timeout_seconds=left)
+            except MCPError as exc:
+                if exc.code == mcp_types.REQUEST_TIMEOUT:
+                    raise self._timed_out(tool, budget, limit) from None
+                if exc.code == mcp_types.CONNECTION_CLOSED:
+                    raise self._lost(session, tool) from None
+                if _session_unknown(exc):
+                    if session is not None:
+                        session.end(lost=True)
+                    if attempt == 1:
+                        log.info("MCP server %r no longer knows the session; starting a new one", self.name)
+                        continue
+                raise McpToolError(
+                    f"MCP server {self.name!r} refused the call of {tool!r}: {exc.error.message} "
+                    f"(JSON-RPC error {exc.code})",
+                    server=self.name,
+                    tool=tool,
+                ) from None
+            except TimeoutError:
                 raise self._timed_out(tool, budget, limit) from None
-            if exc.code == mcp_types.CONNECTION_CLOSED:
+            except (
+                httpx2.TransportError,
+                OSError,
+                anyio.BrokenResourceError,
+                anyio.ClosedResourceError,
+            ) as exc:
+                log.debug("MCP server %r: call of %r failed in the transport: %r", self.name, tool, exc)
                 raise self._lost(session, tool) from None
-            raise McpToolError(
-                f"MCP server {self.name!r} refused the call of {tool!r}: {exc.error.message} "
-                f"(JSON-RPC error {exc.code})",
-                server=self.name,
-                tool=tool,
-            ) from None
-        except TimeoutError:
-            raise self._timed_out(tool, budget, limit) from None
-        except (httpx2.TransportError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            log.debug("MCP server %r: call of %r failed in the transport: %r", self.name, tool, exc)
-            raise self._lost(session, tool) from None
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _timed_out(self, tool: str, budget: float, limit: float | None) -> McpCallTimeout:
         why = (

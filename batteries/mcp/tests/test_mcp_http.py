@@ -66,3 +66,18 @@ async def test_an_http_server_killed_mid_call_then_back(new_toolset: Any, call_l
         await asyncio.sleep(1.1)  # past the pause after a failed start
         assert await add({"a": 1, "b": 1}) == "2"
         assert [line[1:] for line in log_lines(call_log)] == [["slow", "once"], ["add", "1+1"]]
+
+
+async def test_a_server_that_restarted_and_forgot_the_session(new_toolset: Any, call_log: Path) -> None:
+    """A handshake-era HTTP session is gone after a restart: the server answers 404, runs nothing, and
+    the call goes to a new session (the spec's rule), once."""
+    with http_server(env={"MCP_TEST_LOG": str(call_log)}) as server:
+        tools = new_toolset({"web": {"url": server.url, "mode": "legacy"}})
+        (echo,) = await tools.resolve("web/echo")
+        assert await echo({"text": "before"}) == "before"
+        server.kill()
+        server.start()
+        assert await echo({"text": "after"}) == "after"
+        conn = tools.servers["web"]
+        assert conn.starts == 2 and conn.protocol_version == "2025-11-25"
+    assert [line[1:] for line in log_lines(call_log)] == [["echo", "before"], ["echo", "after"]]

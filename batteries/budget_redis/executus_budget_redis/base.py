@@ -497,7 +497,11 @@ class StoreBudget(abc.ABC):
 
     async def _flush_one(self, caller_id: str) -> None:
         try:
-            await self._send(caller_id)
+            # Bounded on its own, so the check after it still answers well within port_timeout.
+            async with asyncio.timeout(self.config.timeout):
+                await self._send(caller_id)
+        except TimeoutError:
+            self._start_flusher()
         except self._errors:
             # Still away: the check's own call will say so, and the entries wait for the next try.
             self._start_flusher()

@@ -159,3 +159,57 @@ async def test_refusals_reach_the_result_as_data(tmp_path: Path, other_plugins: 
 
 def the_budget_named(ex: Executor, wanted: str) -> Any:
     return next(budget for name, budget in ex.ports.budgets if name == wanted)
+
+
+async def test_a_recovered_run_is_one_run_charged_once(tmp_path: Path) -> None:
+    # The run is interrupted in a tool (its first step's 100 tokens committed), then recovered by
+    # a new executor over the same checkpoints and budget: it passes the check again under its
+    # own run id without being counted twice, and its commit adds only what it used since.
+    from executus_core import ToolCall, tool
+    from executus_core.testing import MemoryCheckpointStore
+
+    store = MemoryCheckpointStore()
+    entered, release = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    @tool
+    async def slow() -> str:
+        """Waits the first time."""
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            entered.set()
+            await release.wait()
+        return "done"
+
+    settings = {"budget_redis": {"path": str(tmp_path / "b.sqlite3"), "max_runs": 5, "max_tokens": 10_000}}
+    step = ModelResponse(
+        tool_calls=[ToolCall(id="c1", name="slow", arguments={})], usage=Usage(input_tokens=100)
+    )
+    first = Executor(settings=settings, plugins=[store, executus_budget_redis.plugin], entry_points=False)
+    task = asyncio.ensure_future(
+        first.run(
+            Agent(name="w", model=ScriptedModel([step]), tools=[slow]), "go", caller_id="u1", run_id="r1"
+        )
+    )
+    await asyncio.wait_for(entered.wait(), 10)
+    await first.shutdown()
+    assert (await task).status is RunStatus.INTERRUPTED
+    reader = SQLiteBudget(path=str(tmp_path / "b.sqlite3"))
+    after_first = (await reader.usage("u1")).windows[0]
+    await reader.aclose()
+    assert (after_first.runs, after_first.tokens) == (1, 100)
+
+    resumed = Agent(
+        name="w",
+        model=ScriptedModel([ModelResponse(text="ok", usage=Usage(input_tokens=50))]),
+        tools=[slow],
+    )
+    async with Executor(
+        settings=settings, plugins=[store, executus_budget_redis.plugin], entry_points=False
+    ) as second:
+        (result,) = await asyncio.wait_for(second.recover(agents={"w": resumed}), 20)
+        usage = await the_budget_named(second, "budget_redis").usage("u1")
+    assert result.status is RunStatus.OK and result.run_id == "r1"
+    assert result.stats.input_tokens == 150  # the run's total, restored from its checkpoint
+    assert (usage.windows[0].runs, usage.windows[0].tokens, usage.in_flight) == (1, 150, 0)

@@ -43,6 +43,7 @@ from executus_budget_redis.spool import Commit
 __all__ = ["CallerUsage", "RedisBudget", "WindowUsage"]
 
 _POOL_EXHAUSTED = "No connection available"
+_QUICK_ANSWER = 0.25  # seconds: answers this quick teach the offset between Redis's clock and ours
 
 
 @dataclasses.dataclass(slots=True)
@@ -149,10 +150,15 @@ class RedisBudget(StoreBudget):
         return self.config.timeout * 2
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        sent = time.time()
         async with asyncio.timeout(self._give_up_after):
             reply = await script(keys=keys, args=args)
-        # Redis read its clock before we got the reply: now - received is a lower bound of the offset.
-        self._offset_ms = float(reply[-1]) - time.time() * 1000
+        received = time.time()
+        # Redis read its clock before we got the reply, so now - received is a lower bound of the
+        # offset, off by at most the round trip: learn it from quick answers only (a slow one, after
+        # a stall, would set later deadlines too early).
+        if self._offset_ms is None or received - sent <= _QUICK_ANSWER:
+            self._offset_ms = float(reply[-1]) - received * 1000
         return reply
 
     # -- the store -------------------------------------------------------------------------------

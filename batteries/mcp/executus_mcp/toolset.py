@@ -26,7 +26,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import mcp_types
 
@@ -35,7 +35,7 @@ from executus_mcp.connection import ServerConnection
 from executus_mcp.errors import McpNameError, McpServerUnavailable, McpToolError
 from executus_mcp.settings import SECTION, McpSettings, tool_name_prefix
 
-__all__ = ["McpToolSet", "model_tool_name", "result_text"]
+__all__ = ["McpToolSet", "model_tool_name", "result_text", "resume_policy"]
 
 log = logging.getLogger("executus_mcp")
 
@@ -106,6 +106,19 @@ def result_text(
     if not parts and result.structured_content is not None:
         return json.dumps(result.structured_content, ensure_ascii=False, default=str)
     return "\n".join(parts)
+
+
+def resume_policy(spec: mcp_types.Tool) -> Literal["rerun", "ask"]:
+    """What a recovered run does with a call of this tool that was in flight at a crash.
+
+    ``"rerun"`` only for tools the server marks read-only or idempotent (``readOnlyHint``,
+    ``idempotentHint``): running them again cannot do harm. Any other call may have taken effect,
+    and the battery never sends such a call twice on its own: ``"ask"`` tells the model instead.
+    """
+    hints = spec.annotations
+    if hints is not None and (hints.read_only_hint or hints.idempotent_hint):
+        return "rerun"
+    return "ask"
 
 
 class McpToolSet:
@@ -219,6 +232,7 @@ class McpToolSet:
             args_model=None,
             parameters=schema,
             context_param="context",
+            on_resume=resume_policy(spec),
         )
 
     async def aclose(self) -> None:

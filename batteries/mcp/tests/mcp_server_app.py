@@ -47,7 +47,7 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-@server.tool()
+@server.tool(annotations=mcp_types.ToolAnnotations(read_only_hint=True))
 def echo(text: str) -> str:
     """Say the text back."""
     record("echo", text)

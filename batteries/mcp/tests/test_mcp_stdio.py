@@ -118,3 +118,11 @@ async def test_a_tool_list_that_changes_mid_run(new_toolset: Any, mode: str) -> 
         await next_run["demo__fresh"]({})
     assert "demo__fresh" not in {t.name for t in await tools.resolve("demo")}
     assert conn.starts == 1
+
+
+async def test_only_read_only_or_idempotent_tools_rerun_after_a_crash(new_toolset: Any) -> None:
+    """A recovered run re-executes an in-flight call only when the server says that is harmless."""
+    tools = new_toolset({"demo": stdio_server()})
+    resolved = {t.name: t for t in await tools.resolve("demo")}
+    assert resolved["demo__echo"].on_resume == "rerun"  # readOnlyHint
+    assert resolved["demo__add"].on_resume == "ask"  # no hint: it may have taken effect

@@ -15,6 +15,7 @@ The public API; everything else lives in modules whose names say what they hold:
 """
 
 from executus_core.agent import Agent
+from executus_core.approval import Approve, Decision, Deny, Edit
 from executus_core.config import CoreSettings, Settings, load_settings
 from executus_core.errors import (
     AuthenticationError,
@@ -56,6 +57,7 @@ from executus_core.types import (
     ModelResponse,
     ModelSettings,
     PaletteEntry,
+    PendingCall,
     Result,
     RunEvent,
     RunInfo,
@@ -70,6 +72,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
+    "Approve",
     "Artifact",
     "Audit",
     "AuthenticationError",
@@ -82,8 +85,11 @@ __all__ = [
     "CoreSettings",
     "Critic",
     "CriticHandle",
+    "Decision",
     "Delivery",
     "DeliveryTarget",
+    "Deny",
+    "Edit",
     "Executor",
     "ExecutusError",
     "Interrupted",
@@ -95,6 +101,7 @@ __all__ = [
     "ModelSettings",
     "PaletteEntry",
     "PaletteSource",
+    "PendingCall",
     "PluginError",
     "ProviderConnectionError",
     "ProviderError",

@@ -74,6 +74,12 @@ class CoreSettings(BaseModel):
     max_concurrent_tools: int = Field(8, ge=1, description="Tool calls of one run running at once.")
     max_error_chars: int = Field(4000, ge=100, description="Longest Result.error kept; the rest is cut.")
     recovery_concurrency: int = Field(8, ge=1, description="Runs Executor.recover() resumes at once.")
+    approval_timeout: float = Field(
+        7 * 86400.0, gt=0, description="Longest a paused run waits for approval before resume ends it."
+    )
+    approval_pauses_step: bool = Field(
+        False, description="A call waiting for approval holds its step's other calls too."
+    )
     max_history_messages: int = Field(
         500, ge=1, description="Messages of history= a run keeps; older turns are left out."
     )

@@ -22,9 +22,12 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, TypeAdapter
 
 from executus_core.agent import Agent
+from executus_core.approval import Decision
 from executus_core.config import Settings, load_settings
 from executus_core.events import EventBuffer, EventHandler
 from executus_core.guard import Failure, await_me_maybe, guarded
@@ -39,6 +42,8 @@ from executus_core.tools import Tool, ToolSet
 from executus_core.types import Interrupted, Message, Result, RunEvent, RunStats, RunStatus, utcnow
 
 __all__ = ["Executor", "Ports"]
+
+_DECISION: TypeAdapter[Decision] = TypeAdapter(Annotated[Decision, Field(discriminator="kind")])
 
 log = logging.getLogger("executus")
 
@@ -109,6 +114,7 @@ class Executor:
         self._runs: dict[str, AgentRun] = {}
         self._agents: dict[str, Agent] = {}
         self._skills: dict[str, Any] = {}
+        self._paused: dict[str, tuple[Interrupted, Agent]] = {}  # awaiting approval, when there is no store
         self._closed = False
         self._runner: asyncio.Runner | None = None
         self.palette = InProcessPalette(self)
@@ -430,7 +436,11 @@ class Executor:
         return failed + list(await asyncio.gather(*(resume(item) for item in items)))
 
     async def _resume(
-        self, item: Interrupted, known: Mapping[str, Agent], on_event: EventHandler | None
+        self,
+        item: Interrupted,
+        known: Mapping[str, Agent],
+        on_event: EventHandler | None,
+        decisions: dict[str, Decision] | None = None,
     ) -> Result:
         return await self._execute(
             RunRequest(
@@ -442,8 +452,70 @@ class Executor:
                 inputs=item.info.inputs,
                 on_event=on_event,
                 resume=item,
+                decisions=decisions,
+                conversation_id=item.info.conversation_id,
             )
         )
+
+    async def resume(
+        self,
+        run_id: str,
+        *,
+        decisions: Mapping[str, Decision | Mapping[str, Any]] | None = None,
+        agents: Mapping[str, Agent] | None = None,
+        on_event: EventHandler | None = None,
+    ) -> Result:
+        """Continue the run ``run_id`` — paused ``awaiting_approval``, or interrupted — and return its
+        `Result`; never raises.
+
+        ``decisions`` maps each pending call's id to `Approve`, `Deny` or `Edit` (or their dicts,
+        ``{"kind": "deny", "reason": "..."}``). A call still without a decision keeps waiting: the
+        run pauses again. The run is read from the checkpoint store (any process that shares it
+        can resume it, after a restart too) through its ``load(run_id)``; with no store, from this
+        executor's memory. Tool calls already answered are not run again.
+        """
+        try:
+            checked = {str(k): _DECISION.validate_python(v) for k, v in (decisions or {}).items()}
+        except Exception as exc:
+            return last_resort_result(run_id, f"decisions are not valid: {exc}"[:2000])
+        kept = self._paused.pop(run_id, None) if isinstance(run_id, str) else None
+        item, agent = kept if kept is not None else (None, None)
+        if item is None and self.ports.checkpoints is not None:
+            name, store = self.ports.checkpoints
+            load = getattr(store, "load", None)
+            if not callable(load):
+                return last_resort_result(
+                    run_id,
+                    f"checkpoint {name!r} cannot load a run by id (it has no load()); resume needs one that can",
+                )
+            found = await guarded(
+                f"checkpoint {name!r}: load", load, run_id, timeout=self.settings.core.port_timeout
+            )
+            if isinstance(found, Failure):
+                return last_resort_result(run_id, str(found))
+            if found is not None:
+                try:
+                    item = found if isinstance(found, Interrupted) else Interrupted.model_validate(found)
+                except Exception:
+                    return last_resort_result(
+                        run_id, f"checkpoint {name!r}: load returned {type(found).__name__}"
+                    )
+        if item is None:
+            where = (
+                "the checkpoint store"
+                if self.ports.checkpoints is not None
+                else "this executor (no checkpoint store)"
+            )
+            return last_resort_result(run_id, f"no paused or interrupted run {run_id!r} in {where}")
+        known = {a.id: a for a in self._agents.values()} | dict(agents or {})
+        if agent is not None:
+            known.setdefault(agent.id, agent)
+        return await self._resume(item, known, on_event, checked)
+
+    def _keep_paused(self, item: Interrupted, agent: Agent | None) -> None:
+        if agent is None:
+            return
+        self._paused[item.info.run_id] = (item, agent)
 
     # -- closing -----------------------------------------------------------------------------
 

@@ -19,7 +19,16 @@ from executus_core.errors import BudgetExceeded, RunTakenOver
 from executus_core.events import EventHandler, EventPump
 from executus_core.guard import Failure, guarded, guarded_sync
 from executus_core.ports import Checkpointer, CriticHandle, RunRecorder
-from executus_core.types import CheckpointState, RunEvent, RunInfo, RunStats, RunStatus, Usage, utcnow
+from executus_core.types import (
+    CheckpointState,
+    PendingCall,
+    RunEvent,
+    RunInfo,
+    RunStats,
+    RunStatus,
+    Usage,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from executus_core.executor import Executor
@@ -282,7 +291,7 @@ class RunPorts:
 
     # -- the end -------------------------------------------------------------------------------
 
-    async def finish(self, stats: RunStats) -> None:
+    async def finish(self, stats: RunStats, pending: list[PendingCall] | None = None) -> None:
         """Close the recorders, commit the budgets, end the checkpoint and stop the critic.
 
         Each step is bounded and none can raise. A run taken over by another worker writes no
@@ -300,7 +309,12 @@ class RunPorts:
             try:
                 if stats.status is RunStatus.OK:
                     await self.checkpoint("complete")
-                elif stats.status is not RunStatus.INTERRUPTED:
+                elif stats.status is RunStatus.AWAITING_APPROVAL and callable(
+                    getattr(self.checkpointer, "pause", None)
+                ):
+                    # kept until a decision comes; a store that knows pauses never hands it to recover()
+                    await self.checkpoint("pause", list(pending or []))
+                elif stats.status not in (RunStatus.INTERRUPTED, RunStatus.AWAITING_APPROVAL):
                     await self.checkpoint("fail", stats.error or stats.status.value)
                 elif callable(getattr(self.checkpointer, "release", None)):
                     # kept for recovery, and let go now, so another worker need not wait for a lease

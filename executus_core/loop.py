@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from executus_core.agent import Agent
+from executus_core.approval import Deny, Edit
 from executus_core.errors import ProviderError, RunTakenOver
 from executus_core.guard import Failure, describe, guarded, guarded_sync
 from executus_core.lifecycle import RunPorts, Warnings
@@ -35,15 +36,18 @@ from executus_core.tools import Tally, Tool, ToolArgumentsError, ToolContext, to
 from executus_core.types import (
     Artifact,
     CheckpointState,
+    Interrupted,
     Message,
     ModelRequest,
     ModelResponse,
+    PendingCall,
     Result,
     RunStats,
     RunStatus,
     ToolCall,
     ToolSpec,
     Usage,
+    utcnow,
 )
 
 if TYPE_CHECKING:
@@ -64,6 +68,9 @@ class _Done:
 
 
 _DONE = _Done()
+
+
+_NOT_DELIVERED = frozenset({RunStatus.INTERRUPTED, RunStatus.AWAITING_APPROVAL})  # not over yet
 
 
 def last_resort_result(run_id: Any, error: str, warnings: Sequence[str] = ()) -> Result:
@@ -109,6 +116,7 @@ class AgentRun:
         self.output: Any = None
         self.text: str | None = None
         self.retry_after: float | None = None
+        self.pending: list[PendingCall] = []
         self.phase = "starting"
 
         self.saved_upto = 0
@@ -383,6 +391,14 @@ class AgentRun:
                 self.tool_specs.append(output.tool_spec())
 
     async def _steps(self) -> None:
+        paused_at = self.request.resume.paused_at if self.request.resume is not None else None
+        if paused_at is not None and (utcnow() - paused_at).total_seconds() > self.settings.approval_timeout:
+            self._end(
+                RunStatus.ERROR,
+                f"the run waited for approval since {paused_at:%Y-%m-%d %H:%M:%S} UTC, longer than "
+                f"approval_timeout ({self.settings.approval_timeout:g}s); its pending calls were not run",
+            )
+            return
         pending = self._calls_without_results()
         if pending:
             for call in pending:
@@ -390,7 +406,10 @@ class AgentRun:
             await self._save()  # the new attempt numbers, before the calls start again
         while True:
             if pending:
-                await self._run_tools(pending)
+                waiting = await self._run_tools(pending)
+                if waiting:
+                    await self._pause(waiting)
+                    return
                 if not self._store_ok:
                     await self._save()  # the results a failing store missed, before the next model call
             if self.tally.steps >= self.max_steps:
@@ -575,7 +594,67 @@ class AgentRun:
             self.ports.critic_call("record_step", tally.steps)
         return response
 
-    async def _run_tools(self, calls: list[ToolCall]) -> None:
+    def _needs_approval(self, call: ToolCall) -> bool:
+        found = self.tools.get(call.name)
+        rule = found.requires_approval if found is not None else False
+        if rule is True or rule is False:
+            return rule
+        verdict = guarded_sync(f"tool {call.name}: requires_approval", rule, call.arguments)
+        if isinstance(verdict, Failure):  # a predicate that fails asks a person: fail closed
+            self.warn(f"{verdict}; the call waits for approval")
+            return True
+        return bool(verdict)
+
+    async def _decide(self, calls: list[ToolCall]) -> tuple[list[ToolCall], list[ToolCall]]:
+        """Split calls into those to run (approved, edited, or needing no approval) and those still
+        waiting for a decision; denied calls are answered here."""
+        decisions = self.request.decisions or {}
+        runnable: list[ToolCall] = []
+        waiting: list[ToolCall] = []
+        for call in calls:
+            if not self._needs_approval(call):
+                runnable.append(call)
+                continue
+            decision = decisions.get(call.id)
+            if decision is None:
+                waiting.append(call)
+                continue
+            self.emit(
+                "approval.decided",
+                {"call_id": call.id, "tool": call.name, **decision.model_dump(exclude_none=True)},
+            )
+            if isinstance(decision, Deny):
+                by = f" by {decision.by}" if decision.by else ""
+                await self._answer(call, f"error: {call.name} was not run: denied{by}: {decision.reason}")
+            elif isinstance(decision, Edit):
+                runnable.append(
+                    call.model_copy(update={"arguments": decision.arguments, "arguments_error": None})
+                )
+            else:
+                runnable.append(call)
+        return runnable, waiting
+
+    async def _pause(self, waiting: list[ToolCall]) -> None:
+        """End the run ``awaiting_approval``: the calls wait, saved as never started."""
+        self.pending = [PendingCall(call_id=c.id, tool=c.name, arguments=c.arguments) for c in waiting]
+        for call in waiting:
+            self.attempts[call.id] = 0  # not started: a resume runs it as attempt 1
+        await self._save()
+        self.emit("approval.requested", {"calls": [p.model_dump() for p in self.pending]})
+        names = ", ".join(f"{p.tool} ({p.call_id})" for p in self.pending)
+        self._end(
+            RunStatus.AWAITING_APPROVAL,
+            f"paused: {len(self.pending)} tool call(s) wait for approval: {names}; continue with "
+            f"Executor.resume({self.run_id!r}, decisions=...)",
+        )
+
+    async def _run_tools(self, calls: list[ToolCall]) -> list[ToolCall]:
+        """Run a step's calls; returns the calls that wait for approval (not run)."""
+        calls, waiting = await self._decide(calls)
+        if waiting and self.settings.approval_pauses_step:
+            return waiting + calls  # the host wants the whole step to wait
+        if not calls:
+            return waiting
         limit = self.settings.max_tool_calls_per_step
         if len(calls) > limit:
             for call in calls[limit:]:
@@ -588,7 +667,7 @@ class AgentRun:
         self.phase = "tool " + ", ".join(c.name for c in calls)
         if len(calls) == 1:
             await self._run_call(calls[0])
-            return
+            return waiting
         if self._tool_slots is None:
             self._tool_slots = asyncio.Semaphore(self.settings.max_concurrent_tools)
         try:
@@ -600,6 +679,7 @@ class AgentRun:
             if taken is not None and self.ports.taken_over is not None:
                 raise self.ports.taken_over from None
             raise failed.exceptions[0] from None
+        return waiting
 
     async def _run_call(self, call: ToolCall, slots: asyncio.Semaphore | None = None) -> None:
         if slots is None:
@@ -789,6 +869,7 @@ class AgentRun:
             warnings=self.warn.items,
             retry_after=self.retry_after,
             text=self.text,
+            pending=self.pending,
         )
 
     async def _finish(self) -> Result:
@@ -804,9 +885,12 @@ class AgentRun:
                 "tool_calls": stats.tool_calls,
             },
         )
-        await self.ports.finish(stats)
+        await self.ports.finish(stats, self.pending)
         result = self._result(stats)
-        if self.request.delivery is not None and self.status is not RunStatus.INTERRUPTED:
+        if self.status is RunStatus.AWAITING_APPROVAL and self.ports.checkpointer is None:
+            # no store to keep the paused run: this executor keeps it, for Executor.resume
+            self.ex._keep_paused(self._snapshot(), self.plan.agent if self.plan is not None else None)
+        if self.request.delivery is not None and self.status not in _NOT_DELIVERED:
             await deliver(
                 self.ex.ports.deliveries,
                 self.request.delivery,
@@ -829,6 +913,25 @@ class AgentRun:
             )
             result.warnings = list(self.warn.items)
         return result
+
+    def _snapshot(self) -> Interrupted:
+        """The paused run as a checkpoint store would hand it back."""
+        assert self.plan is not None
+        tally = self.tally
+        return Interrupted(
+            info=self.plan.info,
+            agent=self.plan.agent.spec(),
+            messages=self.transcript,
+            iteration=tally.steps,
+            usage=Usage(
+                input_tokens=tally.input_tokens,
+                output_tokens=tally.output_tokens,
+                thinking_tokens=tally.thinking_tokens,
+            ),
+            tool_calls=tally.tool_calls,
+            attempts={p.call_id: 0 for p in self.pending},
+            paused_at=utcnow(),
+        )
 
     def _dry_run_result(self) -> Result:
         assert self.agent is not None and self.model is not None

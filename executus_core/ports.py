@@ -160,6 +160,10 @@ class Checkpointer(Protocol):
     async def fail(self, error: str) -> None:
         """The run failed for good: drop its checkpoint (keeping the error where the store can)."""
 
+    # Optional: ``async pause(pending: list[PendingCall])``. Called when a run ends
+    # ``awaiting_approval``: keep the checkpoint, give up the lease, and do not hand the run to
+    # ``interrupted()``: it waits for `Executor.resume`, which reads it with the store's ``load``.
+    #
     # Optional: ``async release()``. Called when a run ends ``interrupted`` (shutdown, or its
     # caller's task cancelled): the checkpoint is kept for recovery, and a store that holds runs
     # under a lease gives this one up at once, so any worker's ``interrupted()`` may hand it out.
@@ -173,6 +177,10 @@ class CheckpointStore(Protocol):
 
     async def interrupted(self) -> list[Interrupted]:
         """Runs whose host stopped before they ended, oldest first; each is handed out once."""
+
+    # Optional: ``async load(run_id) -> Interrupted | None``. Claim one run — paused for approval
+    # or interrupted — for `Executor.resume`; ``None`` when the store holds no such run; raise
+    # `RunTakenOver` when a live worker holds it.
 
 
 # --- Palette ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from executus_core.agent import Agent
+from executus_core.approval import Decision
 from executus_core.events import EventHandler
 from executus_core.guard import Failure, describe, guarded
 from executus_core.output import FINAL_RESULT, OutputPlan
@@ -47,6 +48,7 @@ class RunRequest:
     resume: Interrupted | None = None
     history: Any = None
     conversation_id: str | None = None
+    decisions: dict[str, Decision] | None = None
 
     def __post_init__(self) -> None:
         if self.run_id is None:

@@ -112,6 +112,7 @@ class Tool:
     inline: bool = False
     parameters: dict[str, Any] | None = None  # a JSON schema to show instead of args_model's
     on_resume: OnResume = "rerun"
+    requires_approval: bool | Callable[[dict[str, Any]], bool] = False
     spec: ToolSpec = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -154,7 +155,12 @@ def _first_paragraph(doc: str | None) -> str:
 
 
 def _make_tool(
-    fn: Callable[..., Any], name: str | None, description: str | None, inline: bool, on_resume: OnResume
+    fn: Callable[..., Any],
+    name: str | None,
+    description: str | None,
+    inline: bool,
+    on_resume: OnResume,
+    requires_approval: bool | Callable[[dict[str, Any]], bool] = False,
 ) -> Tool:
     hints = get_type_hints(fn)
     fields: dict[str, Any] = {}
@@ -178,6 +184,7 @@ def _make_tool(
         context_param=context_param,
         inline=inline,
         on_resume=on_resume,
+        requires_approval=requires_approval,
     )
 
 
@@ -192,6 +199,7 @@ def tool(
     description: str | None = None,
     inline: bool = False,
     on_resume: OnResume = "rerun",
+    requires_approval: bool | Callable[[dict[str, Any]], bool] = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -203,6 +211,7 @@ def tool(
     description: str | None = None,
     inline: bool = False,
     on_resume: OnResume = "rerun",
+    requires_approval: bool | Callable[[dict[str, Any]], bool] = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a typed function (sync or async) into a `Tool`.
 
@@ -215,6 +224,9 @@ def tool(
             run was interrupted: ``"rerun"`` (default) runs it again, flagged in `ToolContext`;
             ``"ask"`` sends the model an error saying the earlier attempt may have taken effect
             (for payments and other side effects that have no idempotency key downstream).
+        requires_approval: ``True``, or a predicate on the call's arguments (``lambda a:
+            a["amount"] > 100``): the run pauses before such a call, ``awaiting_approval``, until
+            `Executor.resume` brings a decision (see the approval guide).
 
     Example::
 
@@ -226,8 +238,8 @@ def tool(
     if on_resume not in ("rerun", "ask"):
         raise ValueError(f"on_resume must be 'rerun' or 'ask', got {on_resume!r}")
     if fn is not None:
-        return _make_tool(fn, name, description, inline, on_resume)
-    return lambda f: _make_tool(f, name, description, inline, on_resume)
+        return _make_tool(fn, name, description, inline, on_resume, requires_approval)
+    return lambda f: _make_tool(f, name, description, inline, on_resume, requires_approval)
 
 
 def tool_result_text(value: Any) -> str:

@@ -27,6 +27,7 @@ __all__ = [
     "ModelResponse",
     "ModelSettings",
     "PaletteEntry",
+    "PendingCall",
     "Result",
     "RunEvent",
     "RunInfo",
@@ -203,6 +204,15 @@ class RunStatus(enum.StrEnum):
     CANCELLED = "cancelled"
     DRY_RUN = "dry_run"
     INTERRUPTED = "interrupted"
+    AWAITING_APPROVAL = "awaiting_approval"
+
+
+class PendingCall(BaseModel):
+    """A tool call waiting for a person's decision (see `Executor.resume`)."""
+
+    call_id: str
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
 
 
 class RunInfo(BaseModel):
@@ -264,6 +274,7 @@ class Result(BaseModel):
     ``request`` holds, for a ``dry_run``, the first request that would have been sent.
     ``output`` is the model's final answer: its text, or, for an agent with an ``output_type``, the
     answer validated as that type (``text`` then keeps the raw text it was read from).
+    ``pending`` lists, for a run ``awaiting_approval``, the tool calls waiting for a decision.
     ``retry_after`` is, for a refused run (``budget_exceeded``, or a provider's rate limit), the
     seconds to wait before trying again, where the refusing side knows it; else ``None``.
     """
@@ -279,6 +290,7 @@ class Result(BaseModel):
     request: dict[str, Any] | None = None
     retry_after: float | None = None
     text: str | None = None
+    pending: list[PendingCall] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -351,7 +363,9 @@ class Interrupted(BaseModel):
     """A run a `CheckpointStore` holds for recovery: its info, its agent and its saved transcript.
 
     ``attempts`` holds, per tool call id, the starts the store recorded (see `CheckpointState`); a
-    call without a result and without an entry was started once, by the run that was interrupted.
+    call without a result and without an entry was started once, by the run that was interrupted
+    (0: never started, as for a call that waits for approval). ``paused_at`` is when a run paused
+    for approval (`Checkpointer.pause`), for a store that keeps it.
     """
 
     info: RunInfo
@@ -361,6 +375,7 @@ class Interrupted(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     tool_calls: int = 0
     attempts: dict[str, int] = Field(default_factory=dict)
+    paused_at: datetime | None = None
 
 
 class PaletteEntry(BaseModel):

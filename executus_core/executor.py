@@ -480,26 +480,22 @@ class Executor:
             return last_resort_result(run_id, f"decisions are not valid: {exc}"[:2000])
         kept = self._paused.pop(run_id, None) if isinstance(run_id, str) else None
         item, agent = kept if kept is not None else (None, None)
-        if item is None and self.ports.checkpoints is not None:
-            name, store = self.ports.checkpoints
-            load = getattr(store, "load", None)
-            if not callable(load):
-                return last_resort_result(
-                    run_id,
-                    f"checkpoint {name!r} cannot load a run by id (it has no load()); resume needs one that can",
-                )
+        load = getattr(self.ports.checkpoints[1], "load", None) if self.ports.checkpoints else None
+        if callable(load):
+            # the store is the truth: another process may have resumed the run since it paused here
+            assert self.ports.checkpoints is not None
+            name = self.ports.checkpoints[0]
             found = await guarded(
                 f"checkpoint {name!r}: load", load, run_id, timeout=self.settings.core.port_timeout
             )
             if isinstance(found, Failure):
                 return last_resort_result(run_id, str(found))
-            if found is not None:
-                try:
-                    item = found if isinstance(found, Interrupted) else Interrupted.model_validate(found)
-                except Exception:
-                    return last_resort_result(
-                        run_id, f"checkpoint {name!r}: load returned {type(found).__name__}"
-                    )
+            try:
+                item = None if found is None else Interrupted.model_validate(found)
+            except Exception:
+                return last_resort_result(
+                    run_id, f"checkpoint {name!r}: load returned {type(found).__name__}"
+                )
         if item is None:
             where = (
                 "the checkpoint store"

@@ -887,8 +887,8 @@ class AgentRun:
         )
         await self.ports.finish(stats, self.pending)
         result = self._result(stats)
-        if self.status is RunStatus.AWAITING_APPROVAL and self.ports.checkpointer is None:
-            # no store to keep the paused run: this executor keeps it, for Executor.resume
+        if self.status is RunStatus.AWAITING_APPROVAL:
+            # kept here too, for Executor.resume in this process (the store, if it can load(), wins)
             self.ex._keep_paused(self._snapshot(), self.plan.agent if self.plan is not None else None)
         if self.request.delivery is not None and self.status not in _NOT_DELIVERED:
             await deliver(

@@ -121,6 +121,7 @@ class AgentRun:
 
         self.saved_upto = 0
         self.attempts: dict[str, int] = {}  # call id -> starts, for calls a recovered run runs again
+        self._attempts_unsaved: dict[str, int] = {}  # the part of attempts the store has not got yet
         self.output_schema: dict[str, Any] | None = None  # for a model with native structured output
         self._save_lock: asyncio.Lock | None = None
         self._store_ok = True  # the last save got through
@@ -402,7 +403,7 @@ class AgentRun:
         pending = self._calls_without_results()
         if pending:
             for call in pending:
-                self.attempts[call.id] = self.attempts.get(call.id, 1) + 1
+                self._count_attempt(call.id, self.attempts.get(call.id, 1) + 1)
             await self._save()  # the new attempt numbers, before the calls start again
         while True:
             if pending:
@@ -504,6 +505,9 @@ class AgentRun:
             return False
         self.emit("output.retry", {"problem": problem, "tries_left": output.tries_left})
         return True
+
+    def _count_attempt(self, call_id: str, attempt: int) -> None:
+        self.attempts[call_id] = self._attempts_unsaved[call_id] = attempt
 
     def _calls_without_results(self) -> list[ToolCall]:
         """On resume: the last step's tool calls whose results were not saved (the others are not re-run)."""
@@ -638,7 +642,7 @@ class AgentRun:
         """End the run ``awaiting_approval``: the calls wait, saved as never started."""
         self.pending = [PendingCall(call_id=c.id, tool=c.name, arguments=c.arguments) for c in waiting]
         for call in waiting:
-            self.attempts[call.id] = 0  # not started: a resume runs it as attempt 1
+            self._count_attempt(call.id, 0)  # not started: a resume runs it as attempt 1
         await self._save()
         self.emit("approval.requested", {"calls": [p.model_dump() for p in self.pending]})
         names = ", ".join(f"{p.tool} ({p.call_id})" for p in self.pending)
@@ -813,7 +817,7 @@ class AgentRun:
         if self._save_lock is None:
             self._save_lock = asyncio.Lock()
         async with self._save_lock:
-            if self.saved_upto == len(self.transcript) and not self.attempts:
+            if self.saved_upto == len(self.transcript) and not self._attempts_unsaved:
                 return
             tally = self.tally
             state = CheckpointState.model_construct(
@@ -827,13 +831,13 @@ class AgentRun:
                     thinking_tokens=tally.thinking_tokens,
                 ),
                 tool_calls=tally.tool_calls,
-                attempts=self.attempts,
+                attempts=self._attempts_unsaved,
             )
             self._store_ok = await self.ports.save(state)
             if self._store_ok:
                 self.saved_upto += len(state.messages)
-                if self.attempts:
-                    self.attempts = {}
+                if self._attempts_unsaved:
+                    self._attempts_unsaved = {}
 
     # -- the end -----------------------------------------------------------------------------
 

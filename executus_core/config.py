@@ -108,7 +108,7 @@ def _read_pyproject(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read settings from {path}: {exc}") from exc
     table = data.get("tool", {}).get("executus", {})
     if not isinstance(table, dict):

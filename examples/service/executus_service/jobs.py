@@ -243,11 +243,38 @@ class RunHost:
         return status
 
 
+async def import_audit_spills(executor: Executor, service: ServiceSettings) -> None:
+    """Forever: load the audit rows that could not be written in time (spill files) into the database.
+
+    executus-audit-sql saves rows the database did not take within ``write_timeout`` to files in the
+    data directory (a loaded or unreachable database); ``executus runs import`` loads them. Every
+    worker does it here every ``spill_import_seconds``, so the trail becomes whole without an
+    operator. Loading a file twice is harmless; a file another worker took first is skipped.
+    """
+    audits: list[Any] = [a for _, a in executor.ports.audits if callable(getattr(a, "import_spill", None))]
+    while True:
+        await asyncio.sleep(service.spill_import_seconds)
+        for audit in audits:
+            for path in audit.spill_files():
+                try:
+                    spilled = await audit.import_spill(path)
+                except FileNotFoundError:
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("importing the audit spill file %s failed (kept for later): %s", path, exc)
+                    break
+                else:
+                    log.info("imported audit rows of run %s from %s", spilled.state.info.run_id, path.name)
+
+
 async def run_worker(
     app: App, host: RunHost, service: ServiceSettings, *, name: str, shutdown_timeout: float = 5.0
 ) -> None:
     """Run one Procrastinate worker (until SIGINT or SIGTERM) with the stalled-job sweeper beside it."""
     sweeper = asyncio.create_task(sweep_stalled_jobs(app, service), name="stalled job sweeper")
+    importer = asyncio.create_task(import_audit_spills(host.executor, service), name="audit spill importer")
     try:
         await app.run_worker_async(
             queues=[service.queue],
@@ -264,6 +291,7 @@ async def run_worker(
         )
     finally:
         host.stopping = True
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for side in (sweeper, importer):
+            side.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await side

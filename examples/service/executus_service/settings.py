@@ -90,6 +90,9 @@ class ServiceSettings(BaseModel):
     error_retries: int = Field(
         10, ge=0, description="Retries of a job that failed with an unexpected error before it is failed."
     )
+    spill_import_seconds: float = Field(
+        10.0, gt=0, description="How often each worker loads audit rows that were saved to spill files."
+    )
     poll_seconds: float = Field(
         0.2, gt=0, description="How often the event stream reads new trail rows from the audit."
     )

@@ -203,14 +203,8 @@ class RunPorts:
         """Start the recorders, the event consumer, the critic's handle and the checkpointer."""
         core = self.ex.settings.core
         for name, audit in self.ex.ports.audits:
-            recorder = await guarded(
-                f"audit {name!r}: start_run", audit.start_run, info, timeout=self.timeout
-            )
-            if isinstance(recorder, Failure):
-                self.warn(str(recorder))
-            elif recorder is not None and not isinstance(recorder, RunRecorder):
-                self.warn(f"audit {name!r}: start_run returned {type(recorder).__name__}, not a RunRecorder")
-            elif recorder is not None:
+            recorder = await self._made(f"audit {name!r}: start_run", RunRecorder, audit.start_run, info)
+            if recorder is not None:
                 pump = EventPump(
                     f"audit {name!r} recorder",
                     self.warn,
@@ -227,13 +221,7 @@ class RunPorts:
         if self.ex.ports.critic is not None:
             self.critic_name, critic = self.ex.ports.critic
             label = f"critic {self.critic_name!r}: monitor"
-            handle = await guarded(label, critic.monitor, info, soft_timeout, timeout=self.timeout)
-            if isinstance(handle, Failure):
-                self.warn(str(handle))
-            elif handle is not None and not isinstance(handle, CriticHandle):
-                self.warn(f"{label} returned {type(handle).__name__}, not a CriticHandle")
-            elif handle is not None:
-                self.critic = handle
+            self.critic = await self._made(label, CriticHandle, critic.monitor, info, soft_timeout)
         if self.checkpointer is None:
             await self.open_checkpointer(info, agent)
 
@@ -243,13 +231,18 @@ class RunPorts:
             return
         self.checkpointer_name, store = self.ex.ports.checkpoints
         label = f"checkpoint {self.checkpointer_name!r}: for_run"
-        cp = await guarded(label, store.for_run, info, agent, timeout=self.timeout)
-        if isinstance(cp, Failure):
-            self.warn(str(cp))
-        elif cp is not None and not isinstance(cp, Checkpointer):
-            self.warn(f"{label} returned {type(cp).__name__}, not a Checkpointer")
-        elif cp is not None:
-            self.checkpointer = cp
+        self.checkpointer = await self._made(label, Checkpointer, store.for_run, info, agent)
+
+    async def _made(self, label: str, protocol: Any, fn: Callable[..., Any], *args: Any) -> Any:
+        """A per-run object a port makes (a recorder, a handle, a checkpointer), or None with a warning."""
+        made = await guarded(label, fn, *args, timeout=self.timeout)
+        if isinstance(made, Failure):
+            self.warn(str(made))
+            return None
+        if made is not None and not isinstance(made, protocol):
+            self.warn(f"{label} returned {type(made).__name__}, not a {protocol.__name__}")
+            return None
+        return made
 
     # -- the critic ----------------------------------------------------------------------------
 

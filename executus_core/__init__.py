@@ -22,6 +22,7 @@ from executus_core.errors import (
     BudgetExceeded,
     ConfigError,
     ExecutusError,
+    ExecutusWarning,
     ModelNotFound,
     PluginError,
     ProviderConnectionError,
@@ -32,6 +33,7 @@ from executus_core.errors import (
     RunFailed,
     RunTakenOver,
 )
+from executus_core.delivery import WebhookVerificationError, verify_webhook
 from executus_core.executor import Executor
 from executus_core.hookspecs import hookimpl, hookspec
 from executus_core.ports import (
@@ -92,6 +94,7 @@ __all__ = [
     "Edit",
     "Executor",
     "ExecutusError",
+    "ExecutusWarning",
     "Interrupted",
     "Message",
     "Model",
@@ -124,9 +127,11 @@ __all__ = [
     "ToolSet",
     "ToolSpec",
     "Usage",
+    "WebhookVerificationError",
     "hookimpl",
     "hookspec",
     "load_settings",
     "run_status",
     "tool",
+    "verify_webhook",
 ]

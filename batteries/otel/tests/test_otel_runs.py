@@ -294,3 +294,67 @@ def test_a_recorder_never_raises(memory: Any, caplog: pytest.LogCaptureFixture) 
         asyncio.run(main())
     assert "the run is not affected" in caplog.text
     assert len(exporter.get_finished_spans()) == 1  # the run's own span still ended
+
+
+def test_two_delegations_at_once_each_nest_under_their_own_tool_span(memory: Any) -> None:
+    provider, exporter = memory
+    helper = Agent(
+        name="helper",
+        model=ScriptedModel([calls(("h", "lookup", {"key": "k"})), answer("helped")], per_run=True),
+        tools=[lookup],
+    )
+    boss = Agent(
+        name="boss",
+        model=ScriptedModel(
+            [
+                calls(("d1", "agent__helper", {"prompt": "one"}), ("d2", "agent__helper", {"prompt": "two"})),
+                answer("both done"),
+            ]
+        ),
+        subagent_palette=["helper"],
+    )
+    result = asyncio.run(traced_run(OtelAudit(tracer_provider=provider), boss, "go", register=[helper]))
+    assert result.ok, result.error
+    spans = exporter.get_finished_spans()
+    root = run_span(spans, result.run_id)
+    assert root is not None
+    tools = by_name(children(spans, root), "execute_tool agent__helper")
+    assert sorted(attrs(t)["gen_ai.tool.call.id"] for t in tools) == ["d1", "d2"]
+    nested = [one(children(spans, t), "invoke_agent helper") for t in tools]
+    assert len({attrs(c)["executus.run.id"] for c in nested}) == 2
+    for tool_span, child in zip(tools, nested, strict=True):
+        assert attrs(tool_span)["executus.run.child_id"] == attrs(child)["executus.run.id"]
+        assert [s.name for s in children(spans, child)] == [
+            "chat scripted",
+            "execute_tool lookup",
+            "chat scripted",
+        ]
+
+
+def test_a_skill_nests_under_its_tool_span_with_its_inputs(memory: Any) -> None:
+    provider, exporter = memory
+    summarizer = Agent(name="summarizer", model=ScriptedModel([answer("short")]))
+    writer = Agent(
+        name="writer",
+        model=ScriptedModel(
+            [calls(("s1", "skill__summarize", {"text": "long text", "token": "t-1"})), answer("ok")]
+        ),
+        skill_palette=["summarize"],
+    )
+    audit = OtelAudit(OtelSettings(capture_content=True), tracer_provider=provider)
+
+    async def main() -> str:
+        async with Executor(plugins=[PortPlugin(audit=audit)], entry_points=False) as executor:
+            executor.register_skill("summarize", summarizer, prompt="Summarize: {text}")
+            result = await executor.run(writer, "write", caller_id="tester")
+        assert result.ok, result.error
+        return result.run_id
+
+    run_id = asyncio.run(main())
+    spans = exporter.get_finished_spans()
+    root = run_span(spans, run_id)
+    assert root is not None
+    tool_span = one(children(spans, root), "execute_tool skill__summarize")
+    child = one(children(spans, tool_span), "invoke_agent summarizer")
+    assert json.loads(attrs(child)["executus.run.inputs"]) == {"text": "long text", "token": "***"}
+    assert attrs(tool_span)["gen_ai.tool.call.result"] == "short"

@@ -21,6 +21,11 @@ Configurations:
 CPU is ``time.process_time()`` of the measuring process — every thread, the exporter's included —
 over a batch of runs and a final flush of the spans, divided by the model calls (``n + 1`` a run).
 Each figure is the median of ``--repeat`` processes. Results go to ``bench/results/otel.json``.
+
+On a shared machine CPU seconds are noisy; ``--instructions`` counts instructions instead, with
+valgrind's callgrind (every thread of the measuring process; unaffected by other load): each
+configuration runs twice, with 20 and 60 sequential runs, and the difference divided by the steps
+between them is the instructions a step costs (about 10 minutes for the five configurations).
 """
 
 from __future__ import annotations
@@ -233,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=10, help="tool calls a run (steps: n + 1)")
     parser.add_argument("--runs", type=int, default=200, help="runs measured one after the other")
     parser.add_argument("--concurrency", type=int, default=200, help="runs measured at once")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions per step with callgrind instead"
+    )
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="the configurations to measure")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--sink", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=CONFIGS, help=argparse.SUPPRESS)
@@ -254,6 +263,40 @@ def main(argv: list[str] | None = None) -> int:
     return _orchestrate(args)
 
 
+def _warmup_runs(runs: int) -> int:
+    return max(5, runs // 10)  # as `_measure` warms up
+
+
+def _instructions(args: argparse.Namespace, configs: list[str], url: str, sink_url: str) -> dict[str, Any]:
+    """Instructions per step of each configuration, from two callgrind runs of different lengths."""
+    import re
+    import shutil
+
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    sizes = (20, 60)
+    steps = (sizes[1] + _warmup_runs(sizes[1]) - sizes[0] - _warmup_runs(sizes[0])) * (args.n + 1)
+    found: dict[str, Any] = {}
+    for config in configs:
+        counts = []
+        for runs in sizes:
+            command = [
+                "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                sys.executable, "-m", "bench.otel_bench", "--measure", config, "--url", url,
+                "--sink-url", sink_url, "--n", str(args.n), "--runs", str(runs), "--concurrency", "1",
+            ]  # fmt: skip
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=1800, check=False)
+            collected = re.search(rb"Collected : (\d+)", done.stderr)
+            if done.returncode != 0 or collected is None:
+                raise RuntimeError(
+                    f"callgrind of {config} failed: {done.stderr.decode(errors='replace')[-2000:]}"
+                )
+            counts.append(int(collected.group(1)))
+        found[config] = (counts[1] - counts[0]) / steps
+        print(f"{config:20} {found[config] / 1e6:8.3f} M instructions/step", file=sys.stderr)
+    return found
+
+
 def _orchestrate(args: argparse.Namespace) -> int:
     from bench.run import Server, _cpus
 
@@ -263,14 +306,23 @@ def _orchestrate(args: argparse.Namespace) -> int:
     sink_command = [sys.executable, "-m", "bench.otel_bench", "--sink"]
     if server_cpu is not None:
         sink_command += ["--cpu", str(server_cpu)]
-    results: dict[str, list[dict[str, Any]]] = {c: [] for c in CONFIGS}
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = sorted(set(configs) - set(CONFIGS))
+    if unknown or ("core" not in configs and not args.instructions):
+        raise SystemExit(
+            f"--configs: unknown {unknown}, or no core to compare with; known: {', '.join(CONFIGS)}"
+        )
+    results: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
     sink = _Process(sink_command)
     try:
         with Server(server_cpu, max_seconds=3600) as server:
             sink_url = f"http://127.0.0.1:{sink.port}"
             print(f"model server {server.url}, OTLP receiver {sink_url}", file=sys.stderr)
+            if args.instructions:
+                counted = _instructions(args, configs, server.url, sink_url)
+                return _report_instructions(args, counted)
             for round_ in range(args.repeat):
-                for config in CONFIGS:  # interleaved, so a noisy moment spreads over every config
+                for config in configs:  # interleaved, so a noisy moment spreads over every config
                     found = _measure_in_process(
                         [
                             "--measure", config, "--url", server.url, "--sink-url", sink_url,
@@ -297,7 +349,7 @@ def _orchestrate(args: argparse.Namespace) -> int:
         for config, found in results.items()
     }
     core = summary["core"]
-    base = summary["null_recorder"]
+    base = summary.get("null_recorder", core)
     print(f"\nclient CPU per step (µs), n = {args.n}, median of {args.repeat}:")
     print(
         "(+core: over the core alone; +recorder: over a recorder that does nothing, the battery's own share)"
@@ -336,6 +388,22 @@ def _orchestrate(args: argparse.Namespace) -> int:
         + "\n"
     )
     print(f"written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _report_instructions(args: argparse.Namespace, counted: dict[str, float]) -> int:
+    core = counted.get("core")
+    base = counted.get("null_recorder", core)
+    print(f"\ninstructions per step (callgrind, millions), n = {args.n}, runs one at a time:")
+    print(f"{'configuration':20} {'per step':>9} {'+core':>8} {'+recorder':>10}")
+    for config, value in counted.items():
+        plus_core = f"{(value - core) / 1e6:+8.3f}" if core is not None else ""
+        plus_base = f"{(value - base) / 1e6:+10.3f}" if base is not None else ""
+        print(f"{config:20} {value / 1e6:9.3f} {plus_core} {plus_base}")
+    output = args.output.with_name(args.output.stem + "-instructions.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"n": args.n, "instructions_per_step": counted}, indent=2) + "\n")
+    print(f"written to {output}", file=sys.stderr)
     return 0
 
 

@@ -37,7 +37,7 @@ from executus_core.types import RunInfo
 from executus_otel.exporter import WarningExporter, build_tracer_provider
 from executus_otel.masking import Masker
 from executus_otel.recorder import OtelRecorder, live_parent, register
-from executus_otel.settings import OtelSettings
+from executus_otel.settings import OtelSettings, traces_url
 
 __all__ = ["OtelAudit", "host_tracer_provider"]
 
@@ -99,6 +99,7 @@ class OtelAudit:
         self.masker = Masker(settings.mask_keys)
         self.skip_events = frozenset(settings.skip_events)
         self.provider: trace.TracerProvider | None = tracer_provider
+        self._given = tracer_provider is not None
         self.own_provider = False
         self.exporter: WarningExporter | None = None
         self._tracer: trace.Tracer | None = None
@@ -107,6 +108,22 @@ class OtelAudit:
 
     def __repr__(self) -> str:
         return f"OtelAudit(tracer_provider={self.settings.tracer_provider!r}, capture_content={self.settings.capture_content})"
+
+    def describe(self) -> str:
+        """Where the spans go, in a few words (the `executus run` header shows it); no side effects."""
+        if self.provider is not None and not self.own_provider:
+            where = "the given tracer provider" if self._given else "the host's tracer provider"
+        elif self.exporter is not None:
+            where = f"OTLP/HTTP to {self.masker.text(self.exporter.where)}"
+        else:
+            mode = self.settings.tracer_provider
+            if mode == "global" or (mode == "auto" and host_tracer_provider() is not None):
+                where = "the host's tracer provider"
+            elif mode == "own" or endpoint_configured(self.settings):
+                where = f"OTLP/HTTP to {self.masker.text(configured_endpoint(self.settings))}"
+            else:
+                return "nothing: no tracer provider or OTLP endpoint is configured"
+        return where + (", content captured" if self.settings.capture_content else "")
 
     @property
     def tracer(self) -> trace.Tracer:
@@ -258,6 +275,17 @@ def endpoint_configured(settings: OtelSettings) -> bool:
         or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     )
+
+
+def configured_endpoint(settings: OtelSettings) -> str:
+    """The traces URL our own provider sends to: the setting, the standard variables, or the default."""
+    if settings.endpoint:
+        return traces_url(settings.endpoint)
+    if found := os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return found
+    if found := os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return found.removesuffix("/") + "/v1/traces"  # as the SDK reads it: a base URL, always
+    return "http://localhost:4318/v1/traces"
 
 
 @atexit.register

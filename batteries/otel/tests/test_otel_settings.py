@@ -213,3 +213,20 @@ def test_a_process_that_exits_without_shutting_down_is_not_held_by_a_collector_t
     # at most the exit bound (without it, the exporter's own 10 s of retries would hold the exit)
     assert exiting < EXIT_TIMEOUT + 2.5, f"the process took {exiting:.1f}s to exit after its last line"
     assert "could not be exported" in stderr
+
+
+def test_it_says_where_the_spans_go(monkeypatch: pytest.MonkeyPatch, memory: Any) -> None:
+    provider, _ = memory
+    assert OtelAudit().describe() == "nothing: no tracer provider or OTLP endpoint is configured"
+    assert (
+        OtelAudit(OtelSettings(endpoint="http://otel:s3cret@collector:4318")).describe()
+        == "OTLP/HTTP to http://otel:***@collector:4318/v1/traces"
+    )
+    assert (
+        OtelAudit(OtelSettings(tracer_provider="own")).describe()
+        == "OTLP/HTTP to http://localhost:4318/v1/traces"
+    )
+    given = OtelAudit(OtelSettings(capture_content=True), tracer_provider=provider)
+    assert given.describe() == "the given tracer provider, content captured"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://gateway:4318/otlp/")
+    assert OtelAudit().describe() == "OTLP/HTTP to http://gateway:4318/otlp/v1/traces"

@@ -17,6 +17,7 @@ The public API; everything else lives in modules whose names say what they hold:
 from executus_core.agent import Agent
 from executus_core.approval import Approve, Decision, Deny, Edit
 from executus_core.config import CoreSettings, Settings, load_settings
+from executus_core.delivery import WebhookVerificationError, verify_webhook
 from executus_core.errors import (
     AuthenticationError,
     BudgetExceeded,
@@ -33,7 +34,6 @@ from executus_core.errors import (
     RunFailed,
     RunTakenOver,
 )
-from executus_core.delivery import WebhookVerificationError, verify_webhook
 from executus_core.executor import Executor
 from executus_core.hookspecs import hookimpl, hookspec
 from executus_core.ports import (

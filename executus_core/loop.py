@@ -435,7 +435,8 @@ class AgentRun:
                 pending = typed
             elif not response.tool_calls:
                 self.output = self.text = response.text
-                if not response.text:
+                if not response.text and not getattr(response, "warnings", None):
+                    # (an HTTP provider says so itself, in response.warnings)
                     self.warn(f"model {self._model_id()} ended the run with an empty answer")
                 self._end(RunStatus.OK)
                 return

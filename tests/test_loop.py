@@ -172,3 +172,25 @@ def test_run_sync() -> None:
             caller_id="u1",
         )
         assert result.raise_for_status().output == "3"
+
+
+async def test_an_empty_answer_ends_ok_with_one_warning() -> None:
+    from executus_core import Agent, Executor, ModelResponse, RunStatus
+    from executus_core.testing import ScriptedModel
+
+    async with Executor(entry_points=False) as ex:
+        silent = await ex.run(
+            Agent(name="a", model=ScriptedModel([ModelResponse(text="")])), "go", caller_id="u1"
+        )
+        said = await ex.run(
+            Agent(
+                name="a",
+                model=ScriptedModel([ModelResponse(text=None, warnings=["the server sent nothing"])]),
+            ),
+            "go",
+            caller_id="u1",
+        )
+    assert silent.status is RunStatus.OK and silent.warnings == [
+        "model scripted ended the run with an empty answer"
+    ]
+    assert said.warnings == ["the server sent nothing"]

@@ -58,6 +58,8 @@ PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "scripted": "executus
 """executus model id prefixes and their ``gen_ai.provider.name``."""
 
 _TOOL_FAILED = re.compile(r"^error: tool \S+ failed: ([A-Za-z_][\w.]*)")
+# How the core words a run that ended in its model call (see executus_core.loop).
+_MODEL_FAILED = re.compile(r"^model \S+ (failed|timed out|returned)|during model call \d+")
 
 # Runs being recorded in this process, by run id: where a child run finds its parent.
 _live: dict[str, OtelRecorder] = {}
@@ -413,6 +415,9 @@ class OtelRecorder:
                 self._attach_child(record, name)
             self._emit(record)
         self._tool_starts.clear()
+        failed_call = self._failed_model_call(stats, now)
+        if failed_call is not None:
+            self._emit(failed_call)
         for event_name, event_attributes, event_at in self._retries:
             self._event(event_name, event_attributes, event_at)
         self._retries = []
@@ -462,6 +467,34 @@ class OtelRecorder:
             # The parent closed first (it should not): the child goes out under the parent's run span.
             context = parent._context if parent is not None else None
             emit(self._tracer, record, context)
+
+    def _failed_model_call(self, stats: RunStats, now: int) -> SpanRecord | None:
+        """The ``chat`` span of the model call the run ended in, if it ended in one: the core records
+        no step for it, so it is rebuilt from the run's error (ready since the last step or tool)."""
+        error = stats.error or ""
+        if stats.status not in (RunStatus.ERROR, RunStatus.TIMEOUT) or not _MODEL_FAILED.search(error):
+            return None
+        attributes: dict[str, Any] = {
+            sc.OPERATION: "chat",
+            sc.PROVIDER: self._provider,
+            sc.REQUEST_MODEL: self._model,
+            sc.STEP: self.steps + 1,
+            sc.ERROR_TYPE: "timeout"
+            if stats.status is RunStatus.TIMEOUT or "timed out" in error
+            else "_OTHER",
+            **self._base,
+        }
+        record = SpanRecord(
+            f"chat {self._model}" if self._model else "chat",
+            SpanKind.CLIENT,
+            max(self._ready, self._started),
+            now,
+            attributes,
+            error=self._masker.text(error),
+        )
+        if self._retries:
+            record.events, self._retries = self._retries, []
+        return record
 
     def abandon(self) -> None:
         """End a run that never closed (its executor shut down first), marked ``unfinished``."""

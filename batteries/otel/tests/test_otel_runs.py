@@ -358,3 +358,32 @@ def test_a_skill_nests_under_its_tool_span_with_its_inputs(memory: Any) -> None:
     child = one(children(spans, tool_span), "invoke_agent summarizer")
     assert json.loads(attrs(child)["executus.run.inputs"]) == {"text": "long text", "token": "***"}
     assert attrs(tool_span)["gen_ai.tool.call.result"] == "short"
+
+
+def test_a_model_call_that_fails_still_gets_its_chat_span(memory: Any) -> None:
+    from executus_core.errors import ProviderStatusError
+
+    provider, exporter = memory
+    agent = Agent(
+        name="unlucky",
+        model=ScriptedModel(
+            [
+                calls(("u1", "lookup", {"key": "k"})),
+                ProviderStatusError(
+                    "the server answered 500 (api_key=sk-live-9)", provider="scripted", status_code=500
+                ),
+            ]
+        ),
+        tools=[lookup],
+    )
+    result = asyncio.run(traced_run(OtelAudit(tracer_provider=provider), agent, "go"))
+    assert result.status.value == "error", result
+    spans = exporter.get_finished_spans()
+    root = one(spans, "invoke_agent unlucky")
+    chats = by_name(children(spans, root), "chat scripted")
+    assert [attrs(c)["executus.step"] for c in chats] == [1, 2]
+    failed = chats[1]
+    assert failed.status.status_code is StatusCode.ERROR and attrs(failed)["error.type"] == "_OTHER"
+    assert "500" in (failed.status.description or "") and "sk-live-9" not in (failed.status.description or "")
+    tool_span = one(children(spans, root), "execute_tool lookup")
+    assert (failed.start_time or 0) >= (tool_span.end_time or 0)

@@ -203,10 +203,24 @@ class SqlAudit:
         status: str | None = None,
         name: str | None = None,
         limit: int = 20,
+        before: tuple[datetime, str] | None = None,
+        parent_run_id: str | None = None,
     ) -> list[RunRecord]:
-        """The most recent runs first. ``status``: a `RunStatus` value, or ``running``."""
+        """The most recent runs first. ``status``: a `RunStatus` value, or ``running``.
+
+        ``before``: the ``(started_at, run_id)`` of the last run of the previous page (keyset
+        paging); ``parent_run_id``: only the runs that run delegated to.
+        """
         async with self._read() as conn:
-            return await reads.list_runs(conn, caller_id=caller_id, status=status, name=name, limit=limit)
+            return await reads.list_runs(
+                conn,
+                caller_id=caller_id,
+                status=status,
+                name=name,
+                limit=limit,
+                before=before,
+                parent_run_id=parent_run_id,
+            )
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run with this id (its info and, once closed, its roll-up), or ``None``."""
@@ -218,10 +232,21 @@ class SqlAudit:
         async with self._read() as conn:
             return await reads.find_runs(conn, prefix, limit=limit)
 
-    async def trail(self, run_id: str, *, kinds: Sequence[str] | None = None) -> list[TrailEntry]:
-        """The run's rows in order: steps, tool calls, events and errors (or only ``kinds``)."""
+    async def trail(
+        self,
+        run_id: str,
+        *,
+        kinds: Sequence[str] | None = None,
+        after: int | None = None,
+        last: int | None = None,
+    ) -> list[TrailEntry]:
+        """The run's rows in order: steps, tool calls, events and errors (or only ``kinds``).
+
+        ``after``: only rows whose ``seq`` is above it (a follower's next read); ``last``: only the
+        last n rows (what a run is doing now).
+        """
         async with self._read() as conn:
-            return await reads.get_trail(conn, run_id, kinds=kinds)
+            return await reads.get_trail(conn, run_id, kinds=kinds, after=after, last=last)
 
     # -- upkeep -------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import Table, select
+from sqlalchemy import Table, and_, or_, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -174,9 +174,23 @@ async def list_runs(
     status: str | None = None,
     name: str | None = None,
     limit: int = 20,
+    before: tuple[datetime, str] | None = None,
+    parent_run_id: str | None = None,
 ) -> list[RunRecord]:
-    """The most recent runs first; ``status`` is a `RunStatus` value or ``running``."""
+    """The most recent runs first; ``status`` is a `RunStatus` value or ``running``.
+
+    ``before`` is a page cursor: the ``(started_at, run_id)`` of the last run of the previous page
+    (keyset paging: every page costs the same, however deep). ``parent_run_id`` keeps the runs a
+    run delegated to.
+    """
     query = select(RUNS).order_by(RUNS.c.started_at.desc(), RUNS.c.run_id).limit(limit)
+    if before is not None:
+        at, run_id = before
+        query = query.where(
+            or_(RUNS.c.started_at < at, and_(RUNS.c.started_at == at, RUNS.c.run_id > run_id))
+        )
+    if parent_run_id is not None:
+        query = query.where(RUNS.c.parent_run_id == parent_run_id)
     if caller_id is not None:
         query = query.where(RUNS.c.caller_id == caller_id)
     if name is not None:
@@ -207,10 +221,23 @@ async def find_runs(conn: AsyncConnection, prefix: str, *, limit: int = 5) -> li
 
 
 async def get_trail(
-    conn: AsyncConnection, run_id: str, *, kinds: Sequence[str] | None = None
+    conn: AsyncConnection,
+    run_id: str,
+    *,
+    kinds: Sequence[str] | None = None,
+    after: int | None = None,
+    last: int | None = None,
 ) -> list[TrailEntry]:
-    """The run's rows in order (all kinds, or only ``kinds``)."""
-    query = select(EVENTS).where(EVENTS.c.run_id == run_id).order_by(EVENTS.c.seq)
+    """The run's rows in order (all kinds, or only ``kinds``); only those whose ``seq`` is above
+    ``after``; only the ``last`` n of them (still in order). Both read the primary key's index."""
+    query = select(EVENTS).where(EVENTS.c.run_id == run_id)
     if kinds is not None:
         query = query.where(EVENTS.c.kind.in_(list(kinds)))
+    if after is not None:
+        query = query.where(EVENTS.c.seq > after)
+    if last is not None:
+        query = query.order_by(EVENTS.c.seq.desc()).limit(last)
+        rows = list((await conn.execute(query)).mappings())
+        return [TrailEntry.model_validate(dict(row)) for row in reversed(rows)]
+    query = query.order_by(EVENTS.c.seq)
     return [TrailEntry.model_validate(dict(row)) for row in (await conn.execute(query)).mappings()]

@@ -12,6 +12,8 @@
                                       ``seq``, so a client reconnects with ``Last-Event-ID``), then
                                       ``event: end`` with the final status
 ``GET /healthz``                      ``{"ok": true}`` once the queue's database answers
+``/viewer/``                          the runs viewer (executus-viewer): the runs live, each
+                                      run's trace; its actions stay off (``[tool.executus.viewer]``)
 ====================================  ===========================================================
 
 Runs happen in the worker processes; the web app reads everything back from the audit battery
@@ -25,17 +27,18 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from executus_audit_sql.audit import SqlAudit
 from executus_audit_sql.plugin import build_audit
 from executus_audit_sql.trail import RunRecord, TrailEntry
+from executus_viewer import make_viewer
 from procrastinate import App
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from executus_core.config import Settings
 from executus_service.jobs import RUN_TASK
@@ -213,6 +216,15 @@ class _Service:
                 quiet_since = loop.time()
             await asyncio.sleep(self.service.poll_seconds)
 
+    async def workers(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """The worker that holds (or last held) each run: its checkpoint's owner (the viewer's worker column)."""
+        schema = self.settings.get("checkpoint_sql", {}).get("db_schema")
+        table = f'"{schema}".executus_checkpoint_runs' if schema else "executus_checkpoint_runs"
+        rows = await self.queue.connector.execute_query_all_async(
+            f"SELECT run_id, owner FROM {table} WHERE run_id = ANY(%(ids)s)", ids=list(run_ids)
+        )
+        return {row["run_id"]: row["owner"] for row in rows if row["owner"]}
+
     async def health(self, request: Request) -> Response:
         await self.queue.connector.execute_query_one_async("SELECT 1 AS ok")
         return JSONResponse({"ok": True})
@@ -237,6 +249,8 @@ def make_web_app(settings: Settings, service: ServiceSettings, queue: App, agent
             Route("/runs/{run_id}/result", state.get_result, methods=["GET"]),
             Route("/runs/{run_id}/events", state.events, methods=["GET"]),
             Route("/healthz", state.health, methods=["GET"]),
+            # The viewer reads the same audit trail; off unless mounted, and this example has no auth.
+            Mount("/viewer", app=make_viewer(state.audit, executus_settings=settings, workers=state.workers)),
         ],
         lifespan=lifespan,
     )

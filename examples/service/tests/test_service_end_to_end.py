@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import httpx2
@@ -70,6 +71,15 @@ def test_runs_over_http_with_progress_as_server_sent_events(
                 assert result["tool_calls"] == entries and result["attempts"] == 1
                 status = client.get(f"{base}/runs/{run_id}").json()
                 assert status["status"] == "ok" and status["input_tokens"] > 0
+
+            # The viewer, mounted under /viewer: every run listed with the worker that ran it, each trace.
+            listed = client.get(f"{base}/viewer/")
+            assert listed.status_code == 200, listed.text
+            for run_id in asked:
+                row = listed.text[listed.text.index(f'id="run-{run_id}"') :].split("</tr>")[0]
+                assert "status-ok" in row and f"<td>{socket.gethostname()}:" in row, row  # a worker's id
+            trace = client.get(f"{base}/viewer/runs/{followed}")
+            assert trace.status_code == 200 and "append_ledger" in trace.text
 
         with psycopg.connect(service_database) as conn:
             entries_by_run = dict(

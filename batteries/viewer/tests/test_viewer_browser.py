@@ -143,10 +143,18 @@ def test_watch_runs_live_and_read_a_trace(host: str) -> None:
                 for run_id in slow:
                     expect(page.locator(f"#run-{run_id} .status")).to_have_text("running")
                 expect(page.locator(f"#run-{slow[1]} .waiting")).to_contain_text("waiting for")
+                # after its first model call, the lead waits for the run it delegated to
+                expect(page.locator(f"#run-{slow[1]} .waiting")).to_contain_text(
+                    "waiting for a delegated run: agent__helper"
+                )
                 # newest first
                 ids = page.locator("tbody#runs tr").evaluate_all("rows => rows.map(r => r.dataset.run)")
                 assert ids.index(slow[1]) < ids.index(slow[0]) < ids.index(first)
                 DOCS_IMG.mkdir(parents=True, exist_ok=True)
+                # the screenshot without the fading highlight of rows that just changed
+                page.evaluate(
+                    "document.querySelectorAll('tr.changed').forEach(r => r.classList.remove('changed'))"
+                )
                 page.screenshot(path=str(DOCS_IMG / "viewer-list.png"))
 
                 # A running run's trace fills in live and ends without a reload.

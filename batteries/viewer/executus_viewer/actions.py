@@ -100,23 +100,30 @@ class ExecutorActions:
         )
 
     async def answer(self, run_id: str, decisions: Mapping[str, Any]) -> ActionOutcome:
-        """Answer a pending approval with ``Executor.resume(run_id, decisions=...)``."""
+        """Answer a pending approval: ``Executor.resume(run_id, decisions=...)``, in the background.
+
+        ``decisions`` maps call ids to ``{"kind": "approve" | "deny" | "edit", "reason": ...,
+        "arguments": ..., "by": ...}`` (``"decision"`` is read as ``"kind"``), or to the words
+        ``"approve"`` / ``"deny"``.
+        """
         if not approval_available():
             return ActionOutcome(False, APPROVAL_UNAVAILABLE)
-        import executus_core
-
         made: dict[str, Any] = {}
         for call_id, choice in decisions.items():
-            kind = str(choice.get("decision", "")) if isinstance(choice, Mapping) else str(choice)
-            if kind == "approve":
-                made[call_id] = executus_core.Approve()  # type: ignore[attr-defined]
-            elif kind == "deny":
-                reason = choice.get("reason") if isinstance(choice, Mapping) else None
-                made[call_id] = executus_core.Deny(reason or "denied from the viewer")  # type: ignore[attr-defined]
-            else:
+            given = dict(choice) if isinstance(choice, Mapping) else {"kind": str(choice)}
+            if "kind" not in given and "decision" in given:
+                given["kind"] = given.pop("decision")
+            given.pop("decision", None)
+            if given.get("kind") not in ("approve", "deny", "edit"):
                 return ActionOutcome(
-                    False, f"decision for call {call_id} must be approve or deny, got {kind!r}"
+                    False,
+                    f"the decision for call {call_id} must be approve, deny or edit, got {given.get('kind')!r}",
                 )
-        resume: Any = getattr(self.executor, "resume")  # noqa: B009 - not on every executus yet
+            if given["kind"] == "deny" and not given.get("reason"):
+                given["reason"] = "denied from the viewer"
+            made[str(call_id)] = given
+        if not made:
+            return ActionOutcome(False, "no decision given: choose approve or deny for a pending call")
+        resume: Any = getattr(self.executor, "resume")  # noqa: B009 - not on every executus
         self._background(resume(run_id, decisions=made), f"answer {run_id}")
-        return ActionOutcome(True, f"run {run_id} resumes with {len(made)} decisions")
+        return ActionOutcome(True, f"run {run_id} resumes with {len(made)} decision(s)")

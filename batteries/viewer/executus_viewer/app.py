@@ -61,6 +61,8 @@ STATUSES = [RUNNING, *(s.value for s in RunStatus)]
 TAIL_ROWS = 20
 """Trail rows read per running run to tell what it waits for."""
 KEEPALIVE_SECONDS = 15.0
+_PAUSED = frozenset({"interrupted", "awaiting_approval"})
+"""Statuses a run leaves again (resumed): a trace page keeps following them."""
 
 
 def _duration(seconds: float) -> str:
@@ -125,7 +127,7 @@ class _Viewer:
     async def waiting(self, records: Sequence[RunRecord]) -> dict[str, Waiting]:
         found: dict[str, Waiting] = {}
         for record in records:
-            if record.status is None:
+            if record.status is None or record.shown_status == "awaiting_approval":
                 tail = await self.audit.trail(record.run_id, last=TAIL_ROWS)
                 waiting = waiting_for(record, tail)
             else:
@@ -389,7 +391,7 @@ class _Viewer:
                 shown = state
                 yield _sse("changed", {"status": record.shown_status, "seq": after}, after)
                 quiet_since = loop.time()
-            if record.status is not None and record.status is not RunStatus.INTERRUPTED:
+            if record.status is not None and record.shown_status not in _PAUSED:
                 yield _sse("end", {"status": record.shown_status})
                 return
             if loop.time() - quiet_since > KEEPALIVE_SECONDS:
@@ -409,7 +411,7 @@ class _Viewer:
             shown.append({"action": "resume", "label": "Resume run"})
         if self.settings.allow_approval and status == "awaiting_approval":
             if self._has("answer") and approval_available():
-                shown.append({"action": "approval", "label": "Answer approval"})
+                shown.append({"action": "approval", "label": "Answer the approval"})
             else:
                 shown.append({"action": "", "label": "Approval: not available", "note": APPROVAL_UNAVAILABLE})
         return shown

@@ -167,6 +167,9 @@ class Trace:
     last_seq: int
     other_children: list[Trace] = dataclasses.field(default_factory=list)
     inputs: Any = None
+    pending: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """The tool calls waiting for a person's decision (``call_id``, ``tool``, ``arguments``), while
+    the run is ``awaiting_approval``."""
 
     @property
     def output(self) -> str | None:
@@ -198,6 +201,7 @@ def build_trace(record: RunRecord, trail: Sequence[TrailEntry], *, now: datetime
     retries: list[dict[str, Any]] = []
     attempt_no = 0
     step_events: dict[int, dict[str, Any]] = {}
+    pending: dict[str, dict[str, Any]] = {}
     for entry in trail:
         data = entry.data if isinstance(entry.data, dict) else {}
         if entry.kind == "event":
@@ -260,6 +264,20 @@ def build_trace(record: RunRecord, trail: Sequence[TrailEntry], *, now: datetime
                 due = data.get("deadline_in_seconds")
                 when = f"deadline in {due:g}s" if isinstance(due, int | float) else "deadline moved"
                 items.append(Note(entry.at, "critic", f"{when}: {mask_text(str(reason))}"))
+            elif name == "approval.requested":
+                requested = [c for c in data.get("calls") or [] if isinstance(c, dict)]
+                for wanted in requested:
+                    pending[str(wanted.get("call_id"))] = mask_value(wanted)
+                names = ", ".join(f"{c.get('tool')} ({c.get('call_id')})" for c in requested)
+                items.append(Note(entry.at, "approval", f"waiting for a decision on {names}"))
+            elif name == "approval.decided":
+                pending.pop(str(data.get("call_id")), None)
+                kind = data.get("kind") or "decided"
+                by = f" by {data['by']}" if data.get("by") else ""
+                why = f": {data['reason']}" if data.get("reason") else ""
+                text = f"{data.get('tool')} ({data.get('call_id')}): {kind}{by}{why}"
+                edited = {"arguments": mask_value(data.get("arguments"))} if kind == "edit" else None
+                items.append(Note(entry.at, "decision", mask_text(text), edited))
             elif name == "run.end":
                 status = data.get("status") or "?"
                 error = data.get("error")
@@ -320,6 +338,7 @@ def build_trace(record: RunRecord, trail: Sequence[TrailEntry], *, now: datetime
         waiting=waiting_for(record, trail, now=now),
         last_seq=trail[-1].seq if trail else 0,
         inputs=mask_value(record.inputs),
+        pending=list(pending.values()) if record.shown_status == "awaiting_approval" else [],
     )
     return trace
 
@@ -425,7 +444,17 @@ def waiting_for(
             "to be resumed (interrupted; its checkpoint is kept)", record.ended_at or record.started_at
         )
     if status == "awaiting_approval":
-        return Waiting("an approval", record.ended_at or record.started_at)
+        asked = [
+            c
+            for e in tail
+            if e.kind == "event" and e.name == "approval.requested" and isinstance(e.data, dict)
+            for c in e.data.get("calls") or []
+            if isinstance(c, dict)
+        ]
+        names = ", ".join(sorted({str(c.get("tool")) for c in asked}))
+        return Waiting(
+            f"an approval of {names}" if names else "an approval", record.ended_at or record.started_at
+        )
     if record.status is not None:
         return None
     if not tail:
@@ -443,9 +472,9 @@ def waiting_for(
             open_calls.clear()
     if open_calls:
         first = min(open_calls.values(), key=lambda e: e.seq)
-        names = sorted({str((e.data or {}).get("name")) for e in open_calls.values()})
-        delegated = [n for n in names if n.startswith(DELEGATION_PREFIXES)]
-        what = ("a delegated run: " if delegated else "tool ") + ", ".join(names)
+        running = sorted({str((e.data or {}).get("name")) for e in open_calls.values()})
+        delegated = [n for n in running if n.startswith(DELEGATION_PREFIXES)]
+        what = ("a delegated run: " if delegated else "tool ") + ", ".join(running)
         return Waiting(what, first.at)
     last = tail[-1]
     if last.kind == "event" and last.name == "model.retry":

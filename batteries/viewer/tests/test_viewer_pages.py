@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -9,11 +10,13 @@ from typing import Any
 import httpx
 import pytest
 from executus_audit_sql import SqlAudit
-from executus_viewer import ActionOutcome, ViewerSettings, make_viewer
+from executus_viewer import ActionOutcome, ExecutorActions, ViewerSettings, make_viewer
 from starlette.applications import Starlette
 from starlette.routing import Mount
-from viewer_helpers import SECRET, ViewerDb, record_story
+from viewer_helpers import SECRET, ViewerDb, answer, call, only_audit, record_story
 
+from executus_core import Agent, Executor, tool
+from executus_core.testing import ScriptedModel
 from executus_core.types import RunInfo
 
 
@@ -144,7 +147,9 @@ class Recorded:
 
 
 @pytest.mark.parametrize("db", ["sqlite"], indirect=True)
-async def test_actions_are_off_by_default_and_need_the_header(db: ViewerDb) -> None:
+async def test_actions_are_off_by_default_and_need_the_header(
+    db: ViewerDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
     audit = db.audit()
     try:
         info = RunInfo(run_id="running0001", subject_id="slow", name="slow", caller_id="carol")
@@ -176,7 +181,13 @@ async def test_actions_are_off_by_default_and_need_the_header(db: ViewerDb) -> N
             answer = await http.post(
                 "/viewer/runs/running0001/approval", headers=headers, json={"decisions": {"c1": "approve"}}
             )
-            # Executor.resume(run_id, decisions=...) is not in this executus yet: said so, nothing done
+            # allowed, but the host's actions have no answer(): said so, nothing done
+            assert answer.status_code == 501 and "actions.answer()" in answer.json()["message"]
+            monkeypatch.setattr("executus_viewer.app.approval_available", lambda: False)
+            answer = await http.post(
+                "/viewer/runs/running0001/approval", headers=headers, json={"decisions": {"c1": "approve"}}
+            )
+            # an executus without Executor.resume(run_id, decisions=...): not available
             assert answer.status_code == 501 and "not available" in answer.json()["message"]
     finally:
         await audit.aclose()
@@ -217,5 +228,54 @@ async def test_behind_the_hosts_auth_middleware_as_the_docs_show(db: ViewerDb) -
             assert (await http.get("/viewer/static/viewer.js")).status_code == 403
             allowed = await http.get("/viewer/", headers={"x-operator": "yes"})
             assert allowed.status_code == 200 and "executus runs" in allowed.text
+    finally:
+        await audit.aclose()
+
+
+@tool(requires_approval=True)
+async def refund(amount: int) -> str:
+    """Refund an amount (a person approves it first)."""
+    return f"refunded {amount}"
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+async def test_a_pending_approval_is_answered_from_the_page(db: ViewerDb) -> None:
+    agent = Agent(
+        name="clerk",
+        model=ScriptedModel([call("refund", "r1", amount=30), answer("refunded 30")], per_run=True),
+        tools=[refund],
+    )
+    audit = db.audit()
+    try:
+        async with Executor(settings={"audit_sql": db.settings()}, disable=only_audit()) as executor:
+            paused = await executor.run(agent, "refund 30 to dana", caller_id="dana")
+            assert paused.status.value == "awaiting_approval", paused.error
+            app = host(audit, settings=ViewerSettings(allow_approval=True), actions=ExecutorActions(executor))
+            async with client(app) as http:
+                page = (await http.get(f"/viewer/runs/{paused.run_id}")).text
+                assert '<form class="approval"' in page and 'data-call="r1"' in page
+                assert "waiting for an approval of refund" in page
+                listed = (await http.get("/viewer/", params={"caller": "dana"})).text
+                assert "waiting for an approval of refund" in listed
+                bad = await http.post(
+                    f"/viewer/runs/{paused.run_id}/approval",
+                    headers={"X-Executus-Viewer": "1"},
+                    json={"decisions": {"r1": {"kind": "maybe"}}},
+                )
+                assert bad.status_code == 409 and "approve, deny or edit" in bad.json()["message"]
+                sent = await http.post(
+                    f"/viewer/runs/{paused.run_id}/approval",
+                    headers={"X-Executus-Viewer": "1"},
+                    json={"decisions": {"r1": {"kind": "approve", "by": "dana"}}},
+                )
+                assert sent.status_code == 200, sent.text
+                for _ in range(200):
+                    record = await audit.get_run(paused.run_id)
+                    if record is not None and record.shown_status == "ok":
+                        break
+                    await asyncio.sleep(0.05)
+                assert record is not None and record.shown_status == "ok" and record.output == "refunded 30"
+                trace = (await http.get(f"/viewer/runs/{paused.run_id}")).text
+                assert "refund (r1): approve by dana" in trace and '<form class="approval"' not in trace
     finally:
         await audit.aclose()

@@ -105,7 +105,32 @@
     }).finally(function () { button.disabled = false; });
   }
 
+  function answerApproval(form) {
+    var decisions = {};
+    form.querySelectorAll("fieldset[data-call]").forEach(function (set) {
+      var chosen = set.querySelector("input[name=kind]:checked");
+      if (!chosen) return;
+      var decision = { kind: chosen.value };
+      var reason = set.querySelector("input[name=reason]").value.trim();
+      if (reason) decision.reason = reason;
+      decisions[set.dataset.call] = decision;
+    });
+    var message = document.getElementById("action-message");
+    fetch(base + "/runs/" + encodeURIComponent(form.dataset.run) + "/approval", {
+      method: "POST",
+      headers: { "X-Executus-Viewer": "1", "Content-Type": "application/json" },
+      body: JSON.stringify({ decisions: decisions })
+    }).then(function (r) { return r.json(); }).then(function (answer) {
+      message.textContent = answer.message;
+      message.className = answer.ok ? "muted" : "problem";
+      if (answer.ok) form.remove();
+    }).catch(function (e) { message.textContent = "the request failed: " + e; message.className = "problem"; });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("form.approval").forEach(function (form) {
+      form.addEventListener("submit", function (e) { e.preventDefault(); answerApproval(form); });
+    });
     localTimes(document);
     tick();
     setInterval(tick, 1000);

@@ -54,10 +54,9 @@ SUBMIT_SECONDS = 24.0
 END_TIMEOUT = 100.0
 
 KNOWN_GAPS = (
-    "issue 15: until the durability fixes are on main, a worker paused past its lease finishes the runs "
-    "another worker took over (runs end twice, stray and repeated tool calls, unflagged re-runs), and a "
-    "worker killed as a run completes can leave the audit without the run's end and its output; remove "
-    "this mark when it passes"
+    "issue 15: on main (2026-11-30 06:20) a worker paused past its lease can still finish a run another "
+    "worker took over (the run ends twice, with stray tool calls), and a worker killed before the audit "
+    "wrote its last batch leaves steps and tool results missing from the trail; remove this mark when it passes"
 )
 
 
@@ -314,14 +313,17 @@ def test_durable_runs_across_killed_and_paused_workers(
         by_key[(run_id, call_id)].append((attempt, resumed, worker, finished))
     flagged = 0
     for (run_id, call_id), executions in by_key.items():
+        # The first execution the ledger saw may itself be flagged: the core counts a start before the
+        # tool runs, so an attempt killed before the tool logged anything still makes the next one 2.
         plain = [e for e in executions if e[0] == 1 and not e[1]]
         again = executions[1:]
-        flagged += sum(1 for e in again if e[0] > 1 and e[1])
-        if len(plain) != 1 or any(not (e[0] > 1 and e[1]) for e in again):
+        flagged += sum(1 for e in executions if e[0] > 1 and e[1])
+        attempts = [e[0] for e in executions]
+        if len(plain) > 1 or any(not (e[0] > 1 and e[1]) for e in again) or attempts != sorted(set(attempts)):
             problem(
                 "re-run not flagged",
                 f"run {run_id} call {call_id} ran {len(executions)} times as (attempt, resumed, worker, finished) "
-                f"{executions}: a re-run must be flagged (attempt > 1, resumed)",
+                f"{executions}: each re-run must be flagged (resumed, attempt counting up)",
             )
     amounts: dict[str, Counter[int]] = defaultdict(Counter)
     for run_id, amount in entries:

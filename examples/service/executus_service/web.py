@@ -202,7 +202,7 @@ class _Service:
             shown = status
             ended = status in _ENDED
             # Read the rows after the status: once the status says ended, the rows are all written.
-            for entry in await self.audit.trail(run_id):
+            for entry in await self.audit.trail(run_id, after=after):
                 if entry.seq > after:
                     after = entry.seq
                     name, data = _trail_event(entry)

@@ -94,10 +94,15 @@ class HttpServer:
                 raise RuntimeError(f"the test MCP server did not start on port {self.port}")
             time.sleep(0.05)
 
-    def kill(self) -> None:
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the server: SIGKILL by default (a crash); SIGTERM lets it close its streams first."""
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
 
 
 @contextlib.contextmanager

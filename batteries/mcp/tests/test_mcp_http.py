@@ -4,6 +4,7 @@ round trip with headers, a tool list that changes, and a server killed mid-call 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,23 @@ async def test_a_server_that_restarted_and_forgot_the_session(new_toolset: Any, 
         conn = tools.servers["web"]
         assert conn.starts == 2 and conn.protocol_version == "2025-11-25"
     assert [line[1:] for line in log_lines(call_log)] == [["echo", "before"], ["echo", "after"]]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["crash", "clean-stop"])
+async def test_list_changes_still_arrive_after_the_server_restarts(new_toolset: Any, stop: int) -> None:
+    """On a 2026-07-28 session list changes arrive on a subscriptions/listen stream; after the server
+    restarts (crashed, or stopped cleanly), changes on the new server still reach the cache."""
+    with http_server() as server:
+        tools = new_toolset({"web": {"url": server.url}})
+        (grow,) = await tools.resolve("web/grow")
+        conn = tools.servers["web"]
+        assert conn.protocol_version == "2026-07-28"
+        server.kill(stop)
+        server.start()
+        await asyncio.sleep(2.5)  # the old stream ends; the transport finds the new server
+        assert await grow({"name": "after_restart"}) == "added after_restart"
+        await eventually(
+            lambda: any(t.name == "after_restart" for t in conn.cached_tools or []),
+            10,
+            "the change to arrive",
+        )

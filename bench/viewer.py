@@ -81,12 +81,13 @@ async def fill(url: str, schema: str | None, runs: int) -> None:
                             "at": when.replace(tzinfo=None) if url.startswith("sqlite") else when,
                         }
                     )
-            if len(batch) >= 5_000:
+            if len(batch) >= 5_000 or len(events) >= 5_000:
+                # the runs first: their trail rows refer to them
                 await conn.execute(RUNS.insert(), batch)
                 batch = []
-            if len(events) >= 5_000:
-                await conn.execute(EVENTS.insert(), events)
-                events = []
+                if events:
+                    await conn.execute(EVENTS.insert(), events)
+                    events = []
         if batch:
             await conn.execute(RUNS.insert(), batch)
         if events:

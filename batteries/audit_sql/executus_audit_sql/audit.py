@@ -248,6 +248,11 @@ class SqlAudit:
         async with self._read() as conn:
             return await reads.get_trail(conn, run_id, kinds=kinds, after=after, last=last)
 
+    async def tails(self, run_ids: Sequence[str], *, last: int = 20) -> dict[str, list[TrailEntry]]:
+        """The last ``last`` rows of each run's trail, in order, read in one statement."""
+        async with self._read() as conn:
+            return await reads.get_tails(conn, run_ids, last=last)
+
     # -- upkeep -------------------------------------------------------------------------------
 
     async def prune(self, older_than_days: float, *, dry_run: bool = False) -> int:

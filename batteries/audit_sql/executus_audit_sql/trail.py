@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import Table, and_, or_, select
+from sqlalchemy import Table, and_, func, or_, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -25,6 +25,7 @@ __all__ = [
     "TrailEntry",
     "find_runs",
     "get_run",
+    "get_tails",
     "get_trail",
     "list_runs",
     "run_facts",
@@ -186,8 +187,10 @@ async def list_runs(
     query = select(RUNS).order_by(RUNS.c.started_at.desc(), RUNS.c.run_id).limit(limit)
     if before is not None:
         at, run_id = before
+        # ``started_at <= at`` alone is what an index can seek to; the OR then drops the ties already shown.
         query = query.where(
-            or_(RUNS.c.started_at < at, and_(RUNS.c.started_at == at, RUNS.c.run_id > run_id))
+            RUNS.c.started_at <= at,
+            or_(RUNS.c.started_at < at, and_(RUNS.c.started_at == at, RUNS.c.run_id > run_id)),
         )
     if parent_run_id is not None:
         query = query.where(RUNS.c.parent_run_id == parent_run_id)
@@ -241,3 +244,25 @@ async def get_trail(
         return [TrailEntry.model_validate(dict(row)) for row in reversed(rows)]
     query = query.order_by(EVENTS.c.seq)
     return [TrailEntry.model_validate(dict(row)) for row in (await conn.execute(query)).mappings()]
+
+
+async def get_tails(
+    conn: AsyncConnection, run_ids: Sequence[str], *, last: int
+) -> dict[str, list[TrailEntry]]:
+    """The ``last`` rows of each run's trail, in order, in one statement (what many runs are doing now)."""
+    if not run_ids:
+        return {}
+    numbered = (
+        select(
+            EVENTS,
+            func.row_number().over(partition_by=EVENTS.c.run_id, order_by=EVENTS.c.seq.desc()).label("nth"),
+        )
+        .where(EVENTS.c.run_id.in_(list(run_ids)))
+        .subquery()
+    )
+    columns = [numbered.c[column.name] for column in EVENTS.columns]
+    query = select(*columns).where(numbered.c.nth <= last).order_by(numbered.c.run_id, numbered.c.seq)
+    tails: dict[str, list[TrailEntry]] = {run_id: [] for run_id in run_ids}
+    for row in (await conn.execute(query)).mappings():
+        tails.setdefault(row["run_id"], []).append(TrailEntry.model_validate(dict(row)))
+    return tails

@@ -100,6 +100,9 @@ async def test_a_running_run_says_what_it_waits_for(db: ViewerDb) -> None:
         recorder.log_event("run.start", {"agent": "slow", "prompt": "go"})
         recorder.log_event("tool.start", {"name": "fetch_report", "call_id": "t1", "arguments": {}})
         await audit.flush()
+        tails = await audit.tails([run_id, "no-such-run"], last=1)
+        assert [(e.kind, e.name) for e in tails[run_id]] == [("event", "tool.start")]
+        assert tails["no-such-run"] == []
         async with client(host(audit, settings=ViewerSettings())) as http:
             html = (await http.get("/viewer/", params={"status": "running"})).text
             row = html[html.index(f'id="run-{run_id}"') :].split("</tr>")[0]

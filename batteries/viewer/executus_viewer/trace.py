@@ -434,15 +434,13 @@ def waiting_for(
 ) -> Waiting | None:
     """What a run that has not ended waits for, from the last rows of its trail; None once it ended.
 
-    ``interrupted``: to be resumed, since it stopped. Running: a tool call started and not ended
+    ``interrupted``: a resume, since it stopped. Running: a tool call started and not ended
     (a delegated run for ``agent__``/``skill__`` tools), else the model (retrying, if the last row
     says so), since the last row was written.
     """
     status = record.shown_status
     if status == "interrupted":
-        return Waiting(
-            "to be resumed (interrupted; its checkpoint is kept)", record.ended_at or record.started_at
-        )
+        return Waiting("a resume (interrupted; its checkpoint is kept)", record.ended_at or record.started_at)
     if status == "awaiting_approval":
         asked = [
             c

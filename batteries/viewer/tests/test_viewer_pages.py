@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from viewer_helpers import SECRET, ViewerDb, answer, call, only_audit, record_story
 
-from executus_core import Agent, Executor, tool
+from executus_core import Agent, Executor, ToolContext, tool
 from executus_core.testing import ScriptedModel
 from executus_core.types import RunInfo
 
@@ -280,5 +281,96 @@ async def test_a_pending_approval_is_answered_from_the_page(db: ViewerDb) -> Non
                 assert record is not None and record.shown_status == "ok" and record.output == "refunded 30"
                 trace = (await http.get(f"/viewer/runs/{paused.run_id}")).text
                 assert "refund (r1): approve by dana" in trace and '<form class="approval"' not in trace
+    finally:
+        await audit.aclose()
+
+
+@tool
+async def wait_long(seconds: float) -> str:
+    """Wait (a stand-in for a slow API)."""
+    await asyncio.sleep(seconds)
+    return "waited"
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+async def test_cancel_from_the_page_stops_a_run_of_this_process(db: ViewerDb) -> None:
+    agent = Agent(
+        name="sleeper",
+        model=ScriptedModel([call("wait_long", "w1", seconds=60), answer("woke")], per_run=True),
+        tools=[wait_long],
+    )
+    audit = db.audit()
+    try:
+        async with Executor(settings={"audit_sql": db.settings()}, disable=only_audit()) as executor:
+            task = asyncio.create_task(executor.run(agent, "sleep", caller_id="fay", run_id="sleeper00001"))
+            settings = ViewerSettings(allow_cancel=True)
+            async with client(host(audit, settings=settings, actions=ExecutorActions(executor))) as http:
+                for _ in range(200):  # until the audit shows it waiting for its tool
+                    page = (await http.get("/viewer/runs/sleeper00001")).text
+                    if "waiting for tool wait_long" in page:
+                        break
+                    await asyncio.sleep(0.05)
+                assert 'data-action="cancel"' in page
+                done = await http.post("/viewer/runs/sleeper00001/cancel", headers={"X-Executus-Viewer": "1"})
+                assert done.status_code == 200 and done.json()["ok"], done.text
+                result = await asyncio.wait_for(task, 10)
+                assert result.status.value == "cancelled"
+                again = await http.post(
+                    "/viewer/runs/sleeper00001/cancel", headers={"X-Executus-Viewer": "1"}
+                )
+                assert again.status_code == 409 and "not running in this process" in again.json()["message"]
+    finally:
+        await audit.aclose()
+
+
+@tool
+async def slow_once(context: ToolContext) -> str:
+    """Hang on the first attempt (the worker is stopped meanwhile); answer at once when run again."""
+    if context.attempt == 1:
+        await asyncio.sleep(60)
+    return f"done on attempt {context.attempt}"
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+async def test_resume_from_the_page_and_the_rerun_call_is_flagged(db: ViewerDb, tmp_path: Path) -> None:
+    agent = Agent(
+        name="patient",
+        model=ScriptedModel([call("slow_once", "s1"), answer("finished")], per_run=True),
+        tools=[slow_once],
+    )
+    settings = {
+        "audit_sql": db.settings(),
+        "checkpoint_sql": {"url": f"sqlite+aiosqlite:///{tmp_path / 'checkpoints.db'}"},
+    }
+    keep = {"audit_sql", "checkpoint_sql"}
+    disable = [name for name in only_audit() if name not in keep]
+    audit = db.audit()
+    try:
+        first = Executor(settings=settings, disable=disable)
+        task = asyncio.create_task(first.run(agent, "be patient", caller_id="gus", run_id="patient0001"))
+        for _ in range(200):
+            found = await audit.tails(["patient0001"], last=1)
+            if found["patient0001"] and found["patient0001"][-1].name == "tool.start":
+                break
+            await asyncio.sleep(0.05)
+        await first.shutdown()  # the host stops: the run ends interrupted, its checkpoint kept
+        assert (await task).status.value == "interrupted"
+        async with Executor(settings=settings, disable=disable) as second:
+            second.register_agent(agent)
+            viewer = ViewerSettings(allow_resume=True)
+            async with client(host(audit, settings=viewer, actions=ExecutorActions(second))) as http:
+                page = (await http.get("/viewer/runs/patient0001")).text
+                assert "waiting for a resume" in page and 'data-action="resume"' in page
+                sent = await http.post("/viewer/runs/patient0001/resume", headers={"X-Executus-Viewer": "1"})
+                assert sent.status_code == 200, sent.text
+                for _ in range(200):
+                    record = await audit.get_run("patient0001")
+                    if record is not None and record.shown_status == "ok":
+                        break
+                    await asyncio.sleep(0.05)
+                assert record is not None and record.shown_status == "ok" and record.attempts == 2
+                trace = (await http.get("/viewer/runs/patient0001")).text
+                assert "attempt 2: resumed from its checkpoint" in trace
+                assert "attempt 2, resumed" in trace and "done on attempt 2" in trace
     finally:
         await audit.aclose()

@@ -143,4 +143,4 @@ def test_what_a_run_waits_for() -> None:
     trail.event("model.retry", 4, attempt=2)
     assert waiting_for(running, trail.rows).what == "the model (retry 2 after an error)"  # type: ignore[union-attr]
     stopped = record(status="interrupted")
-    assert waiting_for(stopped, []).what.startswith("to be resumed")  # type: ignore[union-attr]
+    assert waiting_for(stopped, []).what.startswith("a resume")  # type: ignore[union-attr]

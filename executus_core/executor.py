@@ -189,7 +189,7 @@ class Executor:
                         f"object with a `prefix` and `async resolve(name)`), got {tool!r}"
                     )
 
-            return {"register": register}
+            return {"register": register, "settings": self.settings}
 
         self._hook("executus_register_models", models_of, skip)
         self._hook("executus_register_tools", tools_of, skip)

@@ -131,12 +131,15 @@ def executus_register_models(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def executus_register_tools(register: Callable[..., None]) -> None:
+def executus_register_tools(register: Callable[..., None], settings: Settings) -> None:
     """Register tools that agents can name in ``Agent.tools``.
 
     Several implementations: all are called. The core registers ``run_status``.
 
-    :param register: ``register(tool)`` with a `Tool` (decorate a function with `@tool`).
+    :param register: ``register(tool)`` with a `Tool` (decorate a function with `@tool`), or
+        ``register(toolset)`` with a `ToolSet` that resolves ``"<prefix>:<name>"`` when a run starts.
+    :param settings: the executor's settings (``settings.section(...)`` reads the plugin's own
+        table); an implementation may leave this parameter out.
     """
 
 

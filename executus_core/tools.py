@@ -132,6 +132,8 @@ class Tool:
     async def __call__(self, arguments: dict[str, Any], context: ToolContext | None = None) -> Any:
         """Validate ``arguments`` and run the function; raises `ToolArgumentsError` on bad arguments."""
         if self.args_model is None:
+            if self.context_param is not None:
+                return await self.fn(arguments, **{self.context_param: context})
             return await self.fn(arguments)
         try:
             parsed = self.args_model.model_validate(arguments)

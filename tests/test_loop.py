@@ -194,3 +194,38 @@ async def test_an_empty_answer_ends_ok_with_one_warning() -> None:
         "model scripted ended the run with an empty answer"
     ]
     assert said.warnings == ["the server sent nothing"]
+
+
+async def test_a_raw_argument_tool_gets_its_context_when_it_asks() -> None:
+    from executus_core import Agent, Executor, RunStatus, Tool, ToolContext
+    from executus_core.testing import ScriptedModel
+
+    seen: list[object] = []
+
+    async def echo(arguments: dict, context: ToolContext | None = None) -> str:
+        seen.append(context)
+        return str(arguments)
+
+    raw = Tool(name="echo", description="", fn=echo, args_model=None, context_param="context", parameters={})
+    async with Executor(entry_points=False) as ex:
+        result = await ex.run(
+            Agent(name="a", model=ScriptedModel([call("echo", x=1), answer("ok")]), tools=[raw]),
+            "go",
+            caller_id="u1",
+        )
+    assert result.status is RunStatus.OK
+    assert isinstance(seen[0], ToolContext) and seen[0].call_id == "c1"
+
+
+def test_register_tools_hands_plugins_the_settings() -> None:
+    from executus_core import Executor, hookimpl
+
+    got: list[object] = []
+
+    class Reads:
+        @hookimpl
+        def executus_register_tools(self, register: object, settings: object) -> None:
+            got.append(settings)
+
+    ex = Executor(entry_points=False, plugins=[Reads()], settings={"max_steps": 3})
+    assert got and got[0] is ex.settings

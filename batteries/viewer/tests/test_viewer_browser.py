@@ -3,7 +3,8 @@
 The host (``viewer_host.py``) runs agents with executus-audit-sql on a SQLite file and mounts the
 viewer under ``/viewer``. The test starts runs, sees them appear and finish in the list without a
 reload, opens a trace with a delegation and a failed tool, checks its timeline, follows a running
-run's trace live, and saves the screenshots shown in docs/viewer.md (docs/img/viewer-*.png).
+run's trace live, and takes the screenshots shown in docs/viewer.md (written to docs/img/viewer-*.png
+with EXECUTUS_UPDATE_SCREENSHOTS=1).
 
 Browsers cannot be downloaded here: the test uses the system's ``/usr/bin/chromium`` (Debian's
 package; ``.ci/run`` installs it). Without it the test skips, except under ``CI=true``, where it fails.
@@ -36,7 +37,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 HERE = Path(__file__).parent
-DOCS_IMG = HERE.parents[2] / "docs" / "img"
+# Screenshots go to the docs only when asked (EXECUTUS_UPDATE_SCREENSHOTS=1): a test run must not
+# rewrite tracked files. Otherwise they go to a temporary folder, and are still taken and checked.
+DOCS_IMG = (
+    HERE.parents[2] / "docs" / "img"
+    if os.environ.get("EXECUTUS_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.mkdtemp(prefix="executus-viewer-shots-"))
+)
 TIMEOUT_MS = 30_000  # generous: a loaded 2-core machine; never a speed test
 
 

@@ -46,6 +46,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "otel.json"
+QUICK_OUTPUT = ROOT / "bench" / "results" / "quick.otel.json"
+"""Where ``--quick`` writes: an ignored file, so a smoke run never changes the published figures."""
 CONFIGS = ("core", "null_recorder", "otel_spans", "otel_otlp", "otel_otlp_content")
 
 
@@ -302,6 +304,8 @@ def _orchestrate(args: argparse.Namespace) -> int:
 
     if args.quick:
         args.repeat, args.runs, args.concurrency = 1, 30, 50
+        if args.output == DEFAULT_OUTPUT:
+            args.output = QUICK_OUTPUT
     client_cpu, server_cpu = _cpus()
     sink_command = [sys.executable, "-m", "bench.otel_bench", "--sink"]
     if server_cpu is not None:

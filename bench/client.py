@@ -100,8 +100,15 @@ async def sequential(
     return {"sequential": cases}
 
 
-async def concurrent(name: str, client: BenchClient, n: int, concurrency: int, warmup: int) -> dict[str, Any]:
-    """``concurrency`` runs of ``n`` steps at once: throughput, CPU per step, memory."""
+async def concurrent(
+    name: str, client: BenchClient, n: int, concurrency: int, warmup: int, gc_mode: str = "default"
+) -> dict[str, Any]:
+    """``concurrency`` runs of ``n`` steps at once: throughput, CPU per step, memory.
+
+    ``gc_mode``: ``"default"`` leaves Python's cyclic GC as it is; ``"freeze"`` calls `gc.freeze`
+    after the warm-up (what a host does once it has started up: the objects made so far are never
+    walked again by a collection); ``"off"`` disables the cyclic GC during the batch (a reference).
+    """
     if warmup:
         before = client.counter.calls
         texts = await asyncio.gather(*(client.run(n) for _ in range(warmup)))
@@ -112,11 +119,19 @@ async def concurrent(name: str, client: BenchClient, n: int, concurrency: int, w
                 f"{name}: the warm-up batch executed {client.counter.calls - before} tool calls"
             )
     gc.collect()
+    if gc_mode == "freeze":
+        gc.freeze()
+    elif gc_mode == "off":
+        gc.disable()
+    collections_before = sum(stat["collections"] for stat in gc.get_stats())
     rss_before = current_rss()
     before = client.counter.calls
     w0, c0 = time.perf_counter(), time.process_time()
     outcomes = await asyncio.gather(*(client.run(n) for _ in range(concurrency)), return_exceptions=True)
     c1, w1 = time.process_time(), time.perf_counter()
+    collections = sum(stat["collections"] for stat in gc.get_stats()) - collections_before
+    gc.enable()
+    gc.unfreeze()
     peak = peak_rss()
     errors = [o for o in outcomes if isinstance(o, BaseException)]
     wrong = 0
@@ -133,6 +148,8 @@ async def concurrent(name: str, client: BenchClient, n: int, concurrency: int, w
         "concurrent": {
             "n": n,
             "concurrency": concurrency,
+            "gc": gc_mode,
+            "gc_collections": collections,
             "model_calls": steps,
             "errors": len(errors) + wrong,
             "first_error": None if first is None else f"{type(first).__name__}: {first}"[:500],
@@ -268,7 +285,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             runs = [int(x) for x in args.runs.split(",")]
             out.update(await sequential(args.client, client, ns, runs, args.warmup))
         elif args.mode == "concurrent":
-            out.update(await concurrent(args.client, client, args.n, args.concurrency, args.warmup))
+            out.update(await concurrent(args.client, client, args.n, args.concurrency, args.warmup, args.gc))
         else:
             out.update(await profile(args.client, client, args.n, int(args.runs), args.warmup, args.top))
     finally:
@@ -288,6 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=10, help="concurrent/profile: steps per run")
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=3, help="warm-up runs (per length, or the batch size)")
+    parser.add_argument(
+        "--gc", choices=["default", "freeze", "off"], default="default", help="concurrent: the cyclic GC"
+    )
     parser.add_argument("--top", type=int, default=25, help="profile: functions to list")
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to this CPU")
     args = parser.parse_args(argv)

@@ -50,6 +50,7 @@ class Plan:
     profile_runs: int
     import_repeats: int
     case_timeout: float
+    coldstart_rounds: int  # interleaved rounds of bench.coldstart (batteries on / off)
 
 
 FULL = Plan(
@@ -66,6 +67,7 @@ FULL = Plan(
     profile_runs=5,
     import_repeats=5,
     case_timeout=300.0,
+    coldstart_rounds=5,
 )
 QUICK = Plan(
     name="quick",
@@ -81,6 +83,7 @@ QUICK = Plan(
     profile_runs=1,
     import_repeats=1,
     case_timeout=60.0,
+    coldstart_rounds=1,
 )
 
 
@@ -492,7 +495,7 @@ def _plots(results: dict[str, Any], beside: Path, update_docs: bool) -> None:
 
 
 def _publish(source: Path, *, plot: bool, update_docs: bool) -> int:
-    from bench import report
+    from bench import coldstart, report
 
     results = json.loads(source.read_text())
     if update_docs and results.get("plan", {}).get("name") != "full":
@@ -500,6 +503,8 @@ def _publish(source: Path, *, plot: bool, update_docs: bool) -> int:
             f"{source} holds a {results.get('plan', {}).get('name')} run; the docs take a full run"
         )
     print(report.text(results))
+    if "cases" in results.get("coldstart", {}):
+        print("\n" + coldstart.table(results["coldstart"]))
     if plot:
         _plots(results, source.with_suffix(".svg"), update_docs)
     if update_docs:
@@ -569,6 +574,13 @@ def main(argv: list[str] | None = None) -> int:
             results["profile"] = measure_profile(plan, server.url, client_cpu)
     log("import and build times")
     results["imports"] = measure_imports(plan)
+    log("cold start with the batteries, and without")
+    from bench import coldstart
+
+    try:
+        results["coldstart"] = coldstart.measure(plan.coldstart_rounds)
+    except RuntimeError as exc:
+        results["coldstart"] = {"error": str(exc)}
     results["targets"] = targets(plan, results["clients"])
     results["seconds"] = time.monotonic() - started
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -577,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
     tmp.replace(output)
     print(report.text(results))
+    if "cases" in results.get("coldstart", {}):
+        print("\n" + coldstart.table(results["coldstart"]))
     log(f"wrote {output}")
     if not args.no_plot:
         _plots(results, output.with_suffix(".svg"), args.update_docs)

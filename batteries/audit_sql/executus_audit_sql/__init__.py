@@ -11,12 +11,47 @@ and run ``executus db upgrade`` when you deploy. Read the trail with ``executus 
 `SqlAudit.trail`.
 """
 
-from executus_audit_sql.audit import SqlAudit
-from executus_audit_sql.errors import AuditSqlError, AuditWriteError, SchemaNotReady
-from executus_audit_sql.migrate import UpgradeReport, current_revision, head_revision, upgrade
-from executus_audit_sql.recorder import SqlRecorder
-from executus_audit_sql.settings import AuditSqlSettings
-from executus_audit_sql.trail import RunRecord, TrailEntry
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from executus_audit_sql.audit import SqlAudit
+    from executus_audit_sql.errors import AuditSqlError, AuditWriteError, SchemaNotReady
+    from executus_audit_sql.migrate import UpgradeReport, current_revision, head_revision, upgrade
+    from executus_audit_sql.recorder import SqlRecorder
+    from executus_audit_sql.settings import AuditSqlSettings
+    from executus_audit_sql.trail import RunRecord, TrailEntry
+
+# The public names are imported on first use (PEP 562): loading the plugin imports this package
+# first, and a command that never touches the battery's port should not pay for its dependencies.
+_LAZY = {
+    "SqlAudit": "executus_audit_sql.audit",
+    "AuditSqlError": "executus_audit_sql.errors",
+    "AuditWriteError": "executus_audit_sql.errors",
+    "SchemaNotReady": "executus_audit_sql.errors",
+    "UpgradeReport": "executus_audit_sql.migrate",
+    "current_revision": "executus_audit_sql.migrate",
+    "head_revision": "executus_audit_sql.migrate",
+    "upgrade": "executus_audit_sql.migrate",
+    "SqlRecorder": "executus_audit_sql.recorder",
+    "AuditSqlSettings": "executus_audit_sql.settings",
+    "RunRecord": "executus_audit_sql.trail",
+    "TrailEntry": "executus_audit_sql.trail",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "AuditSqlError",

@@ -6,13 +6,15 @@ Installed, the battery records every run with no setting at all (SQLite in the d
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from executus_audit_sql.audit import SqlAudit
 from executus_audit_sql.settings import SECTION, AuditSqlSettings, public_url
 from executus_core import hookimpl
 from executus_core.config import Settings
 from executus_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from executus_audit_sql.audit import SqlAudit
 
 __all__ = ["executus_audit", "executus_register_commands"]
 
@@ -29,6 +31,8 @@ def executus_audit(settings: Settings) -> SqlAudit:
 
 def build_audit(settings: Settings) -> SqlAudit:
     """`SqlAudit` from executus `Settings` (the hook, and the CLI commands)."""
+    from executus_audit_sql.audit import SqlAudit  # SQLAlchemy's engine: only when an audit is built
+
     section = settings.section(SECTION, AuditSqlSettings, plugin=SECTION)
     try:
         return SqlAudit(section, data_dir=settings.core.data_dir, port_timeout=settings.core.port_timeout)

@@ -13,21 +13,61 @@ In code, `RedisBudget` and `SQLiteBudget` are the port objects (`open_budget` pi
 settings); ``executus budget show`` and ``executus budget reset`` read and clear the usage.
 """
 
-from executus_budget_redis.base import CallerUsage, InFlightRun, StoreBudget, WindowUsage
-from executus_budget_redis.budget import RedisBudget
-from executus_budget_redis.durations import format_duration, parse_duration
-from executus_budget_redis.embedded import SQLiteBudget
-from executus_budget_redis.errors import BudgetUnavailable
-from executus_budget_redis.factory import open_budget
-from executus_budget_redis.settings import (
-    DEFAULT_KEY_PREFIX,
-    DEFAULT_URL,
-    BudgetRedisSettings,
-    CallerLimits,
-    ResolvedLimits,
-    WindowLimits,
-    resolve_limits,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from executus_budget_redis.base import CallerUsage, InFlightRun, StoreBudget, WindowUsage
+    from executus_budget_redis.budget import RedisBudget
+    from executus_budget_redis.durations import format_duration, parse_duration
+    from executus_budget_redis.embedded import SQLiteBudget
+    from executus_budget_redis.errors import BudgetUnavailable
+    from executus_budget_redis.factory import open_budget
+    from executus_budget_redis.settings import (
+        DEFAULT_KEY_PREFIX,
+        DEFAULT_URL,
+        BudgetRedisSettings,
+        CallerLimits,
+        ResolvedLimits,
+        WindowLimits,
+        resolve_limits,
+    )
+
+# The public names are imported on first use (PEP 562): loading the plugin imports this package
+# first, and a command that never touches the battery's port should not pay for its dependencies.
+_LAZY = {
+    "CallerUsage": "executus_budget_redis.base",
+    "InFlightRun": "executus_budget_redis.base",
+    "StoreBudget": "executus_budget_redis.base",
+    "WindowUsage": "executus_budget_redis.base",
+    "RedisBudget": "executus_budget_redis.budget",
+    "format_duration": "executus_budget_redis.durations",
+    "parse_duration": "executus_budget_redis.durations",
+    "SQLiteBudget": "executus_budget_redis.embedded",
+    "BudgetUnavailable": "executus_budget_redis.errors",
+    "open_budget": "executus_budget_redis.factory",
+    "DEFAULT_KEY_PREFIX": "executus_budget_redis.settings",
+    "DEFAULT_URL": "executus_budget_redis.settings",
+    "BudgetRedisSettings": "executus_budget_redis.settings",
+    "CallerLimits": "executus_budget_redis.settings",
+    "ResolvedLimits": "executus_budget_redis.settings",
+    "WindowLimits": "executus_budget_redis.settings",
+    "resolve_limits": "executus_budget_redis.settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",

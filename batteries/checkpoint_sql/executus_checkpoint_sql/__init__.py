@@ -11,17 +11,56 @@ After a crash, ``await executor.recover()`` (or ``executus recover``) resumes ev
 is gone, from its last checkpoint, without running again a tool whose result was saved.
 """
 
-from executus_checkpoint_sql.errors import (
-    CheckpointSqlError,
-    DatabaseUnavailable,
-    RunNotOwned,
-    RunTakenOver,
-    SaveGap,
-    SchemaOutOfDate,
-)
-from executus_checkpoint_sql.migrate import VERSION_TABLE, UpgradeReport, upgrade_url
-from executus_checkpoint_sql.settings import CheckpointSqlSettings
-from executus_checkpoint_sql.store import CheckpointListing, SqlCheckpointer, SqlCheckpointStore
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from executus_checkpoint_sql.errors import (
+        CheckpointSqlError,
+        DatabaseUnavailable,
+        RunNotOwned,
+        RunTakenOver,
+        SaveGap,
+        SchemaOutOfDate,
+    )
+    from executus_checkpoint_sql.migrate import VERSION_TABLE, UpgradeReport, upgrade_url
+    from executus_checkpoint_sql.settings import CheckpointSqlSettings
+    from executus_checkpoint_sql.store import CheckpointListing, SqlCheckpointer, SqlCheckpointStore
+
+# The public names are imported on first use (PEP 562), so that loading the plugin (which imports
+# this package first) costs no SQLAlchemy and no Alembic: `executus plugins` and other commands
+# that never touch a checkpoint start fast.
+_LAZY = {
+    "CheckpointSqlError": "executus_checkpoint_sql.errors",
+    "DatabaseUnavailable": "executus_checkpoint_sql.errors",
+    "RunNotOwned": "executus_checkpoint_sql.errors",
+    "RunTakenOver": "executus_checkpoint_sql.errors",
+    "SaveGap": "executus_checkpoint_sql.errors",
+    "SchemaOutOfDate": "executus_checkpoint_sql.errors",
+    "VERSION_TABLE": "executus_checkpoint_sql.migrate",
+    "UpgradeReport": "executus_checkpoint_sql.migrate",
+    "upgrade_url": "executus_checkpoint_sql.migrate",
+    "CheckpointSqlSettings": "executus_checkpoint_sql.settings",
+    "CheckpointListing": "executus_checkpoint_sql.store",
+    "SqlCheckpointer": "executus_checkpoint_sql.store",
+    "SqlCheckpointStore": "executus_checkpoint_sql.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 

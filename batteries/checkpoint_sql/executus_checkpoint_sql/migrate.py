@@ -26,11 +26,8 @@ import dataclasses
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import IntegrityError
@@ -38,6 +35,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from executus_checkpoint_sql.engine import create_engine, safe_url, sqlite_path
 from executus_core.sql import hold_migration_lock
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported inside the functions that use it: the store imports this module, and a
+# process that only runs agents (its database already at head) should not pay ~200 ms for it.
 
 try:  # POSIX; elsewhere SQLite upgrades are not serialized between processes
     import fcntl
@@ -83,6 +86,8 @@ class UpgradeReport:
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic `Config` for this battery's migrations, built in code (no ini file)."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
@@ -91,16 +96,22 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def head_revision() -> str | None:
     """The revision the shipped migrations lead to."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def _current(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
     return context.get_current_revision()
 
 
 def _upgrade(connection: Connection, revision: str) -> tuple[str | None, str | None]:
     before = _current(connection)
+    from alembic import command
+
     command.upgrade(alembic_config(connection), revision)
     return before, _current(connection)
 

@@ -15,11 +15,41 @@ Install it and every `Executor` uses it; settings go in ``[tool.executus.critic]
     critic = RunCritic(CriticSettings(hard_factor=4, hang_timeout=60))
 """
 
-from executus_critic.critic import RunCritic
-from executus_critic.decisions import Decision, DecisionKind
-from executus_critic.handle import RunCriticHandle
-from executus_critic.policy import Policy
-from executus_critic.settings import CriticMessages, CriticSettings
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from executus_critic.critic import RunCritic
+    from executus_critic.decisions import Decision, DecisionKind
+    from executus_critic.handle import RunCriticHandle
+    from executus_critic.policy import Policy
+    from executus_critic.settings import CriticMessages, CriticSettings
+
+# The public names are imported on first use (PEP 562): loading the plugin imports this package
+# first, and a command that never touches the battery's port should not pay for its dependencies.
+_LAZY = {
+    "RunCritic": "executus_critic.critic",
+    "Decision": "executus_critic.decisions",
+    "DecisionKind": "executus_critic.decisions",
+    "RunCriticHandle": "executus_critic.handle",
+    "Policy": "executus_critic.policy",
+    "CriticMessages": "executus_critic.settings",
+    "CriticSettings": "executus_critic.settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 

@@ -9,19 +9,54 @@ The battery registers itself through its entry point; see `McpToolSet` for what 
 `executus_mcp.connection` for how servers are started, shared, restarted and stopped.
 """
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
-from executus_mcp.connection import ServerConnection, ServerState
-from executus_mcp.errors import (
-    McpCallTimeout,
-    McpConnectionLost,
-    McpError,
-    McpNameError,
-    McpServerUnavailable,
-    McpToolError,
-)
-from executus_mcp.settings import McpSettings, ServerSettings
-from executus_mcp.toolset import McpToolSet, model_tool_name, result_text
+if TYPE_CHECKING:
+    from executus_mcp.connection import ServerConnection, ServerState
+    from executus_mcp.errors import (
+        McpCallTimeout,
+        McpConnectionLost,
+        McpError,
+        McpNameError,
+        McpServerUnavailable,
+        McpToolError,
+    )
+    from executus_mcp.settings import McpSettings, ServerSettings
+    from executus_mcp.toolset import McpToolSet, model_tool_name, result_text
+
+# The public names are imported on first use (PEP 562): loading the plugin imports this package
+# first, and a command that never touches the battery's port should not pay for its dependencies.
+_LAZY = {
+    "ServerConnection": "executus_mcp.connection",
+    "ServerState": "executus_mcp.connection",
+    "McpCallTimeout": "executus_mcp.errors",
+    "McpConnectionLost": "executus_mcp.errors",
+    "McpError": "executus_mcp.errors",
+    "McpNameError": "executus_mcp.errors",
+    "McpServerUnavailable": "executus_mcp.errors",
+    "McpToolError": "executus_mcp.errors",
+    "McpSettings": "executus_mcp.settings",
+    "ServerSettings": "executus_mcp.settings",
+    "McpToolSet": "executus_mcp.toolset",
+    "model_tool_name": "executus_mcp.toolset",
+    "result_text": "executus_mcp.toolset",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 

@@ -36,17 +36,11 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import httpx2
-import mcp_types
-from mcp import Client, StdioServerParameters
-from mcp.client.stdio import stdio_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from executus_mcp import guard
 from executus_mcp.errors import (
@@ -56,6 +50,15 @@ from executus_mcp.errors import (
     McpToolError,
 )
 from executus_mcp.settings import McpSettings, ServerSettings, expand_env
+
+if TYPE_CHECKING:
+    import mcp_types
+    from mcp import Client
+    from mcp.shared.exceptions import MCPError
+
+# The mcp SDK (~1 s to import on a loaded machine) is imported where a server is first started or
+# its errors are read, never when the plugin loads: `executus plugins`, `Executor()` and runs that
+# name no MCP server do not pay for it.
 
 __all__ = ["FAILED_RETRY_SECONDS", "MAX_PAGES", "ServerConnection", "ServerState"]
 
@@ -73,7 +76,7 @@ STDERR_LINES = 20
 STOP_TIMEOUT = 6.0
 """The longest a session takes to stop: the SDK closes stdin, waits 2 s, SIGTERMs, waits 2 s, SIGKILLs."""
 
-CLIENT_INFO = mcp_types.Implementation(name="executus-mcp", version="0.1.0")
+CLIENT_NAME, CLIENT_VERSION = "executus-mcp", "0.1.0"
 
 
 class ServerState(enum.StrEnum):
@@ -227,6 +230,9 @@ class _Session:
         self.ended.set()
 
     async def _main(self) -> None:
+        import mcp_types
+        from mcp import Client
+
         conn = self.conn
         timeout = conn.connect_timeout
         try:
@@ -238,7 +244,7 @@ class _Session:
                         mode=conn.settings.mode,
                         read_timeout_seconds=timeout,
                         message_handler=conn._on_message,
-                        client_info=CLIENT_INFO,
+                        client_info=mcp_types.Implementation(name=CLIENT_NAME, version=CLIENT_VERSION),
                         cache=None,  # the connection keeps the tool list itself, refreshed on list_changed
                     )
                     try:
@@ -275,6 +281,10 @@ class _Session:
             conn._ended(self)
 
     async def _transport(self, stack: AsyncExitStack) -> Any:
+        from mcp import StdioServerParameters
+        from mcp.client.stdio import stdio_client
+        from mcp.client.streamable_http import streamable_http_client
+
         conn, cfg = self.conn, self.conn.settings
         where = f"[tool.executus.mcp.servers.{conn.name}]"
         if cfg.command is not None:
@@ -316,11 +326,15 @@ def _session_unknown(exc: MCPError) -> bool:
     """The server answered HTTP 404 to our session id: it restarted, or expired the session, and did
     not run the request (the SDK's stand-in is INVALID_REQUEST "Session terminated"; servers that
     send a JSON-RPC body say "Session not found")."""
+    import mcp_types
+
     message = exc.error.message.lower()
     return (exc.code == mcp_types.INVALID_REQUEST and "session" in message) or "session not found" in message
 
 
 def _wants_listen(client: Client) -> bool:
+    from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
     tools = client.server_capabilities.tools
     return (
         client.protocol_version in MODERN_PROTOCOL_VERSIONS and tools is not None and bool(tools.list_changed)
@@ -474,6 +488,9 @@ class ServerConnection:
     def _unavailable(
         self, exc: BaseException, timeout: float, stderr: _StderrTail | None
     ) -> McpServerUnavailable:
+        import mcp_types
+        from mcp.shared.exceptions import MCPError
+
         if isinstance(exc, McpServerUnavailable):
             return exc
         if isinstance(exc, TimeoutError) or (
@@ -507,6 +524,8 @@ class ServerConnection:
     # -- the tool list ---------------------------------------------------------------------------
 
     async def _on_message(self, message: Any) -> None:
+        import mcp_types
+
         if isinstance(message, mcp_types.ToolListChangedNotification):
             self._tools_changed()
         elif isinstance(message, Exception):
@@ -574,6 +593,9 @@ class ServerConnection:
         `McpConnectionLost` or `McpToolError` (the server refused the call); a result with
         ``isError`` is returned as it is.
         """
+        import mcp_types
+        from mcp.shared.exceptions import MCPError
+
         started = time.monotonic()
         budget = self.call_timeout if limit is None else min(limit, self.call_timeout)
         for attempt in (1, 2):

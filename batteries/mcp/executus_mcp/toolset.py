@@ -26,14 +26,15 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from typing import Any, Literal
-
-import mcp_types
+from typing import TYPE_CHECKING, Any, Literal
 
 from executus_core.tools import Tool, ToolContext
 from executus_mcp.connection import ServerConnection
 from executus_mcp.errors import McpNameError, McpServerUnavailable, McpToolError
 from executus_mcp.settings import SECTION, McpSettings, tool_name_prefix
+
+if TYPE_CHECKING:
+    import mcp_types  # imported where a result is read: the SDK is not loaded with the plugin
 
 __all__ = ["McpToolSet", "model_tool_name", "result_text", "resume_policy"]
 
@@ -78,6 +79,8 @@ def result_text(
     result: mcp_types.CallToolResult, *, context: ToolContext | None = None, label: str = ""
 ) -> str:
     """What the model reads for a tool result (see the module's docstring)."""
+    import mcp_types
+
     parts: list[str] = []
     for index, block in enumerate(result.content):
         name = f"{label or 'mcp'}-{index}"

@@ -13,11 +13,44 @@ The recorder never blocks the run (spans are queued and exported from a thread) 
 (a collector that is down is a warning on the ``executus.otel`` logger).
 """
 
-from executus_otel.audit import OtelAudit, host_tracer_provider
-from executus_otel.exporter import WarningExporter, build_tracer_provider
-from executus_otel.masking import Masker, mask_text, mask_value
-from executus_otel.recorder import OtelRecorder, split_model
-from executus_otel.settings import OtelSettings
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from executus_otel.audit import OtelAudit, host_tracer_provider
+    from executus_otel.exporter import WarningExporter, build_tracer_provider
+    from executus_otel.masking import Masker, mask_text, mask_value
+    from executus_otel.recorder import OtelRecorder, split_model
+    from executus_otel.settings import OtelSettings
+
+# The public names are imported on first use (PEP 562): loading the plugin imports this package
+# first, and a command that never touches the battery's port should not pay for its dependencies.
+_LAZY = {
+    "OtelAudit": "executus_otel.audit",
+    "host_tracer_provider": "executus_otel.audit",
+    "WarningExporter": "executus_otel.exporter",
+    "build_tracer_provider": "executus_otel.exporter",
+    "Masker": "executus_otel.masking",
+    "mask_text": "executus_otel.masking",
+    "mask_value": "executus_otel.masking",
+    "OtelRecorder": "executus_otel.recorder",
+    "split_model": "executus_otel.recorder",
+    "OtelSettings": "executus_otel.settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "Masker",

@@ -86,7 +86,12 @@ class SqlAudit:
 
     def _make_engine(self) -> AsyncEngine:
         return make_async_engine(
-            self.url, connect_timeout=self.settings.connect_timeout, db_schema=self.db_schema
+            self.url,
+            connect_timeout=self.settings.connect_timeout,
+            db_schema=self.db_schema,
+            pool_size=self.settings.pool_size,
+            max_overflow=self.settings.max_overflow,
+            pool_timeout=self.settings.pool_timeout,
         )
 
     def __repr__(self) -> str:

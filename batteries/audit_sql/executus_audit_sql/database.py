@@ -15,7 +15,7 @@ import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from executus_audit_sql.settings import sync_url
 
@@ -94,11 +94,25 @@ def _sqlite_pragmas(engine: Engine) -> None:
             cursor.close()
 
 
-def make_async_engine(url: URL, *, connect_timeout: float, db_schema: str | None) -> AsyncEngine:
-    """The engine recorders and readers use (creating it connects to nothing)."""
-    engine = create_async_engine(
-        url, **engine_options(url, connect_timeout=connect_timeout, db_schema=db_schema)
-    )
+def make_async_engine(
+    url: URL,
+    *,
+    connect_timeout: float,
+    db_schema: str | None,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    pool_timeout: float = 30.0,
+) -> AsyncEngine:
+    """The engine recorders and readers use (creating it connects to nothing).
+
+    ``pool_size``, ``max_overflow`` and ``pool_timeout`` size its connection pool (the settings of
+    the same names); a SQLite file database gets the same pool, with aiosqlite's thread per connection.
+    An in-memory SQLite database has one shared connection (no pool to size).
+    """
+    options = engine_options(url, connect_timeout=connect_timeout, db_schema=db_schema)
+    if issubclass(url.get_dialect().get_pool_class(url), QueuePool):  # type: ignore[attr-defined]
+        options.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout)
+    engine = create_async_engine(url, **options)
     if url.get_backend_name() == "sqlite":
         _sqlite_pragmas(engine.sync_engine)
     return engine

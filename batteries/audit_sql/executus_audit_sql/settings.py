@@ -82,6 +82,20 @@ class AuditSqlSettings(BaseModel):
     connect_timeout: float = Field(
         5.0, gt=0, description="Longest wait for a connection (SQLite: for a locked database)."
     )
+    pool_size: int = Field(
+        5,
+        ge=1,
+        description="Connections the engine keeps open. One batch writer per process writes every run's "
+        "rows, so a few serve any number of concurrent runs; readers (executus runs, the viewer) use the rest.",
+    )
+    max_overflow: int = Field(
+        10, ge=0, description="Connections opened beyond pool_size when all are busy, closed when returned."
+    )
+    pool_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait for a free connection of the pool (a write's own bound is write_timeout).",
+    )
     skip_events: list[str] = Field(
         default_factory=lambda: ["model.delta"],
         description="Run event types not stored (streamed text deltas: the step row holds the text).",

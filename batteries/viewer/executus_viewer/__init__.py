@@ -13,16 +13,51 @@ host mounts it, behind the host's own (docs/viewer.md shows a middleware). ``exe
 serves it alone on loopback.
 """
 
-from executus_viewer.actions import (
-    APPROVAL_UNAVAILABLE,
-    ActionOutcome,
-    ExecutorActions,
-    RunActions,
-    approval_available,
-)
-from executus_viewer.app import WorkerLookup, make_viewer
-from executus_viewer.settings import ViewerSettings
-from executus_viewer.trace import Trace, Waiting, build_trace, waiting_for
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from executus_viewer.actions import (
+        APPROVAL_UNAVAILABLE,
+        ActionOutcome,
+        ExecutorActions,
+        RunActions,
+        approval_available,
+    )
+    from executus_viewer.app import WorkerLookup, make_viewer
+    from executus_viewer.settings import ViewerSettings
+    from executus_viewer.trace import Trace, Waiting, build_trace, waiting_for
+
+# The public names are imported on first use (PEP 562): loading the plugin imports this package
+# first, and a command that never touches the battery's port should not pay for its dependencies.
+_LAZY = {
+    "APPROVAL_UNAVAILABLE": "executus_viewer.actions",
+    "ActionOutcome": "executus_viewer.actions",
+    "ExecutorActions": "executus_viewer.actions",
+    "RunActions": "executus_viewer.actions",
+    "approval_available": "executus_viewer.actions",
+    "WorkerLookup": "executus_viewer.app",
+    "make_viewer": "executus_viewer.app",
+    "ViewerSettings": "executus_viewer.settings",
+    "Trace": "executus_viewer.trace",
+    "Waiting": "executus_viewer.trace",
+    "build_trace": "executus_viewer.trace",
+    "waiting_for": "executus_viewer.trace",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "APPROVAL_UNAVAILABLE",

@@ -555,10 +555,14 @@ class AgentRun:
             output_schema=self.output_schema,
         )
         model_id = self._model_id()
+        started = time.monotonic()
         # In the run's own task (inline): a provider honours cancellation, and this is the hot path.
         response = await guarded(f"model {model_id}", self.model.complete, request, inline=True)
         if isinstance(response, Failure):
             error = response.error
+            self.emit(
+                "model.error", {"error": str(response), "seconds": round(time.monotonic() - started, 6)}
+            )
             if isinstance(error, ProviderError):
                 self._end(RunStatus.ERROR, f"model {model_id} failed: {error}")
                 retry = getattr(error, "retry_after", None)
@@ -591,6 +595,7 @@ class AgentRun:
                     "input_tokens": usage.input_tokens,
                     "output_tokens": usage.output_tokens,
                     "model": response.model,
+                    "seconds": round(time.monotonic() - started, 6),
                 },
             )
             for link in self.ports.recorders:
@@ -777,7 +782,7 @@ class AgentRun:
         self.running_tools[call.id] = call.name
         token = None
         if call.name.startswith(("agent__", "skill__")):
-            token = child_events.set(self._child_forwarder(call.name) if self.ports.pumps else None)
+            token = child_events.set(self._child_forwarder(call) if self.ports.pumps else None)
         try:
             value = await guarded(f"tool {call.name}", found, call.arguments, context)
         finally:
@@ -794,14 +799,21 @@ class AgentRun:
         except Exception as exc:
             return f"error: the result of {call.name} could not be turned into text: {describe(exc)}", True
 
-    def _child_forwarder(self, tool_name: str) -> Callable[[str, Mapping[str, Any]], _Done]:
+    def _child_forwarder(self, call: ToolCall) -> Callable[[str, Mapping[str, Any]], _Done]:
         """Re-emit a child run's events in this run as ``child`` events (``data["run_id"]`` names it)."""
 
         def forward(type: str, data: Mapping[str, Any]) -> _Done:
             payload = dict(data)
             child_run_id = payload.pop("run_id", None)
             self.emit(
-                "child", {"tool": tool_name, "child_run_id": child_run_id, "type": type, "data": payload}
+                "child",
+                {
+                    "tool": call.name,
+                    "call_id": call.id,
+                    "child_run_id": child_run_id,
+                    "type": type,
+                    "data": payload,
+                },
             )
             return _DONE
 

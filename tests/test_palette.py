@@ -410,8 +410,20 @@ async def test_a_plugin_palette_resolves_first_and_is_called_with_keywords() -> 
         "on_event": True,
     }
     assert [e.data for e in events if e.type == "child"] == [
-        {"tool": "agent__helper", "child_run_id": "remote-2", "type": "step", "data": {"iteration": 1}},
-        {"tool": "agent__helper", "child_run_id": "remote-2", "type": "step", "data": {"iteration": 2}},
+        {
+            "tool": "agent__helper",
+            "call_id": "1",
+            "child_run_id": "remote-2",
+            "type": "step",
+            "data": {"iteration": 1},
+        },
+        {
+            "tool": "agent__helper",
+            "call_id": "1",
+            "child_run_id": "remote-2",
+            "type": "step",
+            "data": {"iteration": 2},
+        },
     ]
 
 

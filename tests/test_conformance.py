@@ -9,6 +9,7 @@ fail proves nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import pytest
 
 from executus_core import Agent, DeliveryTarget, Executor, Result
 from executus_core.delivery import FileDelivery
-from executus_core.errors import BudgetExceeded
+from executus_core.errors import BudgetExceeded, RunTakenOver
 from executus_core.testing import (
     AuditConformance,
     AuditSubject,
@@ -42,7 +43,12 @@ from executus_core.testing import (
     run_check,
 )
 from executus_core.testing.conformance import audit, budget, checkpoint, critic, delivery, palette
-from executus_core.testing.memory import MemoryCheckpointer, MemoryCriticHandle, MemoryRecorder
+from executus_core.testing.memory import (
+    MemoryCheckpointer,
+    MemoryCheckpointStorage,
+    MemoryCriticHandle,
+    MemoryRecorder,
+)
 from executus_core.types import CheckpointState, Message, ModelResponse, RunInfo, RunStats, Usage
 
 # --- the reference implementations pass ---------------------------------------------------------
@@ -65,13 +71,37 @@ class TestMemoryBudget(BudgetConformance):
         return MemoryBudget
 
 
+def damage_memory(storage: MemoryCheckpointStorage) -> Callable[[str, str], None]:
+    """Make a saved checkpoint unreadable, as a bad row in a database would be."""
+
+    def damage(run_id: str, part: str) -> None:
+        with storage.lock:
+            saved = storage.runs[run_id]
+            if part == "message":
+                saved.messages[1] = {"role": "nobody", "content": 42}
+            else:
+                saved.info = {"run_id": run_id, "started_at": "not a time"}
+
+    return damage
+
+
 class TestMemoryCheckpointStore(CheckpointStoreConformance):
     @pytest.fixture
-    def make_store(self) -> Any:
-        async def make() -> MemoryCheckpointStore:  # an async factory works as well as a sync one
-            return MemoryCheckpointStore()
+    def storage(self) -> MemoryCheckpointStorage:
+        return MemoryCheckpointStorage()
+
+    @pytest.fixture
+    def make_store(self, storage: MemoryCheckpointStorage) -> Any:
+        async def make(
+            **options: Any,
+        ) -> MemoryCheckpointStore:  # an async factory works as well as a sync one
+            return MemoryCheckpointStore(storage=storage, **options)
 
         return make
+
+    @pytest.fixture
+    def damage_checkpoint(self, storage: MemoryCheckpointStorage) -> Callable[[str, str], None]:
+        return damage_memory(storage)
 
 
 class TestMemoryCritic(CriticConformance):
@@ -390,6 +420,17 @@ def test_budget_suite_catches(make: Any, check: Any, words: tuple[str, ...]) -> 
 # Checkpoints
 
 
+def shared(store: type[MemoryCheckpointStore], **fixed: Any) -> Callable[..., MemoryCheckpointStore]:
+    """A factory of stores (workers) on one storage of their own, as the suite expects."""
+    storage = MemoryCheckpointStorage()
+
+    def make(**options: Any) -> MemoryCheckpointStore:
+        return store(storage=storage, **{**options, **fixed})
+
+    make.storage = storage  # type: ignore[attr-defined]  # for a check that damages it
+    return make
+
+
 class RewritingCheckpointer(MemoryCheckpointer):
     """Treats every save as the whole transcript: what was saved before is lost."""
 
@@ -414,26 +455,65 @@ class NeverClears(MemoryCheckpointer):
         pass
 
 
-def store_with(checkpointer: type[MemoryCheckpointer]) -> Callable[[], MemoryCheckpointStore]:
+class RacingSaves(MemoryCheckpointer):
+    """Lets saves overtake each other: a later offset may be written before an earlier one."""
+
+    async def save(self, state: CheckpointState) -> None:
+        await asyncio.sleep(0.005 * max(0, 10 - state.offset))
+        await super().save(state)
+
+
+class ForgetsAttempts(MemoryCheckpointer):
+    async def save(self, state: CheckpointState) -> None:
+        await super().save(state.model_copy(update={"attempts": {}}))
+
+
+class SilentWhenTakenOver(MemoryCheckpointer):
+    """Swallows the refusal: the stale worker never hears it lost the run."""
+
+    async def save(self, state: CheckpointState) -> None:
+        with contextlib.suppress(RunTakenOver):
+            await super().save(state)
+
+
+class WrongRefusal(MemoryCheckpointer):
+    async def save(self, state: CheckpointState) -> None:
+        try:
+            await super().save(state)
+        except RunTakenOver as exc:
+            raise RuntimeError(str(exc)) from None
+
+
+class ReleasesWithoutBackoff(MemoryCheckpointer):
+    async def release(self, error: str | None = None) -> None:
+        await super().release()
+
+
+def store_with(checkpointer: type[MemoryCheckpointer]) -> Callable[..., MemoryCheckpointStore]:
     class Store(MemoryCheckpointStore):
         async def for_run(self, info: RunInfo, agent: Agent) -> MemoryCheckpointer:
-            await super().for_run(info, agent)
-            return checkpointer(self, info.run_id)
+            made = await super().for_run(info, agent)
+            return checkpointer(self, info.run_id, made.epoch)
 
-    return Store
+    return shared(Store)
 
 
 class HandsOutTwice(MemoryCheckpointStore):
-    async def interrupted(self) -> list[Any]:
-        found = await super().interrupted()
+    async def interrupted(self, limit: int | None = None) -> list[Any]:
+        found = await super().interrupted(limit)
         for item in found:
-            self.runs[item.info.run_id].handed_out = False
+            self.runs[item.info.run_id].held = False
         return found
 
 
 class NewestFirst(MemoryCheckpointStore):
-    async def interrupted(self) -> list[Any]:
-        return list(reversed(await super().interrupted()))
+    async def interrupted(self, limit: int | None = None) -> list[Any]:
+        return list(reversed(await super().interrupted(limit)))
+
+
+class IgnoresLimit(MemoryCheckpointStore):
+    async def interrupted(self, limit: int | None = None) -> list[Any]:
+        return await super().interrupted()
 
 
 class ForgetsOnResume(MemoryCheckpointStore):
@@ -448,9 +528,96 @@ class ForgetsTheAgent(MemoryCheckpointStore):
 
 
 class BlockingStore(MemoryCheckpointStore):
-    async def interrupted(self) -> list[Any]:
+    async def interrupted(self, limit: int | None = None) -> list[Any]:
         StallOnce()()
-        return await super().interrupted()
+        return await super().interrupted(limit)
+
+
+class OneOwnerPerProcess(MemoryCheckpointStore):
+    """Found case 2: every store of the process passes for the same owner (hostname:pid)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.owner = "host:4242"
+
+
+class TakesLiveRuns(MemoryCheckpointStore):
+    """Hands out every open run not handed out yet, live or not (the old boot rule)."""
+
+    async def interrupted(self, limit: int | None = None) -> list[Any]:
+        with self._lock:
+            for saved in self.runs.values():
+                if saved.state == "open" and not saved.claimed:
+                    saved.held = False
+        return await super().interrupted(limit)
+
+
+class TakesItsOwnLapsedRuns(MemoryCheckpointStore):
+    async def interrupted(self, limit: int | None = None) -> list[Any]:
+        now = self.storage.clock()
+        with self._lock:
+            for saved in self.runs.values():
+                if saved.owner == self.owner and saved.lease_until is not None and saved.lease_until < now:
+                    saved.held = False
+        return await super().interrupted(limit)
+
+
+class ClaimsForever(MemoryCheckpointStore):
+    """Found case 4: a claim is renewed for ever, even when the run is never resumed."""
+
+    async def interrupted(self, limit: int | None = None) -> list[Any]:
+        found = await super().interrupted(limit)
+        with self._lock:
+            for item in found:
+                self.runs[item.info.run_id].lease_until = None
+        return found
+
+
+class NeverGivesUp(MemoryCheckpointStore):
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**{**options, "max_resume_attempts": 1_000_000})
+
+
+class RaisesOnCorrupt(MemoryCheckpointStore):
+    """Found case 5: one unreadable checkpoint makes interrupted() raise for every run."""
+
+    async def interrupted(self, limit: int | None = None) -> list[Any]:
+        found = await super().interrupted(limit)
+        with self._lock:
+            corrupt = [run_id for run_id, saved in self.runs.items() if saved.state == "corrupt"]
+        if corrupt:
+            raise ValueError(f"cannot read run {corrupt[0]}")
+        return found
+
+
+def test_memory_store_quarantine_keeps_the_error_and_the_rows() -> None:
+    storage = MemoryCheckpointStorage()
+    store = MemoryCheckpointStore(storage=storage)
+
+    async def main() -> None:
+        info = RunInfo(run_id="q1", subject_id="a", name="a", caller_id="u1")
+        checkpointer = await store.for_run(info, Agent(name="a", model="scripted:none"))
+        await checkpointer.save(
+            CheckpointState(run_id="q1", iteration=0, offset=0, messages=[Message.user("hi")])
+        )
+        await checkpointer.release()
+        storage.runs["q1"].messages[0] = {"role": "nobody"}
+        assert await store.peer().interrupted() == []
+
+    asyncio.run(main())
+    saved = storage.runs["q1"]
+    assert saved.state == "corrupt" and saved.messages == [{"role": "nobody"}]
+    assert saved.error is not None and saved.error.startswith(
+        "corrupt checkpoint: message 0 does not read back"
+    )
+
+
+RAISES_ON_CORRUPT = shared(RaisesOnCorrupt)
+
+
+async def check_quarantine_of_raises_on_corrupt(factory: Any) -> None:
+    storage = RAISES_ON_CORRUPT.storage  # type: ignore[attr-defined]
+    await checkpoint.check_checkpoint_quarantines_a_corrupt_checkpoint(factory, damage_memory(storage))
 
 
 @pytest.mark.parametrize(
@@ -467,25 +634,83 @@ class BlockingStore(MemoryCheckpointStore):
             ("hole",),
         ),
         (
+            store_with(RacingSaves),
+            checkpoint.check_checkpoint_interleaved_saves_land_in_order,
+            ("save (offset",),
+        ),
+        (
+            store_with(ForgetsAttempts),
+            checkpoint.check_checkpoint_keeps_tool_call_attempts,
+            ("latest count",),
+        ),
+        (
             store_with(NeverClears),
             checkpoint.check_checkpoint_complete_and_fail_clear_the_run,
             ("completed",),
         ),
-        (HandsOutTwice, checkpoint.check_checkpoint_hands_each_run_out_once, ("handed out",)),
-        (NewestFirst, checkpoint.check_checkpoint_lists_oldest_first, ("oldest first",)),
-        (ForgetsOnResume, checkpoint.check_checkpoint_resumed_run_continues, ("save (offset 5) raised",)),
-        (ForgetsTheAgent, checkpoint.check_checkpoint_round_trips_a_transcript, ("agent.spec()",)),
-        (BlockingStore, checkpoint.check_checkpoint_never_blocks_the_loop, ("blocked the event loop",)),
+        (shared(HandsOutTwice), checkpoint.check_checkpoint_hands_each_run_out_once, ("handed out",)),
+        (shared(NewestFirst), checkpoint.check_checkpoint_lists_oldest_first, ("oldest first",)),
+        (shared(IgnoresLimit), checkpoint.check_checkpoint_interrupted_takes_a_limit, ("limit=2",)),
+        (
+            shared(ForgetsOnResume),
+            checkpoint.check_checkpoint_resumed_run_continues,
+            ("save (offset 5) raised",),
+        ),
+        (shared(ForgetsTheAgent), checkpoint.check_checkpoint_round_trips_a_transcript, ("agent.spec()",)),
+        (
+            shared(BlockingStore),
+            checkpoint.check_checkpoint_never_blocks_the_loop,
+            ("blocked the event loop",),
+        ),
+        (
+            store_with(SilentWhenTakenOver),
+            checkpoint.check_checkpoint_a_stale_writer_is_refused,
+            ("returned None",),
+        ),
+        (
+            store_with(WrongRefusal),
+            checkpoint.check_checkpoint_a_stale_writer_is_refused,
+            ("raised RuntimeError",),
+        ),
+        (store_with(NeverClears), checkpoint.check_checkpoint_a_takeover_is_seen, ("complete()",)),
+        (shared(OneOwnerPerProcess), checkpoint.check_checkpoint_stores_share_nothing, ("took over a run",)),
+        (shared(TakesLiveRuns), checkpoint.check_checkpoint_stores_share_nothing, ("handed out",)),
+        (
+            shared(TakesItsOwnLapsedRuns),
+            checkpoint.check_checkpoint_adopts_dead_owners_runs_never_its_own,
+            ("its own run",),
+        ),
+        (shared(ClaimsForever), checkpoint.check_checkpoint_a_claim_never_resumed_lapses, ("stuck",)),
+        (
+            store_with(ReleasesWithoutBackoff),
+            checkpoint.check_checkpoint_release_with_error_backs_off,
+            ("at once",),
+        ),
+        (shared(NeverGivesUp), checkpoint.check_checkpoint_release_with_error_backs_off, ("give it up",)),
+        (RAISES_ON_CORRUPT, check_quarantine_of_raises_on_corrupt, ("CheckpointStore.interrupted raised",)),
     ],
     ids=[
         "rewrites-everything",
         "ignores-offsets",
+        "racing-saves",
+        "forgets-attempts",
         "never-clears",
         "hands-out-twice",
         "newest-first",
+        "ignores-limit",
         "forgets-on-resume",
         "forgets-the-agent",
         "blocks-the-loop",
+        "silent-when-taken-over",
+        "wrong-refusal",
+        "stale-complete-ends-the-run",
+        "one-owner-per-process",
+        "takes-live-runs",
+        "takes-its-own-lapsed-runs",
+        "claims-forever",
+        "no-backoff",
+        "never-gives-up",
+        "raises-on-corrupt",
     ],
 )
 def test_checkpoint_suite_catches(make: Any, check: Any, words: tuple[str, ...]) -> None:
@@ -756,7 +981,7 @@ async def test_memory_checkpointer_refuses_other_runs_and_ended_runs() -> None:
     await saver.save(CheckpointState(run_id="r", iteration=0, offset=0, messages=[Message.user("hi")]))
     await saver.fail("boom")
     assert store.runs["r"].state == "failed" and store.runs["r"].error == "boom"
-    with pytest.raises(RuntimeError, match="already failed"):
+    with pytest.raises(RunTakenOver, match="already failed"):
         await saver.complete()
 
 

@@ -7,16 +7,18 @@
         ├── DatabaseUnavailable            the database cannot be reached (or was not, moments ago)
         ├── SchemaOutOfDate                auto_upgrade is off and the tables are behind this version
         ├── SaveGap                        a save past the end of what is saved (a save was lost)
-        └── RunNotOwned                    the run is not this worker's to save, complete or fail
-            └── RunTakenOver               another worker took the run over after this one's lease lapsed
+        └── RunNotOwned                    the run is not this store's to start, save, complete or fail
+            └── RunTakenOver               another owner holds the run now (also executus_core.RunTakenOver)
 
-Inside a run none of these escape: the loop turns each into a line of ``Result.warnings`` and the
-run goes on (see `executus_core.ports`).
+`RunTakenOver` is also an `executus_core.RunTakenOver`: the loop stops the run ``interrupted`` on it,
+so a worker that lost its run never runs another tool for it. The others end up as a line of
+``Result.warnings`` and the run goes on (a save that failed is sent again with the next one).
 """
 
 from __future__ import annotations
 
 from executus_core.errors import ExecutusError
+from executus_core.errors import RunTakenOver as CoreRunTakenOver
 
 __all__ = [
     "CheckpointSqlError",
@@ -45,8 +47,14 @@ class SaveGap(CheckpointSqlError, ValueError):
 
 
 class RunNotOwned(CheckpointSqlError):
-    """A save, complete or fail for a run this worker does not hold (never started, or already ended)."""
+    """A run this store does not hold: ``for_run`` of a run another owner holds, or a write for a run
+    this store never started. Every refusal of a `SqlCheckpointer` method is the subclass
+    `RunTakenOver`."""
 
 
-class RunTakenOver(RunNotOwned):
-    """Another worker claimed the run (this worker's lease had lapsed); this one must stop saving it."""
+class RunTakenOver(RunNotOwned, CoreRunTakenOver):
+    """This store no longer owns the run: another owner claimed it (this one's lease had lapsed), it
+    was released, or it ended. The same class as `executus_core.RunTakenOver` for ``except``.
+
+    ``run_id`` names the run and ``owner`` the owner that holds it now, where the store knows.
+    """

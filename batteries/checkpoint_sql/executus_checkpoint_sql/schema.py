@@ -1,13 +1,13 @@
 """The two tables: one row per run, one row per saved message.
 
 ``executus_checkpoint_runs`` holds what a worker needs to resume a run (its `RunInfo`, its agent's
-spec, the last save's counters) and who holds it now (``owner``, ``boot``, ``lease_until``).
+spec, the last save's counters) and who holds it now (``owner``, ``epoch``, ``lease_until``).
 ``executus_checkpoint_messages`` holds the transcript, one message per row at its ``position``: a
 save appends the new messages and never rewrites earlier rows, so a checkpoint costs the same at
 step 200 as at step 2.
 
-Times that decide ownership (``lease_until``, ``claimed_at``) are seconds since the epoch on the
-database's clock, so workers on hosts whose clocks disagree still agree on who holds a run. The
+Times that decide ownership (``lease_until``, ``claimed_at``, ``held_since``, ``not_before``) are
+seconds since the epoch on the database's clock, so workers on hosts whose clocks disagree still agree on who holds a run. The
 others are timestamps for people.
 
 The tables are created and changed only by the migrations in ``executus_checkpoint_sql/migrations``
@@ -25,6 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "COMPLETED",
+    "CORRUPT",
     "FAILED",
     "LIVE",
     "MESSAGES_TABLE",
@@ -43,7 +44,11 @@ LIVE = "live"
 COMPLETED = "completed"
 """The run ended (ok, error, timeout, cancelled): its messages are gone."""
 FAILED = "failed"
-"""The run failed for good: its messages are gone, ``error`` says why."""
+"""The run failed for good, ``error`` says why: its messages are gone, except for a run given up
+after ``max_resume_attempts`` failed resumes, whose transcript is kept for a person to look at."""
+CORRUPT = "corrupt"
+"""Quarantined: its saved checkpoint could not be read back (``error`` names what). Never handed out
+again; the rows are kept for a person to look at."""
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 """JSON on SQLite, JSONB on PostgreSQL (queryable with its operators)."""
@@ -69,7 +74,7 @@ class CheckpointRun(Base):
 
     run_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
-    """``live``, ``completed`` or ``failed``."""
+    """``live``, ``completed``, ``failed`` or ``corrupt``."""
     info: Mapped[dict[str, Any]] = mapped_column(JsonType)
     """The `RunInfo`, as JSON."""
     agent: Mapped[dict[str, Any]] = mapped_column(JsonType)
@@ -84,15 +89,26 @@ class CheckpointRun(Base):
     message_count: Mapped[int] = mapped_column(Integer, default=0)
     """How many messages are saved: the rows at positions ``0 .. message_count - 1``."""
     owner: Mapped[str | None] = mapped_column(String(255))
-    """The ``worker_id`` holding the run (or that held it last)."""
-    boot: Mapped[str | None] = mapped_column(String(64))
-    """Which start of that worker's process holds it; NULL once released at shutdown."""
+    """The owner id of the store holding the run (or that held it last): one per store instance."""
+    epoch: Mapped[int] = mapped_column(Integer, default=1)
+    """The fencing token: raised by every start, claim, resume and release. A checkpointer writes
+    only while the epoch is the one it got, so an earlier holder can never write again."""
     lease_until: Mapped[float | None] = mapped_column(Float)
-    """Epoch seconds (database clock) until which ``owner`` holds the run."""
+    """Epoch seconds (database clock) until which ``owner`` holds the run; NULL once released."""
     claimed_at: Mapped[float | None] = mapped_column(Float)
     """Epoch seconds (database clock) at which ``interrupted()`` handed the run out; NULL while a
     checkpointer saves it."""
+    held_since: Mapped[float | None] = mapped_column(Float)
+    """Epoch seconds (database clock) since which ``owner`` holds the run."""
+    not_before: Mapped[float | None] = mapped_column(Float)
+    """Epoch seconds (database clock) before which ``interrupted()`` does not hand the run out (the
+    backoff after a failed resume)."""
+    resume_failures: Mapped[int] = mapped_column(Integer, default=0)
+    """Resumes that failed in a row (released with an error, or claimed and never resumed)."""
+    attempts: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    """Tool call id -> how many times it was started (`CheckpointState.attempts`, merged)."""
     error: Mapped[str | None] = mapped_column(Text)
+    """Why the run failed, why its last resume failed, or why it is quarantined."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

@@ -1,13 +1,14 @@
 """``[tool.executus.checkpoint_sql]``: where the checkpoints live and how workers share them.
 
 Every key is optional: with none set, checkpoints go to ``checkpoints.db`` (SQLite) in the executus
-data directory. In production, point ``url`` at PostgreSQL and give each worker a ``worker_id``::
+data directory. In production, point ``url`` at PostgreSQL and name each worker with ``worker_id``::
 
     [tool.executus.checkpoint_sql]
     url = "postgresql+psycopg://app@db.internal/app"
     db_schema = "executus"
-    worker_id = "web-1"            # stable across restarts, unique among live workers
-    lease_seconds = 60
+    worker_id = "web-1"            # shown in `executus checkpoints list`
+    lease_seconds = 60             # how soon another worker takes over a dead worker's runs
+    max_resume_attempts = 5        # failed resumes before a run is given up as failed
 
 The same from the environment: ``EXECUTUS_CHECKPOINT_SQL__URL=...``; in code:
 ``Executor(settings={"checkpoint_sql": {"url": ...}})``.
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["SECTION", "CheckpointSqlSettings", "default_url", "default_worker_id"]
+__all__ = ["SECTION", "CheckpointSqlSettings", "default_url", "default_worker_id", "new_owner_id"]
 
 SECTION = "checkpoint_sql"
 """The name of the settings table, ``[tool.executus.checkpoint_sql]``, and of the plugin."""
@@ -35,13 +37,17 @@ def default_url(data_dir: Path) -> str:
 
 
 def default_worker_id() -> str:
-    """``<hostname>:<pid>``: unique among the processes alive at one time on a host.
-
-    A container restarted in place usually gets the same hostname and pid, and so takes its own
-    runs back at once; elsewhere a restarted process waits for the old leases to lapse. Set
-    ``worker_id`` to make that immediate everywhere.
-    """
+    """``<hostname>:<pid>``: which process a store lives in, for people reading ``checkpoints list``."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def new_owner_id(worker_id: str | None = None) -> str:
+    """A new owner id: ``<worker_id>:<8 random hex digits>``, one per store instance.
+
+    The random part makes two stores never pass for each other, even in one process with one
+    ``worker_id`` (two executors), or in a restarted container that got its old hostname and pid.
+    """
+    return f"{worker_id or default_worker_id()}:{uuid.uuid4().hex[:8]}"
 
 
 class CheckpointSqlSettings(BaseModel):
@@ -65,9 +71,8 @@ class CheckpointSqlSettings(BaseModel):
         None,
         min_length=1,
         max_length=200,
-        description="This worker's name in the runs it owns. Stable across restarts and unique among "
-        "live workers (a pod name, web-1): a restarted worker then takes its own runs back at once. "
-        "Default: <hostname>:<pid>.",
+        description="This worker's name, the first part of the owner id of each store it makes "
+        "(<worker_id>:<random>), shown in `executus checkpoints list`. Default: <hostname>:<pid>.",
     )
     lease_seconds: float = Field(
         60.0,
@@ -87,7 +92,25 @@ class CheckpointSqlSettings(BaseModel):
         "`executus db upgrade`, and the store then refuses an out-of-date schema.",
     )
     claim_limit: int | None = Field(
-        None, ge=1, description="Most runs one interrupted() call hands out (default: all)."
+        None,
+        ge=1,
+        description="Most runs one interrupted() call hands out when the caller gives no limit "
+        "(default: all).",
+    )
+    max_resume_attempts: int = Field(
+        5,
+        ge=1,
+        description="Failed resumes (a resume released with an error, or a claim that lapsed before "
+        "its run resumed) after which a run is given up and marked failed.",
+    )
+    resume_backoff_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Wait after a failed resume before the run is handed out again; doubled after "
+        "each further failure, up to resume_backoff_max_seconds.",
+    )
+    resume_backoff_max_seconds: float = Field(
+        3600.0, ge=0, description="The longest wait between two resumes of a run that keeps failing."
     )
     connect_timeout: float = Field(5.0, gt=0, description="PostgreSQL: longest wait for a connection.")
     busy_timeout: float = Field(

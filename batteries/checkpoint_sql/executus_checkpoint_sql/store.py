@@ -1,28 +1,36 @@
 """`SqlCheckpointStore` and `SqlCheckpointer`: durable checkpoints that any worker can resume.
 
-How runs move between workers:
+Who holds a run (see docs/durability.md for the whole picture):
 
-- ``for_run`` writes the run's row, owned by this worker (``worker_id``) and this start of its
-  process (``boot``), with a **lease** of ``lease_seconds`` on the database's clock. Each save renews
-  it, and a heartbeat renews the leases of all this worker's runs at once, so a tool that runs for
-  an hour keeps its run.
-- ``interrupted()`` **claims** the runs whose owner is gone, in one atomic statement (``UPDATE ...
-  WHERE run_id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`` on PostgreSQL; SQLite has one
-  writer at a time), so two workers asking at once never get the same run. A run is interrupted when
-  its lease lapsed (its worker died, or shut down and released it), when its owner is this worker's
-  previous boot (same ``worker_id``, another ``boot``: a restart takes its own runs back at once),
-  or when it is this worker's own run in this very process and was never handed out (a run this
-  process stopped; the reference store's rule, which is why ``recover()`` belongs at boot).
-- Saves, ``complete`` and ``fail`` are **fenced**: they only touch a run this worker still holds. A
-  worker whose lease lapsed while the database was out of reach, and whose run another worker took
-  over, gets `RunTakenOver` instead of writing over the new owner's transcript.
-- ``aclose()`` (called by `Executor.shutdown`) releases this store's leases, so another worker picks
-  the interrupted runs up at once instead of waiting for them to lapse.
+- Every store instance has an **owner id** of its own (``<worker_id>:<random>``): two stores never
+  pass for each other, even two executors in one process.
+- ``for_run`` writes the run's row, held by this store with a **lease** of ``lease_seconds`` on
+  the database's clock. Each save renews it, and a heartbeat renews the leases of all the runs this
+  store is running at once, so a tool that runs for an hour keeps its run.
+- Each start, claim, resume and release raises the run's **epoch**, and a checkpointer writes only
+  while the epoch is still the one it got: every write is fenced. A checkpointer whose run was
+  taken over (or released, or ended) gets `RunTakenOver` from every method, and its write never
+  lands.
+- ``interrupted()`` **claims** runs whose lease lapsed (their owner died) or was released, in one
+  atomic statement (``UPDATE ... WHERE run_id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`` on
+  PostgreSQL; SQLite has one writer at a time), so two workers asking at once never get the same
+  run. It never hands out a run this store holds itself: its running runs, and its own claims.
+  A claim is not renewed by the heartbeat: a run claimed and never resumed (``for_run``) nor
+  released lapses after ``lease_seconds`` and counts as a failed resume.
+- A failed resume is released with its error (``Checkpointer.release(error)``): the error is kept,
+  the run waits ``resume_backoff_seconds`` (doubling) before it is handed out again, and after
+  ``max_resume_attempts`` failures it is marked ``failed`` for good.
+- A checkpoint that cannot be read back (a message or the run info that does not parse) is
+  **quarantined**: marked ``corrupt`` with the error, never handed out again; the others are.
+- ``aclose()`` (called by `Executor.shutdown`) releases this store's runs, so another worker picks
+  them up at once instead of waiting for their leases to lapse.
 
 What a save writes: the run row's counters and lease (one ``UPDATE`` by primary key) and the new
-messages (one ``INSERT`` of the new rows) in one transaction; earlier rows are never rewritten. A
-save retried at an offset already saved replaces the rows from that offset on, so a save whose
-outcome was unknown (a timeout) and is sent again with the next one never duplicates messages.
+messages (one ``INSERT`` of the new rows) in one transaction; earlier rows are never rewritten.
+Saves of one checkpointer run one at a time, in the order they were called, so the saves of
+parallel tool results, each at the next offset, land in order. A save retried at an offset already
+saved replaces the rows from that offset on, so a save whose outcome was unknown (a timeout) and is
+sent again with the next one never duplicates messages.
 """
 
 from __future__ import annotations
@@ -31,15 +39,15 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, delete, insert, or_, select, update
+import orjson
+from sqlalchemy import Table, Text, and_, case, delete, insert, literal, or_, select, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -49,19 +57,31 @@ from executus_checkpoint_sql.engine import create_engine, db_epoch, is_outage, r
 from executus_checkpoint_sql.errors import (
     CheckpointSqlError,
     DatabaseUnavailable,
-    RunNotOwned,
     RunTakenOver,
     SaveGap,
     SchemaOutOfDate,
 )
-from executus_checkpoint_sql.migrate import current_revision, head_revision, upgrade_engine
-from executus_checkpoint_sql.schema import COMPLETED, FAILED, LIVE, CheckpointMessage, CheckpointRun
-from executus_checkpoint_sql.settings import SECTION, CheckpointSqlSettings, default_url, default_worker_id
+from executus_checkpoint_sql.migrate import current_revision, head_revision, upgrade_url
+from executus_checkpoint_sql.schema import (
+    COMPLETED,
+    CORRUPT,
+    FAILED,
+    LIVE,
+    CheckpointMessage,
+    CheckpointRun,
+)
+from executus_checkpoint_sql.settings import (
+    SECTION,
+    CheckpointSqlSettings,
+    default_url,
+    default_worker_id,
+    new_owner_id,
+)
 from executus_core.config import Settings, default_data_dir
 from executus_core.errors import ConfigError
 from executus_core.types import Agent, CheckpointState, Interrupted, Message, RunInfo, Usage, utcnow
 
-__all__ = ["CheckpointListing", "SqlCheckpointStore", "SqlCheckpointer", "process_boot"]
+__all__ = ["CheckpointListing", "SqlCheckpointStore", "SqlCheckpointer"]
 
 log = logging.getLogger("executus.checkpoint_sql")
 
@@ -70,23 +90,6 @@ MESSAGES = cast(Table, CheckpointMessage.__table__)
 
 _CHUNK = 500  # ids per IN (...) list
 _ERROR_LIMIT = 10_000  # characters of a failure kept in the run row
-
-_boot = uuid.uuid4().hex
-
-
-def _new_boot() -> None:
-    global _boot
-    _boot = uuid.uuid4().hex
-
-
-# A forked child is another process: it must never pass for its parent when leases are compared.
-os.register_at_fork(after_in_child=_new_boot)
-
-
-def process_boot() -> str:
-    """This start of this process: a random id, new in every process (and in a forked child)."""
-    return _boot
-
 
 # (url, schema) pairs this process has already upgraded: one upgrade per database per process.
 _upgraded: set[tuple[str, str | None]] = set()
@@ -107,13 +110,31 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+def _clip(error: str | None) -> str | None:
+    return error[:_ERROR_LIMIT] if error else None
+
+
+def _json(value: Any) -> Any:
+    """A JSON column read as text (so one bad value cannot break a whole query), parsed."""
+    if value is None or not isinstance(value, str | bytes):
+        return value
+    return orjson.loads(value)
+
+
+def _text(column: Any) -> Any:
+    return sql_cast(column, Text).label(column.name)
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointListing:
     """One run as ``executus checkpoints list`` shows it.
 
-    ``state`` is ``running`` (a worker holds its lease), ``interrupted`` (its lease lapsed or was
-    released: the next ``recover()`` takes it), ``claimed`` (handed out to a recover that holds it),
-    ``completed`` or ``failed``. ``lease_seconds_left`` is negative once the lease lapsed.
+    ``state`` is ``running`` (its owner holds the lease), ``claimed`` (handed out to a recover that
+    has not resumed it yet), ``interrupted`` (its lease lapsed or was released: the next
+    ``recover()`` takes it), ``backoff`` (its last resume failed: handed out again in
+    ``retry_in_seconds``), ``completed``, ``failed`` or ``corrupt`` (quarantined: ``error`` says
+    why). ``lease_seconds_left`` is negative once the lease lapsed, ``None`` once released;
+    ``held_seconds`` is how long ``owner`` has held the run.
     """
 
     run_id: str
@@ -130,6 +151,11 @@ class CheckpointListing:
     updated_at: datetime
     lease_seconds_left: float | None
     error: str | None
+    held_seconds: float | None = None
+    resume_failures: int = 0
+    retry_in_seconds: float | None = None
+    source: str | None = None
+    model: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able data (times as ISO 8601 strings)."""
@@ -140,11 +166,13 @@ class CheckpointListing:
 
 
 class SqlCheckpointer:
-    """The `Checkpointer` of one run: appends its new messages, then completes or fails it.
+    """The `Checkpointer` of one run: appends its new messages, then completes, fails or releases it.
 
-    Made by `SqlCheckpointStore.for_run`. When the database could not be reached at ``for_run``, the
-    checkpointer is made anyway and writes the run's row with its first save that gets through, so a
-    run that starts during an outage is still checkpointed once the database is back.
+    Made by `SqlCheckpointStore.for_run`. Every method raises `RunTakenOver` once this checkpointer
+    no longer holds the run (another owner took it over, or it was released or ended). When the
+    database could not be reached at ``for_run``, the checkpointer is made anyway and writes the
+    run's row with its first save that gets through, so a run that starts during an outage is still
+    checkpointed once the database is back.
     """
 
     def __init__(
@@ -154,7 +182,8 @@ class SqlCheckpointer:
         agent_spec: dict[str, Any],
         *,
         saved: int | None,
-        registered: bool,
+        epoch: int | None,
+        attempts: dict[str, int] | None = None,
     ) -> None:
         self.store = store
         self.run_id = info.run_id
@@ -163,59 +192,89 @@ class SqlCheckpointer:
         # How many messages are known to be saved; None when a save's outcome is unknown (it failed
         # midway, or timed out), and the next save first drops whatever is past its offset.
         self._saved = saved
-        self._registered = registered
+        # The fencing token this checkpointer writes under; None until the row is registered.
+        self._epoch = epoch
+        self._attempts: dict[str, int] = dict(attempts or {})
+        # Saves run one at a time, in call order (asyncio.Lock wakes its waiters first in, first out).
+        self._lock = asyncio.Lock()
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch this checkpointer holds the run under (``None`` before its row is written)."""
+        return self._epoch
 
     async def save(self, state: CheckpointState) -> None:
         """Write ``state.messages`` at ``state.offset`` with the run's counters, in one transaction.
 
-        Raises `SaveGap` for an offset past what is saved, `RunTakenOver` when another worker holds
-        the run now, and `DatabaseUnavailable` when the database cannot be reached (the core then
+        Saves of one checkpointer run one after another in the order they were called. Raises
+        `SaveGap` for an offset past what is saved, `RunTakenOver` when this checkpointer no longer
+        holds the run, and `DatabaseUnavailable` when the database cannot be reached (the core then
         sends these messages again with the next save).
         """
         if state.run_id != self.run_id:
             raise ValueError(f"the checkpointer of run {self.run_id} was given a state of run {state.run_id}")
-        offset = state.offset
-        rows = [
-            {
-                "run_id": self.run_id,
-                "position": offset + index,
-                "message": message.model_dump(mode="json", exclude_defaults=True),
-            }
-            for index, message in enumerate(state.messages)
-        ]
-        end = offset + len(rows)
-        known, self._saved = self._saved, None
-        try:
-            await self._write(state, rows, known)
-        except DatabaseUnavailable as exc:
-            raise DatabaseUnavailable(
-                f"{exc}; the run goes on, and its next save sends these messages again"
-            ) from (exc.__cause__)
-        self._registered = True
-        self._saved = end
+        async with self._lock:
+            offset = state.offset
+            rows = [
+                {
+                    "run_id": self.run_id,
+                    "position": offset + index,
+                    "message": message.model_dump(mode="json", exclude_defaults=True),
+                }
+                for index, message in enumerate(state.messages)
+            ]
+            end = offset + len(rows)
+            attempts = None
+            if state.attempts:
+                merged = {**self._attempts, **state.attempts}
+                if merged != self._attempts:
+                    attempts = merged
+            known, self._saved = self._saved, None
+            try:
+                await self._write(state, rows, known, attempts)
+            except DatabaseUnavailable as exc:
+                raise DatabaseUnavailable(
+                    f"{exc}; the run goes on, and its next save sends these messages again"
+                ) from (exc.__cause__)
+            self._saved = end
+            if attempts is not None:
+                self._attempts = attempts
 
-    async def _write(self, state: CheckpointState, rows: list[dict[str, Any]], known: int | None) -> None:
+    async def _write(
+        self,
+        state: CheckpointState,
+        rows: list[dict[str, Any]],
+        known: int | None,
+        attempts: dict[str, int] | None,
+    ) -> None:
         store = self.store
         offset = state.offset
         end = offset + len(rows)
         async with store._transaction() as conn:
-            if not self._registered:
-                known = await store._register(conn, self._info, self._agent_spec)
+            if self._epoch is None:
+                known, self._epoch, registered_attempts = await store._register(
+                    conn, self._info, self._agent_spec
+                )
+                if registered_attempts and attempts is None:
+                    self._attempts = registered_attempts
             now = db_epoch(store.dialect)
+            values: dict[str, Any] = {
+                "message_count": end,
+                "iteration": state.iteration,
+                "tool_calls": state.tool_calls,
+                "usage": state.usage.model_dump(),
+                "lease_until": now + store.lease_seconds,
+                "updated_at": utcnow(),
+            }
+            if attempts is not None:
+                values["attempts"] = attempts
             result = await conn.execute(
                 update(RUNS)
-                .where(store._held(self.run_id), RUNS.c.message_count >= offset)
-                .values(
-                    message_count=end,
-                    iteration=state.iteration,
-                    tool_calls=state.tool_calls,
-                    usage=state.usage.model_dump(),
-                    lease_until=now + store.lease_seconds,
-                    updated_at=utcnow(),
-                )
+                .where(store._fence(self.run_id, self._epoch), RUNS.c.message_count >= offset)
+                .values(values)
             )
             if result.rowcount != 1:
-                raise await store._refusal(conn, self.run_id, "save", offset=offset)
+                raise await store._refusal(conn, self.run_id, self._epoch, "save", offset=offset)
             if known != offset:
                 # A retried save, or one after a save whose outcome is unknown: what follows the
                 # offset is replaced. In the usual case (appending) there is nothing to delete.
@@ -227,15 +286,28 @@ class SqlCheckpointer:
 
     async def complete(self) -> None:
         """The run ended: delete its messages and mark it ``completed``."""
-        await self.store._finish(self.run_id, COMPLETED, None, registered=self._registered)
+        async with self._lock:
+            await self.store._finish(self.run_id, self._epoch, COMPLETED, None)
 
     async def fail(self, error: str) -> None:
         """The run failed for good: delete its messages and mark it ``failed`` with ``error``."""
-        await self.store._finish(self.run_id, FAILED, error, registered=self._registered)
+        async with self._lock:
+            await self.store._finish(self.run_id, self._epoch, FAILED, error)
 
-    async def release(self) -> None:
-        """The run ended ``interrupted``: keep its checkpoint and give up its lease at once."""
-        await self.store.release([self.run_id])
+    async def release(self, error: str | None = None) -> None:
+        """Keep the checkpoint and give up the run at once, so any worker's ``interrupted()`` may
+        hand it out.
+
+        Without ``error``: the run ended ``interrupted`` (shutdown, or its caller's task was
+        cancelled). With ``error``: resuming it failed (``error`` says why, e.g. a tool this worker
+        does not have): the error is kept (``executus checkpoints list`` shows it), the run is handed
+        out again only after a backoff, and after ``max_resume_attempts`` failures it is marked
+        ``failed``.
+        """
+        async with self._lock:
+            if self._epoch is None:
+                return  # never reached the database: there is nothing to release
+            await self.store._release_run(self.run_id, self._epoch, error)
 
 
 class SqlCheckpointStore:
@@ -250,6 +322,9 @@ class SqlCheckpointStore:
     Installed as a battery it needs none of this: `Executor()` builds it from
     ``[tool.executus.checkpoint_sql]`` (see `CheckpointSqlSettings`); with no settings it keeps
     ``checkpoints.db`` in the executus data directory.
+
+    Each instance is an owner of its own (``store.owner``): it holds the runs it starts and claims,
+    and shares nothing with any other instance, in this process or another.
 
     Args:
         url: a SQLAlchemy URL with an async driver (``sqlite+aiosqlite:///...``,
@@ -294,7 +369,8 @@ class SqlCheckpointStore:
                 f"[tool.executus.{SECTION}] db_schema is for PostgreSQL; {safe_url(self.url)} is {self.dialect}"
             )
         self.worker_id = self.config.worker_id or default_worker_id()
-        self.boot = process_boot()
+        # This store's own identity: nothing is shared with another store, even in this process.
+        self.owner = new_owner_id(self.worker_id)
         self.lease_seconds = self.config.lease_seconds
         self._engine: AsyncEngine | None = None
         self._ready = False
@@ -304,10 +380,9 @@ class SqlCheckpointStore:
         self._heartbeat_failing = False
         self._down_until = 0.0
         self._down_message = ""
-        # Runs this store instance holds (made with for_run or claimed), to release at aclose.
-        self._owned: set[str] = set()
-        # Runs whose complete/fail could not reach the database: the heartbeat writes them later.
-        self._pending_ends: dict[str, tuple[str, str | None]] = {}
+        # Runs whose complete/fail could not reach the database: the heartbeat writes them later,
+        # fenced by the epoch their checkpointer held.
+        self._pending_ends: dict[str, tuple[str, str | None, int]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqlCheckpointStore | None:
@@ -318,7 +393,7 @@ class SqlCheckpointStore:
         return cls(config=config, data_dir=settings.core.data_dir)
 
     def __repr__(self) -> str:
-        return f"SqlCheckpointStore({safe_url(self.url)!r}, worker_id={self.worker_id!r})"
+        return f"SqlCheckpointStore({safe_url(self.url)!r}, owner={self.owner!r})"
 
     @property
     def database(self) -> str:
@@ -345,7 +420,18 @@ class SqlCheckpointStore:
                 key = (self.url.render_as_string(hide_password=False), self.config.db_schema)
                 if self.config.auto_upgrade:
                     if key not in _upgraded:
-                        await upgrade_engine(self._engine, db_schema=self.config.db_schema)
+                        # Alembic loads and renders its scripts in Python: in a thread with an event
+                        # loop and an engine of its own, so a worker's first call never stalls the loop.
+                        config = self.config
+                        await asyncio.to_thread(
+                            asyncio.run,
+                            upgrade_url(
+                                self.url,
+                                db_schema=config.db_schema,
+                                connect_timeout=config.connect_timeout,
+                                busy_timeout=config.busy_timeout,
+                            ),
+                        )
                         _upgraded.add(key)
                 else:
                     found = await current_revision(self._engine)
@@ -388,35 +474,47 @@ class SqlCheckpointStore:
             raise
         self._down_until = 0.0
 
-    def _held(self, run_id: str) -> ColumnElement[bool]:
-        """The run is live and held by this worker's this boot (the fence on every write)."""
-        return and_(
-            RUNS.c.run_id == run_id,
-            RUNS.c.status == LIVE,
-            RUNS.c.owner == self.worker_id,
-            RUNS.c.boot == self.boot,
-        )
+    def _fence(self, run_id: str, epoch: int | None) -> ColumnElement[bool]:
+        """The run is live and still at ``epoch``: the condition of every write of a checkpointer."""
+        return and_(RUNS.c.run_id == run_id, RUNS.c.status == LIVE, RUNS.c.epoch == (epoch or 0))
 
     async def _refusal(
-        self, conn: AsyncConnection, run_id: str, method: str, *, offset: int | None = None
+        self, conn: AsyncConnection, run_id: str, epoch: int | None, method: str, *, offset: int | None = None
     ) -> CheckpointSqlError:
         """Why a fenced write touched no row, as the error to raise."""
         row = (
             await conn.execute(
-                select(RUNS.c.status, RUNS.c.owner, RUNS.c.boot, RUNS.c.message_count).where(
-                    RUNS.c.run_id == run_id
-                )
+                select(
+                    RUNS.c.status, RUNS.c.owner, RUNS.c.epoch, RUNS.c.lease_until, RUNS.c.message_count
+                ).where(RUNS.c.run_id == run_id)
             )
         ).first()
+        stop = "this process no longer checkpoints it and must not run it any further"
         if row is None:
-            return RunNotOwned(f"checkpoint {method} for run {run_id}, which for_run never started")
-        if row.status != LIVE:
-            return RunNotOwned(f"checkpoint {method} for run {run_id}, which is already {row.status}")
-        if (row.owner, row.boot) != (self.worker_id, self.boot):
             return RunTakenOver(
-                f"run {run_id} is now held by worker {row.owner!r}: this worker's lease lapsed (was the "
-                f"database out of reach for longer than lease_seconds = {self.lease_seconds:g}?) and another "
-                "worker took the run over; this process no longer checkpoints it"
+                f"checkpoint {method} for run {run_id}: the run is not in {self.database} any more "
+                f"(deleted by hand?); {stop}",
+                run_id=run_id,
+            )
+        if row.status != LIVE:
+            return RunTakenOver(
+                f"checkpoint {method} for run {run_id}: the run is already {row.status}; {stop}",
+                run_id=run_id,
+                owner=row.owner,
+            )
+        if row.epoch != epoch:
+            if row.owner == self.owner and row.lease_until is None:
+                why = "this store released it"
+                owner = None
+            else:
+                why = (
+                    f"it is now held by {row.owner!r}: this store's lease lapsed (was the process paused, "
+                    f"or the database out of reach, for longer than lease_seconds = {self.lease_seconds:g}?) "
+                    "and another worker took the run over"
+                )
+                owner = row.owner
+            return RunTakenOver(
+                f"checkpoint {method} for run {run_id}: {why}; {stop}", run_id=run_id, owner=owner
             )
         if offset is not None and offset > row.message_count:
             return SaveGap(
@@ -428,12 +526,15 @@ class SqlCheckpointStore:
     def _insert(self) -> Any:
         return postgresql_insert(RUNS) if self.dialect == "postgresql" else sqlite_insert(RUNS)
 
-    async def _register(self, conn: AsyncConnection, info: RunInfo, agent_spec: dict[str, Any]) -> int:
-        """Write the run's row for this worker; return how many messages it already holds.
+    async def _register(
+        self, conn: AsyncConnection, info: RunInfo, agent_spec: dict[str, Any]
+    ) -> tuple[int, int, dict[str, int]]:
+        """Write the run's row for this store: ``(messages saved, epoch, attempts)``.
 
-        A new run (or a finished one run again under its id) starts empty. A live run is resumed,
-        keeping its transcript, if this worker holds it (it claimed it with ``interrupted()``) or
-        nobody does any more; a run another worker holds is refused.
+        A new run (or an ended one run again under its id) starts empty. A live run is resumed,
+        keeping its transcript, if this store holds it (it claimed it with ``interrupted()``) or
+        nobody does any more (its lease lapsed or was released); a run another owner holds raises
+        `RunTakenOver`.
         """
         now = db_epoch(self.dialect)
         stamp = utcnow()
@@ -450,24 +551,30 @@ class SqlCheckpointStore:
             "tool_calls": 0,
             "usage": Usage().model_dump(),
             "message_count": 0,
-            "owner": self.worker_id,
-            "boot": self.boot,
+            "owner": self.owner,
+            "epoch": 1,
             "lease_until": now + self.lease_seconds,
             "claimed_at": None,
+            "held_since": now,
+            "not_before": None,
+            "resume_failures": 0,
+            "attempts": None,
             "error": None,
             "created_at": stamp,
             "updated_at": stamp,
         }
         statement = self._insert().values(values)
+        replace = {key: statement.excluded[key] for key in values if key not in ("run_id", "epoch")}
+        # A new life of an ended run id: a higher epoch, so no checkpointer of its earlier life writes.
+        replace["epoch"] = RUNS.c.epoch + 1
         statement = statement.on_conflict_do_update(
-            index_elements=[RUNS.c.run_id],
-            set_={key: statement.excluded[key] for key in values if key != "run_id"},
-            where=RUNS.c.status != LIVE,
-        )
-        if (await conn.execute(statement)).rowcount == 1:
+            index_elements=[RUNS.c.run_id], set_=replace, where=RUNS.c.status != LIVE
+        ).returning(RUNS.c.epoch)
+        fresh = (await conn.execute(statement)).first()
+        if fresh is not None:
             # Any rows left from an earlier life of this run id go; a finished run has none.
             await conn.execute(delete(MESSAGES).where(MESSAGES.c.run_id == info.run_id))
-            return 0
+            return 0, int(fresh.epoch), {}
         resumed = (
             await conn.execute(
                 update(RUNS)
@@ -475,23 +582,28 @@ class SqlCheckpointStore:
                     RUNS.c.run_id == info.run_id,
                     RUNS.c.status == LIVE,
                     or_(
-                        and_(RUNS.c.owner == self.worker_id, RUNS.c.boot == self.boot),
+                        RUNS.c.owner == self.owner,
                         RUNS.c.lease_until.is_(None),
                         RUNS.c.lease_until < now,
                     ),
                 )
                 .values(
-                    owner=self.worker_id,
-                    boot=self.boot,
+                    owner=self.owner,
+                    epoch=RUNS.c.epoch + 1,
                     lease_until=now + self.lease_seconds,
                     claimed_at=None,
+                    held_since=case((RUNS.c.owner == self.owner, RUNS.c.held_since), else_=now),
                     updated_at=stamp,
                 )
-                .returning(RUNS.c.message_count)
+                .returning(RUNS.c.message_count, RUNS.c.epoch, _text(RUNS.c.attempts))
             )
         ).first()
         if resumed is not None:
-            return int(resumed.message_count)
+            try:
+                attempts = {str(k): int(v) for k, v in (_json(resumed.attempts) or {}).items()}
+            except (ValueError, TypeError, AttributeError):
+                attempts = {}
+            return int(resumed.message_count), int(resumed.epoch), attempts
         holder = (
             await conn.execute(
                 select(RUNS.c.owner, (RUNS.c.lease_until - now).label("left")).where(
@@ -500,16 +612,18 @@ class SqlCheckpointStore:
             )
         ).first()
         owner, left = (holder.owner, holder.left) if holder is not None else (None, None)
-        raise RunNotOwned(
-            f"run {info.run_id} is live on worker {owner!r} (its lease runs another {left or 0:.0f}s): it is "
-            "not this worker's to checkpoint; resume interrupted runs with Executor.recover(), and never "
-            "start two runs with one run_id"
+        raise RunTakenOver(
+            f"run {info.run_id} is live and held by {owner!r} (its lease runs another {left or 0:.0f}s): "
+            "it is not this store's to run; resume interrupted runs with Executor.recover(), and never "
+            "start two runs with one run_id",
+            run_id=info.run_id,
+            owner=owner,
         )
 
     def _ensure_heartbeat(self) -> None:
         if self._heartbeat is None and not self._closed and self.config.heartbeat_interval > 0:
             self._heartbeat = asyncio.get_running_loop().create_task(
-                self._beat(), name=f"executus-checkpoint-sql heartbeat ({self.worker_id})"
+                self._beat(), name=f"executus-checkpoint-sql heartbeat ({self.owner})"
             )
 
     async def _beat(self) -> None:
@@ -520,161 +634,317 @@ class SqlCheckpointStore:
             except Exception as exc:
                 if not self._heartbeat_failing:
                     log.warning(
-                        "checkpoint heartbeat of worker %s failed (%s); runs keep their leases for "
+                        "checkpoint heartbeat of %s failed (%s); runs keep their leases for "
                         "lease_seconds=%g after their last renewal",
-                        self.worker_id,
+                        self.owner,
                         _first_line(exc),
                         self.lease_seconds,
                     )
                 self._heartbeat_failing = True
             else:
                 if self._heartbeat_failing:
-                    log.warning(
-                        "checkpoint heartbeat of worker %s works again (%d runs)", self.worker_id, renewed
-                    )
+                    log.warning("checkpoint heartbeat of %s works again (%d runs)", self.owner, renewed)
                 self._heartbeat_failing = False
 
     # -- the port ------------------------------------------------------------------------------
 
     async def for_run(self, info: RunInfo, agent: Agent) -> SqlCheckpointer:
-        """The checkpointer of ``info.run_id``; a live run this worker may take keeps its transcript.
+        """The checkpointer of ``info.run_id``; a live run this store may take keeps its transcript.
 
-        Raises `RunNotOwned` when another worker holds the run. When the database cannot be reached
-        the checkpointer is returned anyway and registers the run with its first save that gets
-        through.
+        Raises `RunTakenOver` when another owner holds the run. When the database cannot be
+        reached the checkpointer is returned anyway and registers the run with its first save that
+        gets through.
         """
         spec = agent.spec()
         self._ensure_heartbeat()
         try:
             async with self._transaction() as conn:
-                saved = await self._register(conn, info, spec)
+                saved, epoch, attempts = await self._register(conn, info, spec)
         except DatabaseUnavailable:
-            self._owned.add(info.run_id)
-            return SqlCheckpointer(self, info, spec, saved=None, registered=False)
-        self._owned.add(info.run_id)
+            return SqlCheckpointer(self, info, spec, saved=None, epoch=None)
         self._pending_ends.pop(info.run_id, None)
-        return SqlCheckpointer(self, info, spec, saved=saved, registered=True)
+        return SqlCheckpointer(self, info, spec, saved=saved, epoch=epoch, attempts=attempts)
 
-    async def interrupted(self) -> list[Interrupted]:
+    def _backoff(self, failures: int) -> float:
+        """Seconds to wait before handing a run out again after its ``failures``-th failed resume."""
+        config = self.config
+        return float(
+            min(config.resume_backoff_max_seconds, config.resume_backoff_seconds * 2 ** max(0, failures - 1))
+        )
+
+    async def interrupted(self, limit: int | None = None) -> list[Interrupted]:
         """Claim the runs whose owner is gone, oldest first, with their transcripts.
 
-        One statement claims them, so workers asking at the same time share the runs and never get
-        one twice; a claimed run is not handed out again until ``for_run`` resumes it, or until the
-        worker that claimed it is gone too. At most ``claim_limit`` runs per call.
+        A run is handed out when its lease lapsed (its owner died) or was released, and its backoff
+        after a failed resume is over; never a run this store holds itself (one it is running, or
+        claimed and has not resumed yet). One statement claims them, so workers asking at the same
+        time share the runs and never get one twice. At most ``limit`` runs (default: the
+        ``claim_limit`` setting, else all), so a recovery can claim in batches what it will start
+        now: a claim is not renewed, and lapses after ``lease_seconds`` unless ``for_run`` resumes
+        the run.
+
+        A run whose checkpoint cannot be read back is quarantined (``corrupt``, the error kept) and
+        left out; this never raises for one bad run.
         """
         self._ensure_heartbeat()
+        if limit is None:
+            limit = self.config.claim_limit
+        if limit is not None and limit < 1:
+            return []
         now = db_epoch(self.dialect)
         claimable = and_(
             RUNS.c.status == LIVE,
             RUNS.c.message_count > 0,
-            or_(
-                RUNS.c.lease_until.is_(None),
-                RUNS.c.lease_until < now,
-                # this worker's previous boot is gone
-                and_(RUNS.c.owner == self.worker_id, RUNS.c.boot != self.boot),
-                # this worker's own run, not handed out yet (the reference store's rule; see the docs)
-                and_(RUNS.c.owner == self.worker_id, RUNS.c.boot == self.boot, RUNS.c.claimed_at.is_(None)),
-            ),
+            or_(RUNS.c.lease_until.is_(None), RUNS.c.lease_until < now),
+            or_(RUNS.c.not_before.is_(None), RUNS.c.not_before <= now),
+            # never one this store holds itself (its own running runs and claims, lapsed or not)
+            or_(RUNS.c.owner.is_(None), RUNS.c.owner != self.owner, RUNS.c.lease_until.is_(None)),
         )
         pick = select(RUNS.c.run_id).where(claimable).order_by(RUNS.c.started_at, RUNS.c.run_id)
-        if self.config.claim_limit is not None:
-            pick = pick.limit(self.config.claim_limit)
+        if limit is not None:
+            pick = pick.limit(limit)
         # SKIP LOCKED: a run another worker is claiming right now is left to it, not waited for.
         pick = pick.with_for_update(skip_locked=True)
+        # A claim that lapsed before its claimer resumed the run is a failed resume too.
+        unresumed = and_(RUNS.c.claimed_at.is_not(None), RUNS.c.lease_until.is_not(None))
         claim = (
             update(RUNS)
             .where(RUNS.c.run_id.in_(pick.scalar_subquery()))
             .values(
-                owner=self.worker_id,
-                boot=self.boot,
+                owner=self.owner,
+                epoch=RUNS.c.epoch + 1,
                 lease_until=now + self.lease_seconds,
                 claimed_at=now,
+                held_since=now,
+                resume_failures=RUNS.c.resume_failures + case((unresumed, 1), else_=0),
+                error=case(
+                    (
+                        unresumed,
+                        literal("claimed by ")
+                        + RUNS.c.owner
+                        + literal(", which never resumed nor released it"),
+                    ),
+                    else_=RUNS.c.error,
+                ),
                 updated_at=utcnow(),
             )
             .returning(
                 RUNS.c.run_id,
-                RUNS.c.info,
-                RUNS.c.agent,
+                RUNS.c.epoch,
                 RUNS.c.iteration,
                 RUNS.c.tool_calls,
-                RUNS.c.usage,
+                RUNS.c.message_count,
+                RUNS.c.resume_failures,
+                RUNS.c.error,
+                _text(RUNS.c.info),
+                _text(RUNS.c.agent),
+                _text(RUNS.c.usage),
+                _text(RUNS.c.attempts),
             )
         )
+        items: list[Interrupted] = []
         async with self._transaction() as conn:
             claimed = (await conn.execute(claim)).all()
-            transcripts: dict[str, list[Message]] = {row.run_id: [] for row in claimed}
-            for ids in _chunks(list(transcripts)):
+            spent = [row for row in claimed if row.resume_failures >= self.config.max_resume_attempts]
+            for row in spent:
+                await self._give_up(conn, row.run_id, row.epoch, row.resume_failures, row.error)
+            rows = {
+                row.run_id: row for row in claimed if row.resume_failures < self.config.max_resume_attempts
+            }
+            transcripts: dict[str, list[tuple[int, Any]]] = {run_id: [] for run_id in rows}
+            for ids in _chunks(list(rows)):
                 found = await conn.execute(
-                    select(MESSAGES.c.run_id, MESSAGES.c.message)
+                    select(MESSAGES.c.run_id, MESSAGES.c.position, _text(MESSAGES.c.message))
                     .where(MESSAGES.c.run_id.in_(ids))
                     .order_by(MESSAGES.c.run_id, MESSAGES.c.position)
                 )
-                for run_id, message in found:
-                    transcripts[run_id].append(Message.model_validate(message))
-        self._owned.update(transcripts)
-        items = [
-            Interrupted(
-                info=RunInfo.model_validate(row.info),
-                agent=dict(row.agent),
-                messages=transcripts[row.run_id],
-                iteration=row.iteration,
-                usage=Usage.model_validate(row.usage),
-                tool_calls=row.tool_calls,
-            )
-            for row in claimed
-        ]
+                for run_id, position, message in found:
+                    transcripts[run_id].append((position, message))
+            for run_id, row in rows.items():
+                try:
+                    items.append(self._interrupted_item(row, transcripts[run_id]))
+                except Exception as exc:
+                    await self._quarantine(conn, run_id, row.epoch, exc)
         items.sort(key=lambda item: (_utc(item.info.started_at), item.info.run_id))
         return items
 
-    async def _finish(self, run_id: str, status: str, error: str | None, *, registered: bool = True) -> None:
+    def _interrupted_item(self, row: Any, messages: list[tuple[int, Any]]) -> Interrupted:
+        """One claimed run as an `Interrupted`; raises, naming the part, when it does not read back."""
+        positions = [position for position, _ in messages]
+        if positions != list(range(row.message_count)):
+            raise ValueError(
+                f"the run holds message rows {positions[:5]}{'...' if len(positions) > 5 else ''} but "
+                f"says {row.message_count} were saved (0..{row.message_count - 1})"
+            )
+        transcript = []
+        for position, raw in messages:
+            try:
+                transcript.append(Message.model_validate(_json(raw)))
+            except Exception as exc:
+                raise ValueError(f"message {position} does not read back: {_first_line(exc)}") from exc
+        try:
+            info = RunInfo.model_validate(_json(row.info))
+        except Exception as exc:
+            raise ValueError(f"the run info does not read back: {_first_line(exc)}") from exc
+        try:
+            agent = _json(row.agent)
+            if not isinstance(agent, dict):
+                raise TypeError(f"it is {type(agent).__name__}, not an object")
+        except Exception as exc:
+            raise ValueError(f"the agent spec does not read back: {_first_line(exc)}") from exc
+        try:
+            usage = Usage.model_validate(_json(row.usage))
+            attempts = {str(k): int(v) for k, v in (_json(row.attempts) or {}).items()}
+        except Exception as exc:
+            raise ValueError(f"the run's counters do not read back: {_first_line(exc)}") from exc
+        if info.run_id != row.run_id:
+            raise ValueError(f"the run info is of run {info.run_id!r}")
+        return Interrupted(
+            info=info,
+            agent=agent,
+            messages=transcript,
+            iteration=row.iteration,
+            usage=usage,
+            tool_calls=row.tool_calls,
+            attempts=attempts,
+        )
+
+    async def _quarantine(self, conn: AsyncConnection, run_id: str, epoch: int, exc: BaseException) -> None:
+        reason = f"corrupt checkpoint: {exc}"
+        log.warning(
+            "run %s is quarantined (status %r) and will not be resumed: %s; its rows are kept in %s",
+            run_id,
+            CORRUPT,
+            reason,
+            self.database,
+        )
+        await conn.execute(
+            update(RUNS)
+            .where(RUNS.c.run_id == run_id, RUNS.c.epoch == epoch)
+            .values(
+                status=CORRUPT,
+                error=_clip(reason),
+                lease_until=None,
+                claimed_at=None,
+                epoch=RUNS.c.epoch + 1,
+                updated_at=utcnow(),
+            )
+        )
+
+    async def _give_up(
+        self, conn: AsyncConnection, run_id: str, epoch: int, failures: int, error: str | None
+    ) -> None:
+        reason = f"gave up after {failures} failed resumes; the last: {error or 'unknown'}"
+        log.warning("run %s is marked failed: %s", run_id, reason)
+        # The transcript is kept: a person may want to see how far it got.
+        await conn.execute(
+            update(RUNS)
+            .where(RUNS.c.run_id == run_id, RUNS.c.epoch == epoch)
+            .values(
+                status=FAILED,
+                error=_clip(reason),
+                lease_until=None,
+                claimed_at=None,
+                not_before=None,
+                epoch=RUNS.c.epoch + 1,
+                updated_at=utcnow(),
+            )
+        )
+
+    async def _release_run(self, run_id: str, epoch: int, error: str | None) -> None:
+        """`SqlCheckpointer.release`: give the run up, counting a failed resume when there is an error."""
+        async with self._transaction() as conn:
+            row = (
+                await conn.execute(
+                    select(RUNS.c.resume_failures).where(self._fence(run_id, epoch)).with_for_update()
+                )
+            ).first()
+            if row is None:
+                raise await self._refusal(conn, run_id, epoch, "release")
+            values: dict[str, Any] = {
+                "lease_until": None,
+                "claimed_at": None,
+                "epoch": RUNS.c.epoch + 1,
+                "updated_at": utcnow(),
+            }
+            if error is not None:
+                failures = int(row.resume_failures) + 1
+                if failures >= self.config.max_resume_attempts:
+                    await self._give_up(conn, run_id, epoch, failures, error)
+                    return
+                values.update(
+                    resume_failures=failures,
+                    error=_clip(error),
+                    not_before=db_epoch(self.dialect) + self._backoff(failures),
+                )
+                log.warning(
+                    "resuming run %s failed (%d of %d attempts): %s; handed out again in %gs",
+                    run_id,
+                    failures,
+                    self.config.max_resume_attempts,
+                    error,
+                    self._backoff(failures),
+                )
+            await conn.execute(update(RUNS).where(self._fence(run_id, epoch)).values(values))
+        self._pending_ends.pop(run_id, None)
+
+    async def _finish(self, run_id: str, epoch: int | None, status: str, error: str | None) -> None:
+        if epoch is None:
+            return  # never reached the database: there is nothing to clear
         try:
             async with self._transaction() as conn:
                 result = await conn.execute(
                     update(RUNS)
-                    .where(self._held(run_id))
+                    .where(self._fence(run_id, epoch))
                     .values(
                         status=status,
-                        error=error[:_ERROR_LIMIT] if error else None,
+                        error=_clip(error),
                         message_count=0,
                         lease_until=None,
                         claimed_at=None,
+                        not_before=None,
+                        attempts=None,
+                        epoch=RUNS.c.epoch + 1,
                         updated_at=utcnow(),
                     )
                 )
                 if result.rowcount != 1:
-                    if not registered:
-                        return  # never reached the database: there is nothing to clear
-                    raise await self._refusal(conn, run_id, "complete" if status == COMPLETED else "fail")
+                    raise await self._refusal(
+                        conn, run_id, epoch, "complete" if status == COMPLETED else "fail"
+                    )
                 await conn.execute(delete(MESSAGES).where(MESSAGES.c.run_id == run_id))
         except DatabaseUnavailable as exc:
-            if registered:
-                # Keep the lease (the heartbeat renews it) and write the end when the database is back,
-                # or another worker would resume a run that already ended.
-                self._pending_ends[run_id] = (status, error)
-                self._ensure_heartbeat()
-                raise DatabaseUnavailable(
-                    f"{exc}; the run's end is written when the database is back (retried every "
-                    f"{self.config.heartbeat_interval:g}s while this process runs)"
-                ) from exc
-            return
+            # Keep the lease (the heartbeat renews it) and write the end when the database is back,
+            # or another worker would resume a run that already ended.
+            self._pending_ends[run_id] = (status, error, epoch)
+            self._ensure_heartbeat()
+            raise DatabaseUnavailable(
+                f"{exc}; the run's end is written when the database is back (retried every "
+                f"{self.config.heartbeat_interval:g}s while this process runs)"
+            ) from exc
         self._pending_ends.pop(run_id, None)
-        self._owned.discard(run_id)
 
     async def renew_leases(self) -> int:
-        """Write the run ends that are waiting for the database, then renew every lease this worker holds.
+        """Write the run ends that are waiting for the database, then renew the lease of every run
+        this store is running (not its claims: a claim lapses unless the run is resumed).
 
         The heartbeat calls this every ``heartbeat_seconds``; returns how many runs were renewed.
         """
-        for run_id, (status, error) in list(self._pending_ends.items()):
+        for run_id, (status, error, epoch) in list(self._pending_ends.items()):
             try:
-                await self._finish(run_id, status, error)
-            except RunNotOwned:
+                await self._finish(run_id, epoch, status, error)
+            except RunTakenOver:
                 self._pending_ends.pop(run_id, None)  # another worker holds it now: not ours to end
         async with self._transaction() as conn:
             now = db_epoch(self.dialect)
             result = await conn.execute(
                 update(RUNS)
-                .where(RUNS.c.owner == self.worker_id, RUNS.c.boot == self.boot, RUNS.c.status == LIVE)
+                .where(
+                    RUNS.c.owner == self.owner,
+                    RUNS.c.status == LIVE,
+                    RUNS.c.claimed_at.is_(None),
+                    RUNS.c.lease_until.is_not(None),
+                )
                 .values(lease_until=now + self.lease_seconds)
             )
         return int(result.rowcount)
@@ -682,31 +952,28 @@ class SqlCheckpointStore:
     async def release(self, run_ids: Iterable[str] | None = None) -> int:
         """Give up this store's live runs at once (``aclose`` does this), so any worker may resume them.
 
-        ``run_ids`` limits it to those runs (a run the core ended ``interrupted``). Returns how many
-        runs were released.
+        Its running runs and its claims alike; ``run_ids`` limits it to those runs. Their
+        checkpointers are fenced off (`RunTakenOver`). Returns how many runs were released.
         """
-        owned = sorted(self._owned if run_ids is None else self._owned.intersection(run_ids))
-        released = 0
-        if not owned or not self._ready:
+        if not self._ready:
             return 0
+        held = and_(RUNS.c.owner == self.owner, RUNS.c.status == LIVE, RUNS.c.lease_until.is_not(None))
+        values = {"lease_until": None, "claimed_at": None, "epoch": RUNS.c.epoch + 1}
+        released = 0
         async with self._transaction() as conn:
-            for ids in _chunks(owned):
-                result = await conn.execute(
-                    update(RUNS)
-                    .where(
-                        RUNS.c.run_id.in_(ids),
-                        RUNS.c.owner == self.worker_id,
-                        RUNS.c.boot == self.boot,
-                        RUNS.c.status == LIVE,
+            if run_ids is None:
+                result = await conn.execute(update(RUNS).where(held).values(values))
+                released = int(result.rowcount)
+            else:
+                for ids in _chunks(sorted(set(run_ids))):
+                    result = await conn.execute(
+                        update(RUNS).where(held, RUNS.c.run_id.in_(ids)).values(values)
                     )
-                    .values(boot=None, lease_until=None, claimed_at=None)
-                )
-                released += int(result.rowcount)
-        self._owned.difference_update(owned)
+                    released += int(result.rowcount)
         return released
 
     async def aclose(self) -> None:
-        """Stop the heartbeat, write pending run ends, release this store's leases, close the pool.
+        """Stop the heartbeat, write pending run ends, release this store's runs, close the pool.
 
         Called once by `Executor.shutdown`. A database out of reach is logged, not raised: the
         leases then lapse after ``lease_seconds``.
@@ -723,12 +990,12 @@ class SqlCheckpointStore:
                     await self.renew_leases()
                 released = await self.release()
                 if released:
-                    log.info("released %d interrupted runs of worker %s", released, self.worker_id)
+                    log.info("released %d interrupted runs of %s", released, self.owner)
             except Exception as exc:
                 log.warning(
-                    "could not release the runs of worker %s (%s); other workers take them over once their "
+                    "could not release the runs of %s (%s); other workers take them over once their "
                     "leases lapse (lease_seconds=%g)",
-                    self.worker_id,
+                    self.owner,
                     _first_line(exc),
                     self.lease_seconds,
                 )
@@ -739,46 +1006,80 @@ class SqlCheckpointStore:
     # -- reading, for people and tests ------------------------------------------------------------
 
     async def list_runs(self, *, include_finished: bool = False, limit: int = 100) -> list[CheckpointListing]:
-        """The live runs (and, with ``include_finished``, the ended ones), most recently updated first.
-
-        Reads only: nothing is claimed.
+        """The live and quarantined runs (and, with ``include_finished``, the ended ones), most
+        recently updated first. Reads only: nothing is claimed.
         """
         now = db_epoch(self.dialect).label("now")
-        query = select(RUNS, now).order_by(RUNS.c.updated_at.desc(), RUNS.c.run_id).limit(limit)
+        columns = [c for c in RUNS.c if c.name not in ("info", "agent", "usage", "attempts")]
+        query = (
+            select(*columns, _text(RUNS.c.agent), now)
+            .order_by(RUNS.c.updated_at.desc(), RUNS.c.run_id)
+            .limit(limit)
+        )
         if not include_finished:
-            query = query.where(RUNS.c.status == LIVE)
+            query = query.where(RUNS.c.status.in_([LIVE, CORRUPT]))
         async with self._transaction() as conn:
             rows = (await conn.execute(query)).all()
-        listings = []
-        for row in rows:
-            left = None if row.lease_until is None else row.lease_until - row.now
-            if row.status != LIVE:
-                state = row.status
-            elif left is None or left < 0:
-                state = "interrupted"
-            elif row.claimed_at is not None:
-                state = "claimed"
-            else:
-                state = "running"
-            listings.append(
-                CheckpointListing(
-                    run_id=row.run_id,
-                    name=row.name,
-                    subject_id=row.subject_id,
-                    caller_id=row.caller_id,
-                    status=row.status,
-                    state=state,
-                    messages=row.message_count,
-                    steps=row.iteration,
-                    tool_calls=row.tool_calls,
-                    owner=row.owner,
-                    started_at=_utc(row.started_at),
-                    updated_at=_utc(row.updated_at),
-                    lease_seconds_left=None if left is None else round(left, 3),
-                    error=row.error,
-                )
-            )
-        return listings
+        return [self._listing(row) for row in rows]
+
+    @staticmethod
+    def _listing(row: Any) -> CheckpointListing:
+        left = None if row.lease_until is None else row.lease_until - row.now
+        retry = None if row.not_before is None else row.not_before - row.now
+        if row.status != LIVE:
+            state = row.status
+        elif left is not None and left >= 0:
+            state = "claimed" if row.claimed_at is not None else "running"
+        elif retry is not None and retry > 0:
+            state = "backoff"
+        else:
+            state = "interrupted"
+        try:
+            agent = _json(row.agent)
+        except ValueError:
+            agent = None
+        if not isinstance(agent, dict):
+            agent = {}
+        held = None
+        if row.status == LIVE and left is not None and left >= 0 and row.held_since is not None:
+            held = round(max(0.0, row.now - row.held_since), 3)
+        return CheckpointListing(
+            run_id=row.run_id,
+            name=row.name,
+            subject_id=row.subject_id,
+            caller_id=row.caller_id,
+            status=row.status,
+            state=state,
+            messages=row.message_count,
+            steps=row.iteration,
+            tool_calls=row.tool_calls,
+            owner=row.owner,
+            started_at=_utc(row.started_at),
+            updated_at=_utc(row.updated_at),
+            lease_seconds_left=None if left is None else round(left, 3),
+            error=row.error,
+            held_seconds=held,
+            resume_failures=row.resume_failures or 0,
+            retry_in_seconds=None if retry is None or retry <= 0 or row.status != LIVE else round(retry, 3),
+            source=agent.get("source") if isinstance(agent.get("source"), str) else None,
+            model=agent.get("model") if isinstance(agent.get("model"), str) else None,
+        )
+
+    async def agent_specs(self) -> dict[str, dict[str, Any]]:
+        """The agent spec of every live run, by run id (unreadable ones left out). Reads only."""
+        async with self._transaction() as conn:
+            rows = (
+                await conn.execute(select(RUNS.c.run_id, _text(RUNS.c.agent)).where(RUNS.c.status == LIVE))
+            ).all()
+        specs: dict[str, dict[str, Any]] = {}
+        for run_id, raw in rows:
+            try:
+                spec = _json(raw)
+            except ValueError:
+                continue
+            if isinstance(spec, dict):
+                specs[run_id] = spec
+        return specs
 
     async def transcript(self, run_id: str) -> list[Message]:
         """The messages saved for ``run_id`` (empty once it completed or failed). Reads only."""

@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from executus_checkpoint_sql.schema import MESSAGES_TABLE, RUNS_TABLE
 from executus_checkpoint_sql.store import SqlCheckpointStore
+from sqlalchemy import text
 
 T = TypeVar("T")
 
@@ -196,3 +198,44 @@ async def abandon(store: SqlCheckpointStore) -> None:
     store._closed = True
     if store._engine is not None:
         await store._engine.dispose()
+
+
+def make_worker(backend: Backend) -> Callable[..., SqlCheckpointStore]:
+    def make(**options: Any) -> SqlCheckpointStore:
+        if "lease_seconds" in options:
+            options.setdefault("heartbeat_seconds", 0)  # silent means silent: no background renewal
+        return backend.store(**options)
+
+    return make
+
+
+def damage(backend: Backend) -> Callable[[str, str], Awaitable[None]]:
+    """``damage(run_id, part)``: a message row that is not a Message, or run info that is not a RunInfo."""
+
+    async def run(run_id: str, part: str) -> None:
+        store = backend.store()
+        try:
+            engine = await store._ensure_ready()
+            async with engine.begin() as conn:
+                if part == "message":
+                    await conn.execute(
+                        text(
+                            f"UPDATE {MESSAGES_TABLE} SET message = :bad WHERE run_id = :run AND position = 1"
+                        ),
+                        {"bad": '{"role": "nobody", "content": 42}', "run": run_id},
+                    )
+                elif conn.dialect.name == "sqlite":
+                    # SQLite keeps JSON as text: a value that is not JSON at all
+                    await conn.execute(
+                        text(f"UPDATE {RUNS_TABLE} SET info = :bad WHERE run_id = :run"),
+                        {"bad": "{not json", "run": run_id},
+                    )
+                else:
+                    await conn.execute(
+                        text(f"UPDATE {RUNS_TABLE} SET info = CAST(:bad AS jsonb) WHERE run_id = :run"),
+                        {"bad": '{"run_id": 7, "started_at": "never"}', "run": run_id},
+                    )
+        finally:
+            await store.aclose()
+
+    return run

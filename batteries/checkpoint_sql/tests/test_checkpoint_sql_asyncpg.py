@@ -6,10 +6,10 @@ PostgreSQL server itself is required as for the other tests.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
-from checkpoint_sql_helpers import Backend, driver_url, other_plugins
+from checkpoint_sql_helpers import Backend, damage, driver_url, make_worker, other_plugins
 from executus_checkpoint_sql import SqlCheckpointStore
 
 from executus_core import Agent, Executor, ModelResponse, RunStatus
@@ -29,8 +29,12 @@ class TestSqlCheckpointStoreOnAsyncpg(CheckpointStoreConformance):
     """Every check of the contract, through asyncpg."""
 
     @pytest.fixture
-    def make_store(self, asyncpg_backend: Backend) -> Callable[[], SqlCheckpointStore]:
-        return asyncpg_backend.store
+    def make_store(self, asyncpg_backend: Backend) -> Callable[..., SqlCheckpointStore]:
+        return make_worker(asyncpg_backend)
+
+    @pytest.fixture
+    def damage_checkpoint(self, asyncpg_backend: Backend) -> Callable[[str, str], Awaitable[None]]:
+        return damage(asyncpg_backend)
 
 
 async def test_an_executor_checkpoints_through_asyncpg(asyncpg_backend: Backend) -> None:

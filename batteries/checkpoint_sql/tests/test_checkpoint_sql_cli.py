@@ -30,11 +30,11 @@ def executus(*args: str):  # type: ignore[no-untyped-def]
 def test_db_upgrade_creates_the_tables_once(backend: Backend) -> None:
     first = executus("db", "upgrade", *cli_settings(backend))
     assert first.exit_code == 0, first.output
-    assert "✓ checkpoint_sql:" in first.stdout and "upgraded from no tables to 0001" in first.stdout
+    assert "✓ checkpoint_sql:" in first.stdout and "upgraded from no tables to 0002" in first.stdout
     again = executus("db", "upgrade", "checkpoint_sql", "--json", *cli_settings(backend))
     assert again.exit_code == 0, again.output
     report = json.loads(again.stdout)["upgraded"]["checkpoint_sql"]
-    assert report["ok"] is True and "already at 0001" in report["message"]
+    assert report["ok"] is True and "already at 0002" in report["message"]
     assert "executus_checkpoint_sql_version" in report["message"]
 
 
@@ -84,7 +84,8 @@ def test_checkpoints_list_shows_live_runs_and_which_are_interrupted(
     states = {row["run_id"]: row["state"] for row in data["runs"]}
     assert states == {running: "running", interrupted: "interrupted", completed: "completed"}
     by_id = {row["run_id"]: row for row in data["runs"]}
-    assert by_id[running]["owner"] == "busy-worker" and by_id[running]["lease_seconds_left"] > 500
+    assert by_id[running]["owner"].startswith("busy-worker:") and by_id[running]["lease_seconds_left"] > 500
+    assert by_id[running]["held_seconds"] >= 0 and by_id[interrupted]["held_seconds"] is None
     assert by_id[interrupted]["messages"] == 2 and by_id[completed]["messages"] == 0
     assert data["database"].startswith(("sqlite+aiosqlite://", "postgresql+psycopg://"))
 

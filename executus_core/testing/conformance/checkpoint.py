@@ -161,6 +161,12 @@ async def _workers(factory: Any) -> AsyncIterator[_Workers]:
         await workers.aclose()
 
 
+async def _warm(store: CheckpointStore) -> CheckpointStore:
+    """Make a store's first call (connections, schema checks) now, before a check times anything."""
+    await call("CheckpointStore.interrupted", store.interrupted)
+    return store
+
+
 async def _lapse(seconds: float = LEASE) -> None:
     """Wait until leases (or backoffs) of ``seconds`` given now have surely run out."""
     await asyncio.sleep(seconds + _SETTLE)
@@ -579,10 +585,11 @@ async def check_checkpoint_concurrent_runs_stay_apart(factory: Any) -> None:
 
 
 async def check_checkpoint_never_blocks_the_loop(factory: Any) -> None:
-    """Saving, completing and listing many runs never stalls the event loop."""
+    """Saving, completing and listing many runs never stalls the event loop (once each store has
+    made its first call, which may create its tables)."""
     async with _workers(factory) as workers:
-        writer = await workers.dead()
-        reader = await workers.new()
+        writer = await _warm(await workers.dead())
+        reader = await _warm(await workers.new())
 
         async def one(index: int) -> str:
             info = make_info(index, caller_id="lag-caller")
@@ -729,9 +736,6 @@ async def check_checkpoint_adopts_dead_owners_runs_never_its_own(factory: Any) -
         own_cp = await _checkpointer(live, own)
         await _save(own_cp, own.run_id, 0, TRANSCRIPT[:2])
 
-        dead = await workers.dead()
-        await _save(await _checkpointer(dead, dead_run), dead_run.run_id, 0, TRANSCRIPT[:2])
-
         leaving = await workers.new()
         leaving_cp = await _checkpointer(leaving, released_run)
         await _save(leaving_cp, released_run.run_id, 0, TRANSCRIPT[:2])
@@ -740,9 +744,12 @@ async def check_checkpoint_adopts_dead_owners_runs_never_its_own(factory: Any) -
             await call("Checkpointer.release", _release_of(leaving_cp))
             early = _ids(await _interrupted(live, ours))
             assert early == [released_run.run_id], (
-                f"before any lease lapsed, interrupted() handed out {early}: the run its owner released, "
-                f"{released_run.run_id}, is free at once, and nothing else is"
+                f"interrupted() handed out {early}: the run its owner released, {released_run.run_id}, is "
+                "free at once, and nothing else is"
             )
+
+        dead = await workers.dead()
+        await _save(await _checkpointer(dead, dead_run), dead_run.run_id, 0, TRANSCRIPT[:2])
         await _lapse()
         found = _ids(await _interrupted(live, ours))
         assert found == [dead_run.run_id], (
@@ -768,12 +775,10 @@ async def check_checkpoint_a_claim_never_resumed_lapses(factory: Any) -> None:
     for its lease: the claim is not renewed forever, and another worker gets the run."""
     async with _workers(factory) as workers:
         info = make_info(caller_id="claim-caller")
+        claimer, observer = await _warm(await workers.dead()), await _warm(await workers.new())
         await _interrupt(workers, [info], [TRANSCRIPT[:2]])
-        claimer = await workers.dead()
         assert _ids(await _interrupted(claimer, [info.run_id])) == [info.run_id]
-        assert not await _interrupted(await workers.new(), [info.run_id]), (
-            "a fresh claim was handed out again"
-        )
+        assert not await _interrupted(observer, [info.run_id]), "a fresh claim was handed out again"
         await _lapse()
         later = _ids(await _interrupted(await workers.new(), [info.run_id]))
         assert later == [info.run_id], (
@@ -797,13 +802,13 @@ async def check_checkpoint_release_with_error_backs_off(factory: Any) -> None:
         failing = await _checkpointer(first, item.info)
         if "release" not in capabilities(first, failing):
             _skip("release", "its Checkpointer has no release(error=None)")
+        other = await _warm(await workers.new(**options))
         await call(
             "Checkpointer.release(error)", _release_of(failing), "agent names unknown tool 'calculate'"
         )
         await _refused(
             "a save after release", run_id, failing.save, _state(run_id, 2, [Message.user("late")])
         )
-        other = await workers.new(**options)
         soon = _ids(await _interrupted(other, [run_id]))
         assert soon == [], (
             f"a run whose resume just failed was handed out again at once ({soon}): back off, or a worker "

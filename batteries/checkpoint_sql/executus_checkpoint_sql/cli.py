@@ -3,7 +3,7 @@
 ::
 
     executus recover [--agent AGENT ...] [--json] [-q]     resume every interrupted run, show each one's end
-    executus checkpoints list [--all] [--limit N] [--json] the live runs: running, interrupted or claimed
+    executus checkpoints list [--all] [--limit N] [--json] the live runs: who holds them, what waits and why
     executus db upgrade [NAME ...] [--json]               create or migrate every SQL battery's tables
 
 Every command takes ``-s key=value`` settings like ``executus run`` (``-s checkpoint_sql.url=...``).
@@ -61,9 +61,14 @@ _STATE_COLOUR = {
     "running": "cyan",
     "interrupted": "yellow",
     "claimed": "magenta",
+    "backoff": "blue",
     "completed": "green",
     "failed": "red",
+    "corrupt": "red",
 }
+
+# Runs read to find what to rebuild and what to explain: far more than any one recovery resumes.
+_SCAN_LIMIT = 10_000
 
 
 def _err() -> Console:
@@ -208,9 +213,87 @@ def _results_table(results: list[Result]) -> Table:
     return table
 
 
+def _seconds(value: float | None) -> str:
+    """``42s``, ``3m``, ``2h``: a duration for people."""
+    seconds = max(0.0, value or 0.0)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _rebuild(
+    listings: list[CheckpointListing], given: dict[str, Agent], err: Console
+) -> tuple[dict[str, Agent], set[str]]:
+    """The agents of interrupted runs, rebuilt from where each was loaded (its spec's ``source``),
+    with the model the run used; and the agent ids that could not be rebuilt (for the hint)."""
+    rebuilt: dict[str, Agent] = {}
+    failed: set[str] = set()
+    seen: set[tuple[str, str, str | None]] = set()
+    for listing in listings:
+        subject = listing.subject_id
+        if listing.state != "interrupted" or subject in given or listing.source is None:
+            continue
+        key = (subject, listing.source, listing.model)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            agent = load_agent(listing.source)
+        except Exception as exc:
+            failed.add(subject)
+            err.print(
+                f"[yellow]warning:[/] cannot rebuild agent {escape(subject)!r} of run {escape(listing.run_id[:8])} "
+                f"from {escape(listing.source)}: {escape(str(exc))}; pass --agent with the agent to resume it",
+                highlight=False,
+            )
+            continue
+        if listing.model and agent.model_id != listing.model:
+            agent = agent.model_copy(update={"model": listing.model})
+        if agent.id != subject:
+            agent = agent.model_copy(update={"id": subject})
+        if subject in rebuilt and rebuilt[subject].model_id != agent.model_id:
+            err.print(
+                f"[yellow]warning:[/] runs of agent {escape(subject)!r} used several models; they resume on "
+                f"{escape(rebuilt[subject].model_id)} (pass --agent to choose)",
+                highlight=False,
+            )
+            continue
+        rebuilt[subject] = agent
+    return rebuilt, failed
+
+
+def _explain_nothing(listings: list[CheckpointListing], err: Console) -> None:
+    """Why there was nothing to recover: runs still held by a live lease, waiting, or quarantined."""
+    for x in listings:
+        short = escape(x.run_id[:8])
+        if x.state in ("running", "claimed"):
+            doing = "running it" if x.state == "running" else "about to resume it"
+            err.print(
+                f"  {short} is held by {escape(x.owner or '?')} ({doing}, for {_seconds(x.held_seconds)}); its "
+                f"lease lapses in {_seconds(x.lease_seconds_left)} if that worker is gone: run `executus "
+                "recover` again then",
+                highlight=False,
+            )
+        elif x.state == "backoff":
+            err.print(
+                f"  {short} waits after {_count(x.resume_failures, 'failed resume')} "
+                f"({escape(_short(x.error, 80))}); retried in {_seconds(x.retry_in_seconds)}, or now with "
+                "--agent giving the agent to resume it with",
+                highlight=False,
+            )
+        elif x.state == "corrupt":
+            err.print(
+                f"  {short} is quarantined and will not be resumed: {escape(_short(x.error, 100))}",
+                highlight=False,
+            )
+
+
 async def _recover(
     overrides: Mapping[str, Any], agents: list[Agent], *, as_json: bool, progress: bool, err: Console
 ) -> int:
+    from executus_checkpoint_sql.store import SqlCheckpointStore
     from executus_core.executor import Executor
 
     try:
@@ -218,6 +301,9 @@ async def _recover(
     except (ConfigError, PluginError) as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return EXIT_CANNOT_START
+    given = {a.id: a for a in agents}
+    unbuildable: set[str] = set()
+    listings: list[CheckpointListing] = []
     async with executor:
         if executor.ports.checkpoints is None:
             err.print(
@@ -226,14 +312,30 @@ async def _recover(
                 highlight=False,
             )
             return EXIT_CANNOT_START
+        store = executor.ports.checkpoints[1]
+        sql = store if isinstance(store, SqlCheckpointStore) else None
+        rebuilt: dict[str, Agent] = {}
+        if sql is not None:
+            try:
+                listings = await sql.list_runs(limit=_SCAN_LIMIT)
+            except Exception as exc:
+                err.print(f"[bold red]error:[/] cannot read the checkpoints in {escape(sql.database)}: {exc}")
+                return EXIT_FAILED
+            rebuilt, unbuildable = _rebuild(listings, given, err)
+            # The person gives the agent now: runs of it that wait after a failed resume go now.
+            waiting = [x.run_id for x in listings if x.state == "backoff" and x.subject_id in given]
+            if waiting:
+                await sql.retry_now(waiting)
         show = RecoverProgress(err) if progress else None
         if show is not None:
             show.start()
         try:
-            results = await executor.recover(agents={a.id: a for a in agents}, on_event=show)
+            results = await executor.recover(agents={**rebuilt, **given}, on_event=show)
         finally:
             if show is not None:
                 show.close()
+        if sql is not None and not results:
+            listings = await sql.list_runs(limit=_SCAN_LIMIT)
     if as_json:
         typer.echo(json.dumps({"results": [r.model_dump(mode="json") for r in results]}, indent=2))
     elif results:
@@ -246,6 +348,29 @@ async def _recover(
                 )
     else:
         err.print("no interrupted runs: nothing to recover", highlight=False)
+        _explain_nothing(listings, err)
+    failed = [r for r in results if not r.ok]
+    if failed and not as_json:
+        sources = {x.run_id: x for x in listings}
+        blind = [
+            r.run_id[:8]
+            for r in failed
+            if r.run_id in sources
+            and (sources[r.run_id].source is None or sources[r.run_id].subject_id in unbuildable)
+            and sources[r.run_id].subject_id not in given
+        ]
+        err.print(
+            f"[yellow]{len(failed)} run{'s' * (len(failed) != 1)} did not end ok.[/] A run that could not "
+            "resume here is kept and handed out again after a backoff (`executus checkpoints list` shows "
+            "why and when).",
+            highlight=False,
+        )
+        if blind:
+            err.print(
+                f"  {', '.join(blind)}: the checkpoint does not say where the agent comes from; pass "
+                "--agent FILE.toml or --agent module:attribute with the agent to resume it with",
+                highlight=False,
+            )
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
@@ -256,14 +381,19 @@ def recover_command(
             "--agent",
             "-a",
             help="An agent to resume its runs with (TOML file or module:attribute; repeatable), matched by "
-            "agent id; other runs use the spec saved with their checkpoint, tools by registered name.",
+            "agent id; runs of it waiting after a failed resume are retried now. Other runs are rebuilt "
+            "from where their agent was loaded (saved with the checkpoint), with the model they used.",
         ),
     ] = None,
     setting: SettingOption = None,
     as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
 ) -> None:
-    """Resume every interrupted run from its last checkpoint, and show how each one ended."""
+    """Resume every interrupted run from its last checkpoint, and show how each one ended.
+
+    A run started by ``executus run`` resumes with no flags: its agent is rebuilt from the TOML file or
+    ``module:attribute`` it was loaded from, with the model the run used.
+    """
     err = _err()
     try:
         overrides = parse_settings(setting or [])
@@ -316,6 +446,8 @@ def _lease(listing: CheckpointListing) -> str:
     left = listing.lease_seconds_left
     if listing.status != "live":
         return "—"
+    if listing.state == "backoff":
+        return f"retried in {_seconds(listing.retry_in_seconds)}"
     if left is None:
         return "released"
     return f"lease {left:.0f}s left" if left >= 0 else f"lease lapsed {-left:.0f}s ago"
@@ -329,7 +461,8 @@ def list_command(
     setting: SettingOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """The runs with a checkpoint: running, interrupted (the next recover takes them) or claimed."""
+    """The runs with a checkpoint: running (held by which owner, for how long), claimed, interrupted
+    (the next recover takes them), waiting after a failed resume, or quarantined."""
     store = _store(setting)
     try:
         listings = asyncio.run(_read(store, include_finished=include_finished, limit=limit))
@@ -356,14 +489,19 @@ def list_command(
         state = f"[{colour}]{x.state}[/]"
         if x.status == "live":
             state += f"\n[dim]{_lease(x)}[/]"
+        if x.resume_failures and x.status == "live":
+            state += f"\n[dim]{_count(x.resume_failures, 'failed resume')}[/]"
         if x.error:
             state += f"\n[red]{escape(_short(x.error, 60))}[/]"
+        owner = escape(x.owner or "—")
+        if x.held_seconds is not None:
+            owner += f"\n[dim]held {_seconds(x.held_seconds)}[/]"
         table.add_row(
             escape(short_id(x.run_id)),
             f"{escape(x.name)}\n[dim]{escape(x.caller_id)}[/]",
             state,
             f"{_count(x.steps, 'step')}\n{_count(x.tool_calls, 'tool call')}\n{_count(x.messages, 'message')}",
-            escape(x.owner or "—"),
+            owner,
             _ago(x.updated_at),
         )
     print_table(table, title=f"checkpoints in {store.database}")
@@ -372,6 +510,13 @@ def list_command(
         _err().print(
             f"[yellow]{interrupted} interrupted run{'s' * (interrupted != 1)}[/]: `executus recover` resumes "
             f"{'them' if interrupted != 1 else 'it'}",
+            highlight=False,
+        )
+    corrupt = sum(1 for x in listings if x.state == "corrupt")
+    if corrupt:
+        _err().print(
+            f"[red]{corrupt} quarantined run{'s' * (corrupt != 1)}[/]: {'their' if corrupt != 1 else 'its'} "
+            "checkpoint does not read back (the error says which part); the rows are kept for you to look at",
             highlight=False,
         )
 

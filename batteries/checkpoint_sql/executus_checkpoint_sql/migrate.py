@@ -5,8 +5,9 @@ store's own engine, and the version is kept in this battery's own table,
 ``executus_checkpoint_sql_version``, so a host's Alembic history in the same database is untouched.
 
 Several workers may start at once against one database: on PostgreSQL the upgrade holds a
-transaction-level advisory lock, on SQLite an exclusive lock on a file beside the database, so one
-upgrades and the others then find the tables at head. Within one process, Alembic runs under
+transaction-level advisory lock, on SQLite `executus_core.sql.hold_sqlite_migration_lock` (an
+exclusive lock on a file beside the database, shared with executus-audit-sql), so one upgrades and
+the others then find the tables at head. Within one process, Alembic runs under
 `executus_core.sql.migration_lock`, shared with the other SQL batteries (Alembic's ``op`` and
 ``context`` are module globals, so two migrations at once in one process would collide).
 
@@ -20,11 +21,8 @@ upgrades and the others then find the tables at head. Within one process, Alembi
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import zlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,18 +32,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from executus_checkpoint_sql.engine import create_engine, safe_url, sqlite_path
-from executus_core.sql import hold_migration_lock
+from executus_core.sql import hold_migration_lock, hold_sqlite_migration_lock
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 # Alembic is imported inside the functions that use it: the store imports this module, and a
 # process that only runs agents (its database already at head) should not pay ~200 ms for it.
-
-try:  # POSIX; elsewhere SQLite upgrades are not serialized between processes
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -116,21 +109,6 @@ def _upgrade(connection: Connection, revision: str) -> tuple[str | None, str | N
     return before, _current(connection)
 
 
-@contextlib.asynccontextmanager
-async def _file_lock(path: Path | None) -> AsyncIterator[None]:
-    if path is None or fcntl is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.with_name(path.name + ".upgrade-lock").open("a+b")
-    try:
-        # flock blocks: wait for it in a thread, never on the event loop
-        await asyncio.to_thread(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
-        yield
-    finally:
-        handle.close()  # closing the file releases the lock
-
-
 async def _create_schema(engine: AsyncEngine, db_schema: str) -> None:
     """Create the PostgreSQL schema in a transaction of its own, committed before migrating.
 
@@ -165,7 +143,7 @@ async def upgrade_engine(
     postgres = url.get_backend_name() == "postgresql"
     if postgres and db_schema:
         await _create_schema(engine, db_schema)
-    async with _file_lock(sqlite_path(url)), engine.begin() as conn:
+    async with hold_sqlite_migration_lock(sqlite_path(url)), engine.begin() as conn:
         if postgres:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
         # Alembic's op/context are module globals: hold the process-wide lock every SQL battery

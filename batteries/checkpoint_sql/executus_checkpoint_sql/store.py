@@ -1065,21 +1065,24 @@ class SqlCheckpointStore:
             model=agent.get("model") if isinstance(agent.get("model"), str) else None,
         )
 
-    async def agent_specs(self) -> dict[str, dict[str, Any]]:
-        """The agent spec of every live run, by run id (unreadable ones left out). Reads only."""
+    async def retry_now(self, run_ids: Iterable[str]) -> int:
+        """End the backoff of these live runs (whose last resume failed), so the next
+        ``interrupted()`` hands them out at once; the failures counted so far stay. Returns how many.
+
+        For a person who fixed what made the resume fail (``executus recover --agent`` does this for
+        the runs of the agents it is given).
+        """
+        ids = sorted(set(run_ids))
+        changed = 0
         async with self._transaction() as conn:
-            rows = (
-                await conn.execute(select(RUNS.c.run_id, _text(RUNS.c.agent)).where(RUNS.c.status == LIVE))
-            ).all()
-        specs: dict[str, dict[str, Any]] = {}
-        for run_id, raw in rows:
-            try:
-                spec = _json(raw)
-            except ValueError:
-                continue
-            if isinstance(spec, dict):
-                specs[run_id] = spec
-        return specs
+            for chunk in _chunks(ids):
+                result = await conn.execute(
+                    update(RUNS)
+                    .where(RUNS.c.run_id.in_(chunk), RUNS.c.status == LIVE, RUNS.c.not_before.is_not(None))
+                    .values(not_before=None)
+                )
+                changed += int(result.rowcount)
+        return changed
 
     async def transcript(self, run_id: str) -> list[Message]:
         """The messages saved for ``run_id`` (empty once it completed or failed). Reads only."""

@@ -78,7 +78,6 @@ _FINISH = {
     "content_filter": "content_filter",
 }
 
-_AUTO = b',"tool_choice":"auto"'
 # Body fields executus writes itself; a ModelSettings extra of the same name would clash.
 _RESERVED = frozenset({"model", "messages", "tools", "stream", "stream_options"})
 
@@ -94,14 +93,12 @@ def _settings_bytes(settings: ModelSettings, tools: bool) -> bytes:
 
     With ``tools`` declared, ``tool_choice`` is ``"auto"`` unless the settings choose.
     """
-    extra = settings.__pydantic_extra__
-    if settings.max_tokens is None and settings.temperature is None and not extra:
-        return _AUTO if tools else b""  # the common case, without building a dict every step
     fields: dict[str, Any] = {}
     if settings.max_tokens is not None:
         fields["max_tokens"] = settings.max_tokens
     if settings.temperature is not None:
         fields["temperature"] = settings.temperature
+    extra = settings.__pydantic_extra__
     if extra:
         clash = _RESERVED.intersection(extra)
         if clash:

@@ -8,8 +8,10 @@ in the same database keeps its history apart::
     upgrade("postgresql+psycopg://app@db/app")        # what `executus db upgrade` runs
 
 Migrations use the synchronous driver (psycopg serves both; SQLite has sqlite3). Inside a running
-event loop they run in a worker thread (`ensure_schema`), so the loop never waits on DDL. On
-PostgreSQL an advisory lock makes workers that start together migrate one at a time.
+event loop they run in a worker thread (`ensure_schema`), so the loop never waits on DDL. Workers
+that start together migrate one at a time: on PostgreSQL under an advisory lock, on SQLite under
+`executus_core.sql.sqlite_migration_lock` (a lock file beside the database, the one
+executus-checkpoint-sql takes too).
 
 A maintainer adds a revision with::
 
@@ -37,7 +39,9 @@ from executus_audit_sql.database import make_sync_engine
 from executus_audit_sql.errors import SchemaNotReady
 from executus_audit_sql.schema import VERSION_TABLE
 from executus_audit_sql.settings import async_url, public_url
-from executus_core.sql import migration_lock  # one Alembic at a time in this process, for every battery
+
+# one Alembic at a time in this process, and one migration of a SQLite file at a time between processes
+from executus_core.sql import migration_lock, sqlite_migration_lock
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -150,10 +154,11 @@ def upgrade(
     parsed = async_url(url)
     engine = make_sync_engine(parsed, connect_timeout=connect_timeout, db_schema=db_schema)
     postgres = parsed.get_backend_name() == "postgresql"
+    sqlite_file = parsed.database if parsed.get_backend_name() == "sqlite" else None
     try:
         if postgres and db_schema:
             _create_schema(engine, db_schema)
-        with engine.begin() as connection:
+        with sqlite_migration_lock(sqlite_file), engine.begin() as connection:
             if postgres:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
             with migration_lock():

@@ -24,7 +24,8 @@ PROCESSES = 4
 RUNS_EACH = 4
 
 WORKER = """
-import json, os, sys, time
+import json, logging, os, sys, time
+logging.basicConfig(level=logging.WARNING)
 from pathlib import Path
 from executus_core import Agent, Executor, ModelResponse
 from executus_core.testing import ScriptedModel
@@ -110,6 +111,7 @@ def test_four_workers_starting_together_keep_every_run_in_the_database(tmp_path:
     ]
     done = _together([command] * PROCESSES, start, env)
     run_ids: list[str] = []
+    said = "\n".join(result.stderr for result in done if result.stderr.strip())
     for result in done:
         assert result.returncode == 0, f"exit {result.returncode}\nstderr: {result.stderr}"
         run_ids += json.loads(result.stdout.strip().splitlines()[-1])
@@ -118,7 +120,7 @@ def test_four_workers_starting_together_keep_every_run_in_the_database(tmp_path:
         stored = {row[0] for row in conn.execute("SELECT run_id FROM executus_runs")}
     assert stored == set(run_ids), (
         f"{len(stored)} of {len(run_ids)} runs are in the database; the others were spilled: "
-        f"{sorted(p.name for p in (tmp_path / 'data').rglob('*') if p.is_file())}"
+        f"{sorted(p.name for p in (tmp_path / 'data').rglob('*') if p.is_file())}\nthe workers said:\n{said}"
     )
     spilled = [p for p in (tmp_path / "data").rglob("*") if p.is_file() and "unwritten" in str(p)]
     assert spilled == [], f"rows went to spill files: {spilled}"

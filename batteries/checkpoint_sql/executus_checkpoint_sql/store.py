@@ -294,7 +294,7 @@ class SqlCheckpointer:
         async with self._lock:
             await self.store._finish(self.run_id, self._epoch, FAILED, error)
 
-    async def release(self, error: str | None = None) -> None:
+    async def release(self, error: str | None = None, *, retry_after: float | None = None) -> None:
         """Keep the checkpoint and give up the run at once, so any worker's ``interrupted()`` may
         hand it out.
 
@@ -302,12 +302,13 @@ class SqlCheckpointer:
         cancelled). With ``error``: resuming it failed (``error`` says why, e.g. a tool this worker
         does not have): the error is kept (``executus checkpoints list`` shows it), the run is handed
         out again only after a backoff, and after ``max_resume_attempts`` failures it is marked
-        ``failed``.
+        ``failed``. ``retry_after`` (seconds) holds the run back that long without counting a
+        failure: for a refusal that says when to come back (a budget's ``retry_after``).
         """
         async with self._lock:
             if self._epoch is None:
                 return  # never reached the database: there is nothing to release
-            await self.store._release_run(self.run_id, self._epoch, error)
+            await self.store._release_run(self.run_id, self._epoch, error, retry_after)
 
 
 class SqlCheckpointStore:
@@ -851,7 +852,9 @@ class SqlCheckpointStore:
             )
         )
 
-    async def _release_run(self, run_id: str, epoch: int, error: str | None) -> None:
+    async def _release_run(
+        self, run_id: str, epoch: int, error: str | None, retry_after: float | None = None
+    ) -> None:
         """`SqlCheckpointer.release`: give the run up, counting a failed resume when there is an error."""
         async with self._transaction() as conn:
             row = (
@@ -867,7 +870,11 @@ class SqlCheckpointStore:
                 "epoch": RUNS.c.epoch + 1,
                 "updated_at": utcnow(),
             }
-            if error is not None:
+            if retry_after is not None and retry_after > 0:
+                values["not_before"] = db_epoch(self.dialect) + float(retry_after)
+                if error is not None:
+                    values["error"] = _clip(error)
+            elif error is not None:
                 failures = int(row.resume_failures) + 1
                 if failures >= self.config.max_resume_attempts:
                     await self._give_up(conn, run_id, epoch, failures, error)

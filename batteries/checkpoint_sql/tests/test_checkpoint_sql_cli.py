@@ -160,3 +160,84 @@ def test_checkpoints_list_shows_run_ids_as_long_as_runs_list(backend: Backend) -
     human = executus("checkpoints", "list", "--all", *cli_settings(backend))
     assert human.exit_code == 0, human.output
     assert run_id[:RUN_ID_LENGTH] in human.stdout and run_id not in human.stdout
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+async def _interrupted_cli_run(backend: Backend) -> str:
+    """A run of examples/assistant.toml as `executus run ... --model scripted:...` starts it, left
+    interrupted after its prompt was saved (its worker shut down)."""
+    from executus_core.cli import load_agent
+
+    model = f"scripted:{ROOT / 'examples' / 'assistant.replay.json'}"
+    agent = load_agent(str(ROOT / "examples" / "assistant.toml")).model_copy(update={"model": model})
+    store = backend.store(worker_id="cli-run")
+    info = make_info(caller_id="cli", subject_id=agent.id, name=agent.name)
+    checkpointer = await store.for_run(info, agent)
+    prompt = [Message.system(agent.instructions or ""), Message.user("10 km in miles, and at 6 min/mile?")]
+    await checkpointer.save(CheckpointState(run_id=info.run_id, iteration=0, offset=0, messages=prompt))
+    await store.aclose()  # what the CLI's shutdown does: the run is released for any worker
+    return info.run_id
+
+
+def test_recover_resumes_a_cli_run_with_no_flags_on_the_model_it_used(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found case 8: a TOML agent's run needed --agent (its tools are not registered by name) and lost
+    the model given with --model; the checkpoint now says where the agent came from."""
+    run_id = asyncio.run(_interrupted_cli_run(backend))
+    monkeypatch.chdir(ROOT.parent)  # anywhere: the saved source is an absolute path
+    recovered = executus("recover", "--json", *cli_settings(backend))
+    assert recovered.exit_code == 0, recovered.output
+    (result,) = json.loads(recovered.stdout)["results"]
+    assert (result["run_id"], result["status"]) == (run_id, "ok"), result["error"]
+    # the scripted model given with --model answered (the agent file's "default" tier has no key here)
+    assert result["output"].startswith("10 km is about 6.21 miles")
+    assert [m["name"] for m in result["messages"] if m["role"] == "tool"] == [
+        "convert_units",
+        "calculate",
+        "run_status",
+    ]
+
+
+async def _held_and_waiting(backend: Backend) -> tuple[str, str, str]:
+    agent = Agent(name="explained", model="scripted:none")
+    busy = backend.store(worker_id="busy", lease_seconds=600, heartbeat_seconds=0)
+    held = make_info(0, caller_id="explain")
+    await (await busy.for_run(held, agent)).save(
+        CheckpointState(run_id=held.run_id, iteration=0, offset=0, messages=[Message.user("hi")])
+    )
+    await abandon(busy)  # still held: its lease runs for another ten minutes
+    origin = backend.store(worker_id="origin")
+    waiting = make_info(1, caller_id="explain")
+    await (await origin.for_run(waiting, agent)).save(
+        CheckpointState(run_id=waiting.run_id, iteration=0, offset=0, messages=[Message.user("hi")])
+    )
+    await origin.aclose()
+    resumer = backend.store(worker_id="resumer", resume_backoff_seconds=600)
+    (item,) = [i for i in await resumer.interrupted() if i.info.run_id == waiting.run_id]
+    checkpointer = await resumer.for_run(item.info, agent)
+    await checkpointer.release("agent 'explained' names unknown tool 'calculate'")
+    await resumer.aclose()
+    return held.run_id, waiting.run_id, busy.owner
+
+
+def test_recover_with_nothing_to_do_says_which_runs_are_held_and_which_wait(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found case 8: right after a kill `executus recover` said only "no interrupted runs" while the
+    lease was still alive; now it says who holds the run and when the lease lapses."""
+    held, waiting, owner = asyncio.run(_held_and_waiting(backend))
+    monkeypatch.setenv("COLUMNS", "200")
+    result = executus("recover", *cli_settings(backend))
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert "no interrupted runs: nothing to recover" in said
+    assert f"{held[:8]} is held by {owner}" in said and "its lease lapses in" in said
+    assert f"{waiting[:8]} waits after 1 failed resume" in said and "unknown tool 'calculate'" in said
+    assert "--agent" in said
+
+    listed = " ".join(executus("checkpoints", "list", *cli_settings(backend)).stdout.split())
+    assert "backoff" in listed and "retried in" in listed and "1 failed resume" in listed
+    assert owner in listed and "held" in listed

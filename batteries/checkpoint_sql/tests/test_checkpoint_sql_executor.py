@@ -167,3 +167,40 @@ def test_bad_settings_stop_the_executor_with_a_clear_error(section: dict[str, ob
 def test_disabled_in_its_settings_it_fills_no_port() -> None:
     executor = Executor(settings={"checkpoint_sql": {"enabled": False}}, disable=other_plugins())
     assert executor.ports.checkpoints is None
+
+
+async def test_two_executors_in_one_process_never_resume_each_others_live_runs(backend: Backend) -> None:
+    """Found case 2: two executors in one process shared the default worker id and the module's boot
+    id, so one's recover() handed it the other's live run and charge_card ran twice for one call."""
+    charges: list[str] = []
+    gate = asyncio.Event()
+
+    @tool
+    async def charge_card(order: str) -> str:
+        """Charge the card for an order (once!)."""
+        charges.append(order)
+        await gate.wait()
+        return f"charged {order}"
+
+    model = ScriptedModel(
+        [
+            ModelResponse(tool_calls=[ToolCall(id="c1", name="charge_card", arguments={"order": "42"})]),
+            ModelResponse(text="charged"),
+        ],
+        per_run=True,
+    )
+    agent = Agent(name="shop", model=model, tools=[charge_card])
+    settings = backend.executor_settings()  # both: the default worker_id, <hostname>:<pid>
+    async with (
+        Executor(settings=settings, disable=other_plugins()) as first,
+        Executor(settings=settings, disable=other_plugins()) as second,
+    ):
+        second.register_agent(agent)
+        running = asyncio.ensure_future(first.run(agent, "charge order 42", caller_id="shop"))
+        await eventually(lambda: asyncio.sleep(0, result=charges))
+        async with asyncio.timeout(20):  # before the fix: it resumed the live run, charged again, hung
+            assert await second.recover() == []  # the first executor's run is live: not the second's
+        gate.set()
+        result = await running
+    assert result.status is RunStatus.OK and result.output == "charged", result.error
+    assert charges == ["42"]

@@ -163,16 +163,21 @@ class MemoryCheckpointer:
             saved.state, saved.error, saved.messages = "failed", error, []
             saved.held, saved.epoch = False, saved.epoch + 1
 
-    async def release(self, error: str | None = None) -> None:
+    async def release(self, error: str | None = None, *, retry_after: float | None = None) -> None:
         """Keep the checkpoint and give the run up at once, so any store may hand it out.
 
         With ``error`` (resuming it failed): the error is kept, the run waits out a backoff before
         it is handed out again, and after ``max_resume_attempts`` failures it is marked failed.
+        ``retry_after`` (seconds) holds the run back that long without counting a failure.
         """
         with self.store._lock:
             saved = self._held("release")
             saved.held, saved.claimed, saved.epoch = False, False, saved.epoch + 1
-            if error is not None:
+            if retry_after is not None and retry_after > 0:
+                saved.not_before = self.store.storage.clock() + retry_after
+                if error is not None:
+                    saved.error = error
+            elif error is not None:
                 self.store._failed_resume(saved, error)
 
 

@@ -1006,3 +1006,35 @@ def test_file_delivery_reads_back(tmp_path: Path) -> None:
     result = Result(run_id="x", status="ok", output="hi", stats=RunStats(status="ok"))
     asyncio.run(FileDelivery().deliver(DeliveryTarget(kind="file", path=str(tmp_path)), result))
     assert json.loads((tmp_path / "x" / "result.json").read_text())["output"] == "hi"
+
+
+async def test_memory_store_pauses_a_run_for_approval_and_loads_it_for_another_executor() -> None:
+    from executus_core import Approve, ToolCall, tool
+
+    ledger: list[int] = []
+
+    @tool(requires_approval=True)
+    def pay(amount: int) -> str:
+        """Pay."""
+        ledger.append(amount)
+        return f"paid {amount}"
+
+    model = ScriptedModel(
+        [
+            ModelResponse(tool_calls=[ToolCall(id="p1", name="pay", arguments={"amount": 7})]),
+            ModelResponse(text="ok"),
+        ],
+        per_run=True,
+    )
+    agent = Agent(name="payer", model=model, tools=[pay])
+    store = MemoryCheckpointStore()
+    async with Executor(plugins=[store], entry_points=False) as first:
+        paused = await first.run(agent, "pay", caller_id="u1")
+    assert paused.status.value == "awaiting_approval" and store.runs[paused.run_id].state == "paused"
+    assert await store.peer().interrupted() == []  # waits for a decision, not for recovery
+    async with Executor(plugins=[store.peer()], entry_points=False) as second:
+        second.register_agent(agent)
+        done = await second.resume(paused.run_id, decisions={"p1": Approve()})
+    assert done.status.value == "ok" and ledger == [7], done.error
+    assert store.runs[paused.run_id].state == "completed"
+    assert await store.load(paused.run_id) is None

@@ -62,6 +62,7 @@ _STATE_COLOUR = {
     "interrupted": "yellow",
     "claimed": "magenta",
     "backoff": "blue",
+    "paused": "blue",
     "completed": "green",
     "failed": "red",
     "corrupt": "red",
@@ -281,6 +282,11 @@ def _explain_nothing(listings: list[CheckpointListing], err: Console) -> None:
                 f"  {short} waits after {_count(x.resume_failures, 'failed resume')} "
                 f"({escape(_short(x.error, 80))}); retried in {_seconds(x.retry_in_seconds)}, or now with "
                 "--agent giving the agent to resume it with",
+                highlight=False,
+            )
+        elif x.state == "paused":
+            err.print(
+                f"  {short} waits for approval: the host continues it with Executor.resume",
                 highlight=False,
             )
         elif x.state == "corrupt":

@@ -29,6 +29,7 @@ __all__ = [
     "FAILED",
     "LIVE",
     "MESSAGES_TABLE",
+    "PAUSED",
     "RUNS_TABLE",
     "Base",
     "CheckpointMessage",
@@ -46,6 +47,9 @@ COMPLETED = "completed"
 FAILED = "failed"
 """The run failed for good, ``error`` says why: its messages are gone, except for a run given up
 after ``max_resume_attempts`` failed resumes, whose transcript is kept for a person to look at."""
+PAUSED = "paused"
+"""Waiting for a person's decision (``Checkpointer.pause``): kept, held by nobody, never handed out
+by ``interrupted()``; `Executor.resume` takes it with the store's ``load``."""
 CORRUPT = "corrupt"
 """Quarantined: its saved checkpoint could not be read back (``error`` names what). Never handed out
 again; the rows are kept for a person to look at."""
@@ -74,7 +78,7 @@ class CheckpointRun(Base):
 
     run_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
-    """``live``, ``completed``, ``failed`` or ``corrupt``."""
+    """``live``, ``paused``, ``completed``, ``failed`` or ``corrupt``."""
     info: Mapped[dict[str, Any]] = mapped_column(JsonType)
     """The `RunInfo`, as JSON."""
     agent: Mapped[dict[str, Any]] = mapped_column(JsonType)

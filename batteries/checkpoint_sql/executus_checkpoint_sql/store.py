@@ -67,6 +67,7 @@ from executus_checkpoint_sql.schema import (
     CORRUPT,
     FAILED,
     LIVE,
+    PAUSED,
     CheckpointMessage,
     CheckpointRun,
 )
@@ -79,7 +80,16 @@ from executus_checkpoint_sql.settings import (
 )
 from executus_core.config import Settings, default_data_dir
 from executus_core.errors import ConfigError
-from executus_core.types import Agent, CheckpointState, Interrupted, Message, RunInfo, Usage, utcnow
+from executus_core.types import (
+    Agent,
+    CheckpointState,
+    Interrupted,
+    Message,
+    PendingCall,
+    RunInfo,
+    Usage,
+    utcnow,
+)
 
 __all__ = ["CheckpointListing", "SqlCheckpointStore", "SqlCheckpointer"]
 
@@ -293,6 +303,14 @@ class SqlCheckpointer:
         """The run failed for good: delete its messages and mark it ``failed`` with ``error``."""
         async with self._lock:
             await self.store._finish(self.run_id, self._epoch, FAILED, error)
+
+    async def pause(self, pending: list[PendingCall]) -> None:
+        """The run waits for a person's decision on ``pending``: keep the checkpoint, give up the
+        run, and never hand it to ``interrupted()``; `Executor.resume` takes it with ``load``."""
+        async with self._lock:
+            if self._epoch is None:
+                return  # never reached the database: the executor keeps the paused run itself
+            await self.store._pause_run(self.run_id, self._epoch, len(pending))
 
     async def release(self, error: str | None = None, *, retry_after: float | None = None) -> None:
         """Keep the checkpoint and give up the run at once, so any worker's ``interrupted()`` may
@@ -569,7 +587,7 @@ class SqlCheckpointStore:
         # A new life of an ended run id: a higher epoch, so no checkpointer of its earlier life writes.
         replace["epoch"] = RUNS.c.epoch + 1
         statement = statement.on_conflict_do_update(
-            index_elements=[RUNS.c.run_id], set_=replace, where=RUNS.c.status != LIVE
+            index_elements=[RUNS.c.run_id], set_=replace, where=RUNS.c.status.not_in([LIVE, PAUSED])
         ).returning(RUNS.c.epoch)
         fresh = (await conn.execute(statement)).first()
         if fresh is not None:
@@ -607,12 +625,18 @@ class SqlCheckpointStore:
             return int(resumed.message_count), int(resumed.epoch), attempts
         holder = (
             await conn.execute(
-                select(RUNS.c.owner, (RUNS.c.lease_until - now).label("left")).where(
+                select(RUNS.c.owner, RUNS.c.status, (RUNS.c.lease_until - now).label("left")).where(
                     RUNS.c.run_id == info.run_id
                 )
             )
         ).first()
         owner, left = (holder.owner, holder.left) if holder is not None else (None, None)
+        if holder is not None and holder.status == PAUSED:
+            raise RunTakenOver(
+                f"run {info.run_id} is paused, waiting for approval: continue it with Executor.resume("
+                f"{info.run_id!r}, decisions=...), which takes it from this store with load()",
+                run_id=info.run_id,
+            )
         raise RunTakenOver(
             f"run {info.run_id} is live and held by {owner!r} (its lease runs another {left or 0:.0f}s): "
             "it is not this store's to run; resume interrupted runs with Executor.recover(), and never "
@@ -809,6 +833,99 @@ class SqlCheckpointStore:
             tool_calls=row.tool_calls,
             attempts=attempts,
         )
+
+    async def _pause_run(self, run_id: str, epoch: int, pending: int) -> None:
+        async with self._transaction() as conn:
+            result = await conn.execute(
+                update(RUNS)
+                .where(self._fence(run_id, epoch))
+                .values(
+                    status=PAUSED,
+                    lease_until=None,
+                    claimed_at=None,
+                    not_before=None,
+                    epoch=RUNS.c.epoch + 1,
+                    error=f"waiting for approval of {pending} tool call{'s' * (pending != 1)}",
+                    updated_at=utcnow(),
+                )
+            )
+            if result.rowcount != 1:
+                raise await self._refusal(conn, run_id, epoch, "pause")
+        self._pending_ends.pop(run_id, None)
+
+    async def load(self, run_id: str) -> Interrupted | None:
+        """Claim one run by id for `Executor.resume`: one paused for approval, or one interrupted
+        (its owner is gone). ``None`` when the store holds no such run (it ended, or never was);
+        `RunTakenOver` when a live owner holds it. The claim is like ``interrupted()``'s: resume the
+        run (``for_run``) within ``lease_seconds``. A checkpoint that does not read back is
+        quarantined and ``None`` returned.
+        """
+        self._ensure_heartbeat()
+        now = db_epoch(self.dialect)
+        async with self._transaction() as conn:
+            before = (
+                await conn.execute(
+                    select(
+                        RUNS.c.status,
+                        RUNS.c.owner,
+                        RUNS.c.updated_at,
+                        (RUNS.c.lease_until - now).label("left"),
+                    )
+                    .where(RUNS.c.run_id == run_id)
+                    .with_for_update()
+                )
+            ).first()
+            if before is None or before.status not in (LIVE, PAUSED):
+                return None
+            if before.status == LIVE and before.left is not None and before.left >= 0:
+                raise RunTakenOver(
+                    f"run {run_id} is running, held by {before.owner!r} (its lease runs another "
+                    f"{before.left:.0f}s): it cannot be resumed here now",
+                    run_id=run_id,
+                    owner=before.owner,
+                )
+            row = (
+                await conn.execute(
+                    update(RUNS)
+                    .where(RUNS.c.run_id == run_id, RUNS.c.status.in_([LIVE, PAUSED]))
+                    .values(
+                        status=LIVE,
+                        owner=self.owner,
+                        epoch=RUNS.c.epoch + 1,
+                        lease_until=now + self.lease_seconds,
+                        claimed_at=now,
+                        held_since=now,
+                        not_before=None,
+                        updated_at=utcnow(),
+                    )
+                    .returning(
+                        RUNS.c.run_id,
+                        RUNS.c.epoch,
+                        RUNS.c.iteration,
+                        RUNS.c.tool_calls,
+                        RUNS.c.message_count,
+                        _text(RUNS.c.info),
+                        _text(RUNS.c.agent),
+                        _text(RUNS.c.usage),
+                        _text(RUNS.c.attempts),
+                    )
+                )
+            ).first()
+            if row is None:  # pragma: no cover - the row was locked above
+                return None
+            found = await conn.execute(
+                select(MESSAGES.c.position, _text(MESSAGES.c.message))
+                .where(MESSAGES.c.run_id == run_id)
+                .order_by(MESSAGES.c.position)
+            )
+            try:
+                item = self._interrupted_item(row, [(position, message) for position, message in found])
+            except Exception as exc:
+                await self._quarantine(conn, run_id, row.epoch, exc)
+                return None
+        if before.status == PAUSED:
+            item.paused_at = _utc(before.updated_at)
+        return item
 
     async def _quarantine(self, conn: AsyncConnection, run_id: str, epoch: int, exc: BaseException) -> None:
         reason = f"corrupt checkpoint: {exc}"
@@ -1024,7 +1141,7 @@ class SqlCheckpointStore:
             .limit(limit)
         )
         if not include_finished:
-            query = query.where(RUNS.c.status.in_([LIVE, CORRUPT]))
+            query = query.where(RUNS.c.status.in_([LIVE, PAUSED, CORRUPT]))
         async with self._transaction() as conn:
             rows = (await conn.execute(query)).all()
         return [self._listing(row) for row in rows]

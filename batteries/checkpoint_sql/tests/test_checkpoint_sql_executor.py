@@ -204,3 +204,44 @@ async def test_two_executors_in_one_process_never_resume_each_others_live_runs(b
         result = await running
     assert result.status is RunStatus.OK and result.output == "charged", result.error
     assert charges == ["42"]
+
+
+async def test_a_run_paused_for_approval_is_resumed_by_another_executor_through_the_store(
+    backend: Backend,
+) -> None:
+    """Checkpointer.pause keeps the run out of recover(); the store's load() hands it to
+    Executor.resume in another executor (as another process would be), and the approved call runs once."""
+    from executus_core import Approve
+
+    ledger: list[tuple[str, int]] = []
+
+    @tool(requires_approval=lambda arguments: arguments["amount"] > 100)
+    def transfer(to: str, amount: int) -> str:
+        """Move money."""
+        ledger.append((to, amount))
+        return f"sent {amount} to {to}"
+
+    model = ScriptedModel(
+        [
+            ModelResponse(
+                tool_calls=[ToolCall(id="t1", name="transfer", arguments={"to": "bob", "amount": 500})]
+            ),
+            ModelResponse(text="paid"),
+        ],
+        per_run=True,
+    )
+    agent = Agent(name="payer", model=model, tools=[transfer])
+    settings = backend.executor_settings()
+    async with Executor(settings=settings, disable=other_plugins()) as first:
+        paused = await first.run(agent, "pay bob", caller_id="u1")
+        assert paused.status is RunStatus.AWAITING_APPROVAL, paused.error
+        row = await _store_of(first).run_row(paused.run_id)
+        assert row is not None and row["status"] == "paused" and row["lease_until"] is None
+        assert await first.recover() == []  # a paused run waits for a decision, not for recovery
+    async with Executor(settings=settings, disable=other_plugins()) as second:
+        second.register_agent(agent)
+        done = await second.resume(paused.run_id, decisions={"t1": Approve(by="alice")})
+        assert done.status is RunStatus.OK and done.output == "paid", done.error
+        again = await second.resume(paused.run_id, decisions={"t1": Approve(by="alice")})
+        assert again.status is RunStatus.ERROR and "no paused or interrupted run" in (again.error or "")
+    assert ledger == [("bob", 500)]

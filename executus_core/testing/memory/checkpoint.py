@@ -22,13 +22,23 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 from executus_core.config import Settings
 from executus_core.errors import RunTakenOver
 from executus_core.hookspecs import hookimpl
 from executus_core.ports import CheckpointStore
-from executus_core.types import Agent, CheckpointState, Interrupted, Message, RunInfo, Usage
+from executus_core.types import (
+    Agent,
+    CheckpointState,
+    Interrupted,
+    Message,
+    PendingCall,
+    RunInfo,
+    Usage,
+    utcnow,
+)
 
 __all__ = ["MemoryCheckpointStorage", "MemoryCheckpointStore", "MemoryCheckpointer", "SavedRun"]
 
@@ -39,7 +49,8 @@ log = logging.getLogger("executus.testing")
 class SavedRun:
     """What `MemoryCheckpointStore` keeps for one run.
 
-    ``state`` is ``open`` while the run may still be resumed, then ``completed`` or ``failed``
+    ``state`` is ``open`` while the run may still be resumed (``paused`` while it waits for
+    approval, with ``paused_at``), then ``completed`` or ``failed``
     (the messages are dropped then; ``error`` keeps why it failed; a run given up after too many
     failed resumes keeps them), or ``corrupt`` (quarantined: its checkpoint did not read back).
     ``saves`` counts save calls. ``info`` and ``messages`` are kept as a database would keep them
@@ -69,6 +80,7 @@ class SavedRun:
     not_before: float | None = None
     resume_failures: int = 0
     attempts: dict[str, int] = dataclasses.field(default_factory=dict)
+    paused_at: datetime | None = None
 
 
 class MemoryCheckpointStorage:
@@ -162,6 +174,14 @@ class MemoryCheckpointer:
             saved = self._held("fail")
             saved.state, saved.error, saved.messages = "failed", error, []
             saved.held, saved.epoch = False, saved.epoch + 1
+
+    async def pause(self, pending: list[PendingCall]) -> None:
+        """The run waits for a decision on ``pending``: kept, held by nobody, never handed out by
+        ``interrupted()``; `Executor.resume` takes it with the store's ``load``."""
+        with self.store._lock:
+            saved = self._held("pause")
+            saved.state, saved.held, saved.claimed, saved.epoch = "paused", False, False, saved.epoch + 1
+            saved.paused_at = utcnow()
 
     async def release(self, error: str | None = None, *, retry_after: float | None = None) -> None:
         """Keep the checkpoint and give the run up at once, so any store may hand it out.
@@ -267,6 +287,11 @@ class MemoryCheckpointStore:
         with self._lock:
             saved = self.runs.get(info.run_id)
             now = self.storage.clock()
+            if saved is not None and saved.state == "paused":
+                raise RunTakenOver(
+                    f"run {info.run_id} is paused, waiting for approval: continue it with Executor.resume",
+                    run_id=info.run_id,
+                )
             if saved is None or saved.state != "open":
                 epoch = 1 if saved is None else saved.epoch + 1
                 saved = self.runs[info.run_id] = SavedRun(
@@ -325,6 +350,33 @@ class MemoryCheckpointStore:
                     saved.error = f"corrupt checkpoint: {exc}"
                     log.warning("run %s is quarantined and will not be resumed: %s", run_id, saved.error)
             return found
+
+    async def load(self, run_id: str) -> Interrupted | None:
+        """Claim one run by id for `Executor.resume`: paused for approval, or interrupted (its owner
+        gone). ``None`` when there is no such run; `RunTakenOver` when a live store holds it."""
+        with self._lock:
+            saved = self.runs.get(run_id)
+            if saved is None or saved.state not in ("open", "paused"):
+                return None
+            if saved.state == "open" and not self._lapsed(saved, self.storage.clock()):
+                raise RunTakenOver(
+                    f"run {run_id} is running, held by {saved.owner!r}: it cannot be resumed here now",
+                    run_id=run_id,
+                    owner=saved.owner,
+                )
+            paused_at = saved.paused_at if saved.state == "paused" else None
+            saved.state, saved.owner, saved.held, saved.claimed = "open", self.owner, True, True
+            saved.epoch += 1
+            saved.lease_until = self._lease_end()
+            saved.not_before, saved.paused_at = None, None
+            try:
+                item = _interrupted(run_id, saved)
+            except Exception as exc:
+                saved.state, saved.held, saved.claimed = "corrupt", False, False
+                saved.error = f"corrupt checkpoint: {exc}"
+                return None
+            item.paused_at = paused_at
+            return item
 
     async def release(self, run_ids: Iterable[str] | None = None) -> int:
         """Give up this store's open runs at once (or those of ``run_ids``); returns how many."""

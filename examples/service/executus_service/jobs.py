@@ -43,7 +43,8 @@ log = logging.getLogger("executus_service.jobs")
 RUN_TASK = "executus_service.run_agent"
 """The Procrastinate task name of a run job."""
 
-_FINAL_CHECKPOINT = {"completed", "failed"}
+# The checkpoint statuses of a run that will not go on: ended (any way), failed for good, quarantined.
+_FINAL_CHECKPOINT = {"completed", "failed", "corrupt"}
 
 
 class RunNotFinished(Exception):
@@ -220,10 +221,10 @@ class RunHost:
     async def _already_ended(self, run_id: str, row: Mapping[str, Any]) -> str:
         """The run ended in an earlier job (or on another worker): make sure its end is kept.
 
-        The audit's record says how it ended. A worker killed right after the run ended can leave the
-        audit without its closing write while the checkpoint says ``completed`` (ok) or ``failed``:
-        then the end is taken from the checkpoint, and an ok run's output from its last step in the
-        trail, if the trail has it.
+        The audit's record says how it ended. When the audit has no end (the worker died before its
+        last batch reached the database, and no spill file holds it), the checkpoint says only that
+        the run will not go on: a ``completed`` run whose trail ends with the model's final answer
+        is kept as ``ok`` with that answer; otherwise it is kept as ``error``, saying what is known.
         """
         audit: Any = next(
             (a for _, a in self.executor.ports.audits if callable(getattr(a, "get_run", None))), None
@@ -231,14 +232,20 @@ class RunHost:
         record = await audit.get_run(run_id) if audit is not None else None
         if record is not None and record.status is not None and record.status is not RunStatus.INTERRUPTED:
             status, output, error = record.status.value, record.output, record.error
-        elif row["status"] == "completed":
-            trail = await audit.trail(run_id, kinds=["step"]) if audit is not None else []
-            texts = [entry.text for entry in trail if entry.text]
-            status, output, error = RunStatus.OK.value, (texts[-1] if texts else None), None
-            log.warning("run %s: the audit has no end; the checkpoint says it completed", run_id)
         else:
-            status, output, error = RunStatus.ERROR.value, None, row.get("error")
-            log.warning("run %s: the audit has no end; the checkpoint says it failed: %s", run_id, error)
+            steps = await audit.trail(run_id, kinds=["step"]) if audit is not None else []
+            last = steps[-1] if steps else None
+            answered = last is not None and last.text and not (last.data or {}).get("tool_calls")
+            if row["status"] == "completed" and answered:
+                status, output, error = RunStatus.OK.value, last.text if last else None, None
+            else:
+                status, output = RunStatus.ERROR.value, None
+                error = (
+                    f"the run will not go on (checkpoint: {row['status']}"
+                    + (f", {row.get('error')}" if row.get("error") else "")
+                    + "), and the audit has no record of how it ended"
+                )
+            log.warning("run %s: the audit has no end; kept as %s from the checkpoint", run_id, status)
         await record_end(self.pool, run_id, status, output, error, produced=False)
         return status
 

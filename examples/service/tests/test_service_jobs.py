@@ -131,5 +131,12 @@ async def test_a_run_that_completed_without_its_audit_end_is_kept_as_ended(
             ),
             timeout=30,
         )
-    assert status == "ok"
-    assert await _ended(pool, run_id) == ("ok", None, 0)  # kept by a later job, not by the worker that ran it
+    # Without a trail nothing says it was ok: it is kept as ended, with what is known.
+    assert status == "error"
+    kept = await _ended(pool, run_id)
+    assert kept is not None and kept[0] == "error" and kept[2] == 0  # kept by a later job, not its worker
+    async with pool.connection() as conn:
+        row = await (
+            await conn.execute("SELECT error FROM service_results WHERE run_id = %s", (run_id,))
+        ).fetchone()
+    assert row is not None and "the audit has no record of how it ended" in row[0]

@@ -83,7 +83,7 @@ QUICK = Plan(
     profile_runs=1,
     import_repeats=1,
     case_timeout=60.0,
-    coldstart_rounds=1,
+    coldstart_rounds=0,  # the cold start takes a dozen fresh processes: the full run only
 )
 
 
@@ -380,6 +380,32 @@ def measure_imports(plan: Plan) -> dict[str, Any]:
     return out
 
 
+def measure_budget(timeout: float = 1800.0) -> dict[str, Any]:
+    """``python -m bench.budget`` in a process of its own: a check and a commit per run, on Redis
+    and on the embedded SQLite store (the full run only: it writes keys to the test Redis, under a
+    prefix of its own that it deletes)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="executus-bench-budget-") as tmp:
+        out = Path(tmp) / "budget.json"
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "bench.budget", "--json", str(out)],
+                cwd=ROOT,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout:g}s"}
+        if done.returncode != 0 or not out.exists():
+            tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+            return {"error": f"bench.budget exited {done.returncode}: {tail[0]}"}
+        found: dict[str, Any] = json.loads(out.read_text())
+        found["table"] = done.stdout.decode(errors="replace").strip()
+        return found
+
+
 # --- targets ----------------------------------------------------------------------------------
 
 FAR_BELOW = 1 / 3  # "far below both peers": at most a third of each peer's CPU per step
@@ -505,6 +531,9 @@ def _publish(source: Path, *, plot: bool, update_docs: bool) -> int:
     print(report.text(results))
     if "cases" in results.get("coldstart", {}):
         print("\n" + coldstart.table(results["coldstart"]))
+    if "table" in results.get("budget", {}):
+        print("\n**Budget** (executus-budget-redis, per run; python -m bench.budget):\n")
+        print(results["budget"]["table"])
     if plot:
         _plots(results, source.with_suffix(".svg"), update_docs)
     if update_docs:
@@ -574,13 +603,17 @@ def main(argv: list[str] | None = None) -> int:
             results["profile"] = measure_profile(plan, server.url, client_cpu)
     log("import and build times")
     results["imports"] = measure_imports(plan)
-    log("cold start with the batteries, and without")
     from bench import coldstart
 
-    try:
-        results["coldstart"] = coldstart.measure(plan.coldstart_rounds)
-    except RuntimeError as exc:
-        results["coldstart"] = {"error": str(exc)}
+    if plan.coldstart_rounds:
+        log("cold start with the batteries, and without")
+        try:
+            results["coldstart"] = coldstart.measure(plan.coldstart_rounds)
+        except RuntimeError as exc:
+            results["coldstart"] = {"error": str(exc)}
+    if plan.name == "full":  # --quick stays quick and writes nothing outside bench/results
+        log("budget: a check and a commit per run (bench.budget)")
+        results["budget"] = measure_budget()
     results["targets"] = targets(plan, results["clients"])
     results["seconds"] = time.monotonic() - started
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -591,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report.text(results))
     if "cases" in results.get("coldstart", {}):
         print("\n" + coldstart.table(results["coldstart"]))
+    if "table" in results.get("budget", {}):
+        print("\n**Budget** (executus-budget-redis, per run; python -m bench.budget):\n")
+        print(results["budget"]["table"])
     log(f"wrote {output}")
     if not args.no_plot:
         _plots(results, output.with_suffix(".svg"), args.update_docs)

@@ -21,7 +21,10 @@ the others then find the tables at head. Within one process, Alembic runs under
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import importlib
+import sys
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +41,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 # Alembic is imported inside the functions that use it: the store imports this module, and a
-# process that only runs agents (its database already at head) should not pay ~200 ms for it.
+# command that never touches a checkpoint should not pay ~200 ms for it. The async entry points
+# import it in a worker thread first (`_load_alembic`), so the first run does not stall the loop.
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -125,8 +129,20 @@ async def _create_schema(engine: AsyncEngine, db_schema: str) -> None:
         pass
 
 
+def _import_alembic() -> None:
+    for module in ("alembic.command", "alembic.config", "alembic.runtime.migration", "alembic.script"):
+        importlib.import_module(module)
+
+
+async def _load_alembic() -> None:
+    """Import Alembic in a worker thread, once: imported on the event loop it would stall every run."""
+    if "alembic.script" not in sys.modules:
+        await asyncio.to_thread(_import_alembic)
+
+
 async def current_revision(engine: AsyncEngine) -> str | None:
     """The revision the database's checkpoint tables are at (``None``: no tables yet)."""
+    await _load_alembic()
     async with engine.connect() as conn:
         return await conn.run_sync(_current)
 
@@ -139,6 +155,7 @@ async def upgrade_engine(
     With ``db_schema`` (PostgreSQL), the schema is created first if it does not exist; the engine's
     connections must have it on their ``search_path`` (`create_engine` does that).
     """
+    await _load_alembic()
     url = engine.url
     postgres = url.get_backend_name() == "postgresql"
     if postgres and db_schema:

@@ -52,3 +52,20 @@ def test_alembic_is_imported_only_when_a_migration_runs(code: str, tmp_path) -> 
 def test_the_package_still_offers_its_names(tmp_path) -> None:
     code = "import executus_checkpoint_sql as c; assert c.VERSION_TABLE and c.SqlCheckpointStore and c.RunTakenOver"
     assert _imported_after(code, [], tmp_path) == []
+
+
+def test_the_first_migration_imports_alembic_off_the_event_loop(tmp_path) -> None:
+    # An import hook notes the thread that first imports alembic: on the loop's thread, its import
+    # would stall every run of the process.
+    code = (
+        "import asyncio, sys, threading\n"
+        "seen = []\n"
+        "class Watch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'alembic': seen.append(threading.current_thread() is threading.main_thread())\n"
+        "sys.meta_path.insert(0, Watch())\n"
+        "from executus_checkpoint_sql.migrate import upgrade_url\n"
+        f"asyncio.run(upgrade_url('sqlite+aiosqlite:///{tmp_path}/c.db'))\n"
+        "assert seen == [False], seen\n"
+    )
+    assert _imported_after(code, ["alembic"], tmp_path) == ["alembic"]

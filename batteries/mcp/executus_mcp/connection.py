@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import importlib
 import logging
 import math
 import os
@@ -322,6 +323,17 @@ class _Session:
             log.debug("MCP server %r: the tool-list subscription ended: %r", self.conn.name, exc)
 
 
+def _import_sdk() -> None:
+    for module in (
+        "mcp",
+        "mcp.client.stdio",
+        "mcp.client.streamable_http",
+        "mcp.shared.exceptions",
+        "mcp_types",
+    ):
+        importlib.import_module(module)
+
+
 def _session_unknown(exc: MCPError) -> bool:
     """The server answered HTTP 404 to our session id: it restarted, or expired the session, and did
     not run the request (the SDK's stand-in is INVALID_REQUEST "Session terminated"; servers that
@@ -415,6 +427,10 @@ class ServerConnection:
         Raises:
             McpServerUnavailable: the server could not start, or not within the limit.
         """
+        if "mcp.client.streamable_http" not in sys.modules:
+            # The SDK's first import takes ~1 s on a loaded machine: in a thread, so that neither the
+            # other runs' loop nor this server's connect_timeout pays for it.
+            await asyncio.to_thread(_import_sdk)
         wait = self.connect_timeout if limit is None else min(limit, self.connect_timeout)
         for _ in range(2):  # a session that ends as soon as it is ready gets one more start, no more
             if self._closed:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import inspect
 import logging
 import types
 import uuid
@@ -405,35 +407,68 @@ class Executor:
             return []
         name, store = self.ports.checkpoints
         label = f"checkpoint {name!r}: interrupted"
-        found = await guarded(label, store.interrupted, timeout=self.settings.core.port_timeout)
-        if isinstance(found, Failure):
-            return [_recover_failed(f"{found}; nothing was resumed")]
-        if found is None:
-            found = []
-        if not isinstance(found, list | tuple):
-            return [_recover_failed(f"{label} returned {type(found).__name__}, not a list of Interrupted")]
-        items: list[Interrupted] = []
-        failed: list[Result] = []
-        for raw in found:
-            try:
-                item = raw if isinstance(raw, Interrupted) else Interrupted.model_validate(raw)
-            except Exception:
-                failed.append(_recover_failed(f"{label} listed {type(raw).__name__}, not an Interrupted run"))
-                continue
-            if item.info.run_id in self._runs:
-                log.warning(
-                    "recover: run %s is running in this executor; not resumed twice", item.info.run_id
-                )
-                continue
-            items.append(item)
+        limit = self.settings.core.recovery_concurrency
+        # A store that takes a limit is asked for a batch at a time: claims it hands out are not
+        # renewed, so claiming everything at once would let the last ones lapse while they wait.
+        batched = "limit" in _parameter_names(store.interrupted)
         known = {a.id: a for a in self._agents.values()} | dict(agents or {})
-        slots = asyncio.Semaphore(self.settings.core.recovery_concurrency)
+        results: list[Result] = []
+        seen: set[str] = set()
+        slots = asyncio.Semaphore(limit)
 
         async def resume(item: Interrupted) -> Result:
             async with slots:
                 return await self._resume(item, known, on_event)
 
-        return failed + list(await asyncio.gather(*(resume(item) for item in items)))
+        while True:
+            ask: Any = functools.partial(store.interrupted, limit=limit) if batched else store.interrupted  # type: ignore[call-arg]
+            found = await guarded(label, ask, timeout=self.settings.core.port_timeout)
+            if isinstance(found, Failure):
+                return [*results, _recover_failed(f"{found}; nothing more was resumed")]
+            if found is None:
+                found = []
+            if not isinstance(found, list | tuple):
+                return [
+                    *results,
+                    _recover_failed(f"{label} returned {type(found).__name__}, not a list of Interrupted"),
+                ]
+            items: list[Interrupted] = []
+            for raw in found:
+                try:
+                    item = raw if isinstance(raw, Interrupted) else Interrupted.model_validate(raw)
+                except Exception:
+                    results.append(
+                        _recover_failed(f"{label} listed {type(raw).__name__}, not an Interrupted run")
+                    )
+                    continue
+                if item.info.run_id in self._runs:
+                    log.warning(
+                        "recover: run %s is running in this executor; not resumed twice", item.info.run_id
+                    )
+                    continue
+                if item.info.run_id in seen:
+                    # resumed once in this call and given back since: let it go for the next recover()
+                    await self._unclaim(item)
+                    continue
+                seen.add(item.info.run_id)
+                items.append(item)
+            results += await asyncio.gather(*(resume(item) for item in items))
+            if not batched or not items or len(found) < limit:
+                return results
+
+    async def _unclaim(self, item: Interrupted) -> None:
+        """Give back a run `interrupted()` handed out that this call will not resume."""
+        assert self.ports.checkpoints is not None
+        name, store = self.ports.checkpoints
+        try:
+            agent = Agent.model_validate(item.agent)
+        except Exception:
+            agent = Agent(name=item.info.name, id=item.info.subject_id)
+        timeout = self.settings.core.port_timeout
+        cp = await guarded(f"checkpoint {name!r}: for_run", store.for_run, item.info, agent, timeout=timeout)
+        release = getattr(cp, "release", None)
+        if not isinstance(cp, Failure) and callable(release):
+            await guarded(f"checkpoint {name!r}: release", release, timeout=timeout)
 
     async def _resume(
         self,
@@ -570,6 +605,13 @@ class Executor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _parameter_names(fn: Any) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
 
 
 def _recover_failed(message: str) -> Result:

@@ -231,11 +231,18 @@ class RunPorts:
             return
         self.checkpointer_name, store = self.ex.ports.checkpoints
         label = f"checkpoint {self.checkpointer_name!r}: for_run"
-        self.checkpointer = await self._made(label, Checkpointer, store.for_run, info, agent)
+        made = await guarded(label, store.for_run, info, agent, timeout=self.timeout)
+        if isinstance(made, Failure) and isinstance(made.error, RunTakenOver):
+            # another live owner holds this run id: this worker must not run it at all
+            self.taken_over = made.error
+            raise made.error
+        self.checkpointer = self._check_made(label, Checkpointer, made)
 
     async def _made(self, label: str, protocol: Any, fn: Callable[..., Any], *args: Any) -> Any:
         """A per-run object a port makes (a recorder, a handle, a checkpointer), or None with a warning."""
-        made = await guarded(label, fn, *args, timeout=self.timeout)
+        return self._check_made(label, protocol, await guarded(label, fn, *args, timeout=self.timeout))
+
+    def _check_made(self, label: str, protocol: Any, made: Any) -> Any:
         if isinstance(made, Failure):
             self.warn(str(made))
             return None
@@ -260,14 +267,14 @@ class RunPorts:
 
     # -- checkpoints ---------------------------------------------------------------------------
 
-    async def checkpoint(self, method: str, *args: Any) -> bool:
+    async def checkpoint(self, method: str, *args: Any, **kwargs: Any) -> bool:
         """Call a checkpointer method; True when it answered. Raises `RunTakenOver` when it says so."""
         assert self.checkpointer is not None
         if self.taken_over is not None:
             raise self.taken_over
         label = f"checkpoint {self.checkpointer_name!r}: {method}"
         fn = getattr(self.checkpointer, method)
-        value = await guarded(label, fn, *args, timeout=self.timeout)
+        value = await guarded(label, fn, *args, timeout=self.timeout, **kwargs)
         if isinstance(value, Failure):
             if isinstance(value.error, RunTakenOver):
                 self.taken_over = value.error
@@ -284,11 +291,34 @@ class RunPorts:
 
     # -- the end -------------------------------------------------------------------------------
 
-    async def finish(self, stats: RunStats, pending: list[PendingCall] | None = None) -> None:
-        """Close the recorders, commit the budgets, end the checkpoint and stop the critic.
+    async def end_checkpoint(
+        self, status: RunStatus, error: str | None, pending: list[PendingCall] | None = None
+    ) -> bool:
+        """Complete, fail, pause or release the run's checkpoint; True when the store said the run
+        was taken over (then it is another worker's: nothing more is written, nothing delivered)."""
+        if self.checkpointer is None or self.taken_over is not None:
+            return self.taken_over is not None
+        try:
+            if status is RunStatus.OK:
+                await self.checkpoint("complete")
+            elif status is RunStatus.AWAITING_APPROVAL and callable(
+                getattr(self.checkpointer, "pause", None)
+            ):
+                # kept until a decision comes; a store that knows pauses never hands it to recover()
+                await self.checkpoint("pause", list(pending or []))
+            elif status not in (RunStatus.INTERRUPTED, RunStatus.AWAITING_APPROVAL):
+                await self.checkpoint("fail", error or status.value)
+            elif callable(getattr(self.checkpointer, "release", None)):
+                # kept for recovery, and let go now, so another worker need not wait for a lease
+                await self.checkpoint("release")
+        except RunTakenOver:
+            return True
+        return False
 
-        Each step is bounded and none can raise. A run taken over by another worker writes no
-        more to its checkpoint: it is the other worker's now.
+    async def finish(self, stats: RunStats) -> None:
+        """Close the recorders, commit the budgets and stop the critic (after `end_checkpoint`).
+
+        Each step is bounded and none can raise.
         """
         if stats.error and self.recorders:
             for link in self.recorders:
@@ -298,21 +328,5 @@ class RunPorts:
         for link in self.recorders:
             await self.call(f"audit {link.name!r}: close", link.recorder.close, stats)
         await self.commit(stats.runtime_seconds, stats.usage)
-        if self.checkpointer is not None and self.taken_over is None:
-            try:
-                if stats.status is RunStatus.OK:
-                    await self.checkpoint("complete")
-                elif stats.status is RunStatus.AWAITING_APPROVAL and callable(
-                    getattr(self.checkpointer, "pause", None)
-                ):
-                    # kept until a decision comes; a store that knows pauses never hands it to recover()
-                    await self.checkpoint("pause", list(pending or []))
-                elif stats.status not in (RunStatus.INTERRUPTED, RunStatus.AWAITING_APPROVAL):
-                    await self.checkpoint("fail", stats.error or stats.status.value)
-                elif callable(getattr(self.checkpointer, "release", None)):
-                    # kept for recovery, and let go now, so another worker need not wait for a lease
-                    await self.checkpoint("release")
-            except RunTakenOver:
-                pass
         if self.critic is not None:
             self.critic_call("stop")

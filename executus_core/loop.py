@@ -190,13 +190,18 @@ class AgentRun:
             return self._dry_run_result()
         if request.resume is not None:
             # a resumed run holds its claim through its checkpointer: get it first, to give it back
-            await self.ports.open_checkpointer(plan.info, plan.agent)
+            try:
+                await self.ports.open_checkpointer(plan.info, plan.agent)
+            except RunTakenOver as taken:
+                self._end(RunStatus.INTERRUPTED, _taken_message(taken, "before it resumed"))
+                return self._result()
         refusal = await self.ports.admit()
         if refusal is not None:
             self._end(refusal.status, refusal.error)
             self.retry_after = refusal.retry_after
             if request.resume is not None:
-                await self._release()  # kept for later: a refusal is not the run's failure
+                # kept for later, not before the budget may allow it: a refusal is not a failure
+                await self._release(refusal.error, retry_after=refusal.retry_after)
             return await self._deliver_early()
         if ex._closed:
             # shutdown() began while the budgets were asked: charge them, start nothing.
@@ -212,7 +217,8 @@ class AgentRun:
                 "run.start",
                 {
                     "agent": plan.agent.name,
-                    "model": plan.agent.model_id,
+                    "model": self._resolved_model_id(),
+                    "tier": plan.agent.model_id if plan.agent.model_id in self.settings.models else None,
                     "caller_id": plan.info.caller_id,
                     "resumed": request.resume is not None,
                     "prompt": request.prompt if request.resume is None else None,
@@ -230,8 +236,7 @@ class AgentRun:
         except RunTakenOver as taken:
             self._end(
                 RunStatus.INTERRUPTED,
-                f"the run was taken over by another worker{f' ({taken.owner})' if taken.owner else ''}: "
-                f"{taken}; this worker stopped it before any further model call, tool or delivery",
+                _taken_message(taken, "before any further model call, tool or delivery"),
             )
         except Exception as exc:
             self._end(RunStatus.ERROR, f"internal error in executus during {self.phase}: {describe(exc)}")
@@ -261,15 +266,21 @@ class AgentRun:
             return "cancelled by Executor.cancel()"
         return "the executor shut down; the checkpoint is kept for Executor.recover()"
 
-    async def _release(self, error: str | None = None) -> None:
-        """Give a resumed run's claim back, keeping its checkpoint (with why, where the store can)."""
+    async def _release(self, error: str | None = None, *, retry_after: float | None = None) -> None:
+        """Give a resumed run's claim back, keeping its checkpoint (with why, where the store can).
+
+        With ``retry_after`` (a budget's refusal) the store holds the run back that long without
+        counting a failed resume, where its ``release`` takes ``retry_after``.
+        """
         cp = self.ports.checkpointer
         release = getattr(cp, "release", None)
         if not callable(release):
             return
-        args = (error,) if error is not None and _takes_error(release) else ()
+        accepted = _parameters(release)
+        args = (error,) if error is not None and accepted else ()
+        kwargs = {"retry_after": retry_after} if retry_after is not None and "retry_after" in accepted else {}
         with contextlib.suppress(RunTakenOver):
-            await self.ports.checkpoint("release", *args)
+            await self.ports.checkpoint("release", *args, **kwargs)
 
     async def _give_back(self, error: str) -> None:
         """A resumed run that could not even be prepared: release its claim, saying why."""
@@ -279,8 +290,9 @@ class AgentRun:
             agent = Agent.model_validate(resume.agent)
         except Exception:
             agent = Agent(name=resume.info.name, id=resume.info.subject_id)
-        await self.ports.open_checkpointer(resume.info, agent)
-        await self._release(f"the resume failed: {error}")
+        with contextlib.suppress(RunTakenOver):  # another worker has it: nothing to give back
+            await self.ports.open_checkpointer(resume.info, agent)
+            await self._release(f"the resume failed: {error}")
 
     # -- events --------------------------------------------------------------------------------
 
@@ -526,6 +538,18 @@ class AgentRun:
             if message.role == "assistant" and message.content:
                 return message.content
         return None
+
+    def _resolved_model_id(self) -> str:
+        """The model id a tier stands for (``openai:gpt-4o-mini`` for ``default``), else the id."""
+        model_id = self._model_id()
+        try:
+            return (
+                self.ex.models.resolve_id(model_id)
+                if isinstance(self.agent and self.agent.model, str)
+                else model_id
+            )
+        except Exception:
+            return model_id
 
     def _model_id(self) -> str:
         return self.agent.model_id if self.agent is not None else "?"
@@ -890,8 +914,17 @@ class AgentRun:
         )
 
     async def _finish(self) -> Result:
-        """Close, commit, complete or fail, stop, deliver: each step bounded, none can raise."""
+        """End the checkpoint, close, commit, stop, deliver: each step bounded, none can raise."""
         self.phase = "finishing"
+        if (
+            await self.ports.end_checkpoint(self.status, self.error, self.pending)
+            and self.status not in _NOT_DELIVERED
+        ):
+            self._end(
+                RunStatus.INTERRUPTED,
+                f"the run was taken over by another worker as it ended ({self.status.value} here); this "
+                "worker neither completed nor delivered it",
+            )
         stats = self._stats()
         self.emit(
             "run.end",
@@ -902,7 +935,7 @@ class AgentRun:
                 "tool_calls": stats.tool_calls,
             },
         )
-        await self.ports.finish(stats, self.pending)
+        await self.ports.finish(stats)
         result = self._result(stats)
         if self.status is RunStatus.AWAITING_APPROVAL:
             # kept here too, for Executor.resume in this process (the store, if it can load(), wins)
@@ -980,8 +1013,14 @@ class AgentRun:
         return result
 
 
-def _takes_error(release: Any) -> bool:
+def _taken_message(taken: RunTakenOver, when: str) -> str:
+    owner = f" ({taken.owner})" if taken.owner else ""
+    return f"the run was taken over by another worker{owner}: {taken}; this worker stopped it {when}"
+
+
+def _parameters(fn: Any) -> frozenset[str]:
+    """The parameter names ``fn`` accepts (empty when it cannot be inspected)."""
     try:
-        return len(inspect.signature(release).parameters) >= 1
+        return frozenset(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
-        return False
+        return frozenset()

@@ -54,9 +54,10 @@ SUBMIT_SECONDS = 24.0
 END_TIMEOUT = 100.0
 
 KNOWN_GAPS = (
-    "issue 15: on main (2026-11-30 06:20) a worker paused past its lease can still finish a run another "
-    "worker took over (the run ends twice, with stray tool calls), and a worker killed before the audit "
-    "wrote its last batch leaves steps and tool results missing from the trail; remove this mark when it passes"
+    "issue 15: on main (2026-11-30 06:50) a worker paused past its lease can still finish a run another "
+    "worker took over (the run ends twice, completed and stray tool calls run again), attempt numbers do "
+    "not always count up, and a worker killed before the audit wrote its last batch leaves steps missing "
+    "from the trail; remove this mark when it passes"
 )
 
 

@@ -54,10 +54,9 @@ SUBMIT_SECONDS = 24.0
 END_TIMEOUT = 100.0
 
 KNOWN_GAPS = (
-    "issue 15: on main (2026-11-30 06:50) a worker paused past its lease can still finish a run another "
-    "worker took over (the run ends twice, completed and stray tool calls run again), attempt numbers do "
-    "not always count up, and a worker killed before the audit wrote its last batch leaves steps missing "
-    "from the trail; remove this mark when it passes"
+    "issue 15: on main (2026-11-30 06:54) a worker killed before the audit wrote its last batch leaves "
+    "steps and tool results missing from the trail, a call whose result the audit recorded can run again, "
+    "and budgets charge less than the runs record (killed attempts' tokens); remove this mark when it passes"
 )
 
 

@@ -229,3 +229,18 @@ def test_register_tools_hands_plugins_the_settings() -> None:
 
     ex = Executor(entry_points=False, plugins=[Reads()], settings={"max_steps": 3})
     assert got and got[0] is ex.settings
+
+
+REPLAY = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "assistant.replay.json")
+
+
+async def test_run_start_names_the_prompt_the_resolved_model_and_the_tier() -> None:
+    from executus_core import Agent, Executor, RunEvent
+
+    replay = REPLAY
+    events: list[RunEvent] = []
+    async with Executor(entry_points=False, settings={"models": {"fast": f"scripted:{replay}"}}) as ex:
+        await ex.run(Agent(name="a", model="fast"), "What is 2 + 40?", caller_id="u1", on_event=events.append)
+    start = next(e for e in events if e.type == "run.start")
+    assert start.data["prompt"] == "What is 2 + 40?"
+    assert start.data["model"] == f"scripted:{replay}" and start.data["tier"] == "fast"

@@ -32,6 +32,8 @@ The reason is required; a marker on a block that could run is a bug to fix, not 
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import re
@@ -39,6 +41,7 @@ import subprocess
 import sys
 import threading
 import tomllib
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -336,9 +339,40 @@ def reader_env(tmp_path: Path, model: DocsModel) -> dict[str, str]:
         NO_COLOR="1",
         # the services the pages use, as a reader's own (CI has them; tests elsewhere skip without)
         REDIS_URL=os.environ.get("EXECUTUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        DATABASE_URL=os.environ.get("EXECUTUS_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test"),
+        DATABASE_URL=_fresh_database(),
     )
     return env
+
+
+_DATABASE: list[str] = []
+
+
+def _fresh_database() -> str:
+    """A PostgreSQL database of this test run's own (created once, dropped at exit), so what a page
+    creates never meets what another branch's migrations left in the shared ``test`` database."""
+    base = os.environ.get("EXECUTUS_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+    if _DATABASE:
+        return _DATABASE[0]
+    try:
+        import psycopg
+
+        name = f"executus_docs_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except Exception:
+        return base  # no server: the page's own skip/fail rules apply, as for any reader
+    url = base.rsplit("/", 1)[0] + "/" + name
+
+    def drop() -> None:
+        with (
+            contextlib.suppress(Exception),
+            psycopg.connect(base, autocommit=True, connect_timeout=5) as conn,
+        ):
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    atexit.register(drop)
+    _DATABASE.append(url)
+    return url
 
 
 def _skip_if_marked(block: Block) -> None:

@@ -15,11 +15,14 @@ checks (after LangGraph's checkpoint-conformance ``write_ownership`` module) mak
   never a run it holds itself;
 - a claim that is never resumed lapses, and the run is handed out again;
 - a resume released with an error backs off, and a run that keeps failing is given up;
-- a corrupt checkpoint is quarantined and the healthy ones are still handed out.
+- a corrupt checkpoint is quarantined and the healthy ones are still handed out;
+- a run paused for approval is kept but never handed out by ``interrupted()``; ``load(run_id)``
+  claims it (or an interrupted run) for `Executor.resume`, with ``paused_at``, once.
 
 Optional capabilities are detected, as LangGraph's suite detects an overridden method: a
-``Checkpointer.release(error=None)`` method (``release``) and ``interrupted(limit=...)``
-(``limit``). A check of a capability the store lacks is skipped, naming it; a store that has it
+``Checkpointer.release(error=None)`` method (``release``), ``interrupted(limit=...)``
+(``limit``), and ``Checkpointer.pause(pending)`` with ``CheckpointStore.load(run_id)``
+(``pause``). A check of a capability the store lacks is skipped, naming it; a store that has it
 must pass it.
 """
 
@@ -37,7 +40,17 @@ from typing import Any
 from executus_core.errors import RunTakenOver
 from executus_core.ports import Checkpointer, CheckpointStore
 from executus_core.testing.conformance._harness import LoopLag, call, make_info, maybe_await, run_check
-from executus_core.types import Agent, CheckpointState, Interrupted, Message, RunInfo, ToolCall, Usage, utcnow
+from executus_core.types import (
+    Agent,
+    CheckpointState,
+    Interrupted,
+    Message,
+    PendingCall,
+    RunInfo,
+    ToolCall,
+    Usage,
+    utcnow,
+)
 
 __all__ = [
     "CHECKPOINT_CHECKS",
@@ -58,6 +71,7 @@ __all__ = [
     "check_checkpoint_keeps_tool_call_attempts",
     "check_checkpoint_lists_oldest_first",
     "check_checkpoint_never_blocks_the_loop",
+    "check_checkpoint_paused_run_waits_for_load",
     "check_checkpoint_quarantines_a_corrupt_checkpoint",
     "check_checkpoint_release_with_error_backs_off",
     "check_checkpoint_resumed_run_continues",
@@ -173,9 +187,12 @@ async def _lapse(seconds: float = LEASE) -> None:
 
 
 def capabilities(store: Any, checkpointer: Any = None) -> frozenset[str]:
-    """The optional capabilities a store has: ``release`` (``Checkpointer.release(error=None)``) and
-    ``limit`` (``interrupted(limit=...)``)."""
+    """The optional capabilities a store has: ``release`` (``Checkpointer.release(error=None)``),
+    ``limit`` (``interrupted(limit=...)``) and ``pause`` (``Checkpointer.pause(pending)`` and
+    ``CheckpointStore.load(run_id)``, for runs that wait for approval)."""
     found = set()
+    if callable(getattr(checkpointer, "pause", None)) and callable(getattr(store, "load", None)):
+        found.add("pause")
     release = getattr(checkpointer, "release", None)
     if callable(release):
         with contextlib.suppress(TypeError, ValueError):
@@ -855,6 +872,86 @@ async def check_checkpoint_quarantines_a_corrupt_checkpoint(
         assert later == [], f"quarantined runs were handed out later: {later}"
 
 
+async def check_checkpoint_paused_run_waits_for_load(factory: Any) -> None:
+    """A run paused for approval (capability ``pause``) is kept and given up, but never handed out
+    by ``interrupted()``, even long after its lease; ``load(run_id)`` claims it with its transcript,
+    its attempts and ``paused_at``, once (a second worker's ``load`` is refused while the first
+    holds it); the loader resumes it with ``for_run``. ``load`` also claims an interrupted run
+    (without ``paused_at``), refuses a run a live worker holds, and returns ``None`` for a run it
+    does not hold or that ended."""
+    async with _workers(factory) as workers:
+        info = make_info(caller_id="pause-caller")
+        run_id = info.run_id
+        writer = await workers.dead()
+        checkpointer = await _checkpointer(writer, info)
+        if "pause" not in capabilities(writer, checkpointer):
+            _skip("pause", "its Checkpointer has no pause(pending) or the store no load(run_id)")
+        load: Callable[..., Any] = getattr(writer, "load")  # noqa: B009 - not on the Protocol
+        pause: Callable[..., Any] = getattr(checkpointer, "pause")  # noqa: B009
+        waiting = ToolCall(id="call-9", name="transfer", arguments={"to": "bob", "amount": 500})
+        transcript = [*TRANSCRIPT[:2], Message.assistant(None, [waiting])]
+        before = utcnow()
+        await _save(checkpointer, run_id, 0, transcript, iteration=1, attempts={"call-9": 0})
+        pending = [PendingCall(call_id="call-9", tool="transfer", arguments=dict(waiting.arguments))]
+        assert await call("Checkpointer.pause", pause, pending) is None
+        await _refused(
+            "a save after pause", run_id, checkpointer.save, _state(run_id, 3, [Message.user("late")])
+        )
+        await _lapse()
+        others = await _interrupted(await workers.new(), [run_id])
+        assert others == [], (
+            "interrupted() handed out a run paused for approval: it waits for Executor.resume "
+            "(load), not for recover(), which would pause it again at once"
+        )
+        assert await call("CheckpointStore.load", load, f"no-such-run-{run_id}") is None, (
+            "load() of a run id the store never saw must return None"
+        )
+        loader = await workers.new()
+        item = await call("CheckpointStore.load", getattr(loader, "load"), run_id)  # noqa: B009
+        assert isinstance(item, Interrupted), f"load() of a paused run returned {item!r}, not an Interrupted"
+        assert _dumps(item.messages) == _dumps(transcript), f"load() lost the transcript: {_texts(item)}"
+        assert item.attempts.get("call-9") == 0, (
+            f"load() must hand back the saved attempts (the waiting call never started: 0); got {item.attempts}"
+        )
+        assert item.iteration == 1 and item.info.run_id == run_id
+        assert item.paused_at is not None, "load() of a paused run must say since when it waits (paused_at)"
+        paused_at = item.paused_at if item.paused_at.tzinfo else item.paused_at.replace(tzinfo=before.tzinfo)
+        assert before - timedelta(seconds=5) <= paused_at <= utcnow() + timedelta(seconds=5), (
+            f"paused_at {item.paused_at} is not when the run paused (about {before})"
+        )
+        rival = await workers.new()
+        try:
+            again = await maybe_await(getattr(rival, "load")(run_id))  # noqa: B009
+        except RunTakenOver:
+            again = None
+        assert again is None, "a paused run was loaded twice: once loaded, it is the loader's"
+        resumed = await _checkpointer(loader, item.info)
+        await _save(
+            resumed, run_id, 3, [Message.tool("call-9", "sent 500 to bob", name="transfer")], iteration=1
+        )
+        await _refused(
+            "load() of a run another worker runs",
+            run_id,
+            getattr(rival, "load"),  # noqa: B009
+            run_id,
+        )
+        assert await call("Checkpointer.complete", resumed.complete) is None
+        assert await call("CheckpointStore.load", getattr(rival, "load"), run_id) is None, (  # noqa: B009
+            "load() of a completed run must return None"
+        )
+
+        lost = make_info(1, caller_id="pause-caller")
+        await _interrupt(workers, [lost], [TRANSCRIPT[:2]])
+        found = await call("CheckpointStore.load", getattr(rival, "load"), lost.run_id)  # noqa: B009
+        assert isinstance(found, Interrupted) and _dumps(found.messages) == _dumps(TRANSCRIPT[:2]), (
+            f"load() of an interrupted run (its lease lapsed) must claim it with its transcript; got {found!r}"
+        )
+        assert found.paused_at is None, "an interrupted run never paused: paused_at must be None"
+        assert not await _interrupted(await workers.new(), [lost.run_id]), (
+            "a run claimed by load() was handed out again by interrupted()"
+        )
+
+
 CHECKPOINT_OWNERSHIP_CHECKS: tuple[Callable[..., Awaitable[None]], ...] = (
     check_checkpoint_a_stale_writer_is_refused,
     check_checkpoint_a_takeover_is_seen,
@@ -878,6 +975,7 @@ CHECKPOINT_CHECKS: tuple[Callable[..., Awaitable[None]], ...] = (
     check_checkpoint_concurrent_runs_stay_apart,
     check_checkpoint_never_blocks_the_loop,
     check_checkpoint_interrupted_takes_a_limit,
+    check_checkpoint_paused_run_waits_for_load,
     *CHECKPOINT_OWNERSHIP_CHECKS,
 )
 """Every check of the suite, one test each; the ownership checks last."""
@@ -919,6 +1017,8 @@ class CheckpointStoreConformance:
       gone, oldest first by ``started_at``, each with its whole transcript, the last save's counters,
       its `RunInfo` and its agent's ``spec()``; each run goes to one caller, even to concurrent ones;
       with the ``limit`` capability, at most ``limit`` runs;
+    - with the ``pause`` capability: a paused run is never handed out by ``interrupted()``, and
+      ``load(run_id)`` claims a paused or interrupted run once, with ``paused_at`` for a paused one;
     - ``for_run`` on a run whose owner is gone resumes it: the transcript is kept and saves append;
     - ``complete()`` and ``fail(error)`` drop the run;
     - ownership (see the module docstring): stale writers are refused with `RunTakenOver`, stores
@@ -960,6 +1060,9 @@ class CheckpointStoreConformance:
 
     def test_interrupted_takes_a_limit(self, make_store: Any) -> None:
         run_check(check_checkpoint_interrupted_takes_a_limit, make_store)
+
+    def test_paused_run_waits_for_load(self, make_store: Any) -> None:
+        run_check(check_checkpoint_paused_run_waits_for_load, make_store)
 
     def test_a_stale_writer_is_refused(self, make_store: Any) -> None:
         run_check(check_checkpoint_a_stale_writer_is_refused, make_store)

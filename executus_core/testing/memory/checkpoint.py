@@ -49,8 +49,9 @@ log = logging.getLogger("executus.testing")
 class SavedRun:
     """What `MemoryCheckpointStore` keeps for one run.
 
-    ``state`` is ``open`` while the run may still be resumed (``paused`` while it waits for
-    approval, with ``paused_at``), then ``completed`` or ``failed``
+    ``state`` is ``open`` while the run may still be resumed, ``paused`` while it waits for
+    approval (``pending`` holds the waiting calls, ``paused_at`` since when; never handed out by
+    ``interrupted()``, only by ``load``), then ``completed`` or ``failed``
     (the messages are dropped then; ``error`` keeps why it failed; a run given up after too many
     failed resumes keeps them), or ``corrupt`` (quarantined: its checkpoint did not read back).
     ``saves`` counts save calls. ``info`` and ``messages`` are kept as a database would keep them
@@ -80,6 +81,7 @@ class SavedRun:
     not_before: float | None = None
     resume_failures: int = 0
     attempts: dict[str, int] = dataclasses.field(default_factory=dict)
+    pending: list[PendingCall] = dataclasses.field(default_factory=list)
     paused_at: datetime | None = None
 
 
@@ -176,12 +178,14 @@ class MemoryCheckpointer:
             saved.held, saved.epoch = False, saved.epoch + 1
 
     async def pause(self, pending: list[PendingCall]) -> None:
-        """The run waits for a decision on ``pending``: kept, held by nobody, never handed out by
-        ``interrupted()``; `Executor.resume` takes it with the store's ``load``."""
+        """The run waits for approval: keep its checkpoint, give it up, and keep it out of
+        ``interrupted()``; only ``load(run_id)`` hands it out (for `Executor.resume`)."""
         with self.store._lock:
             saved = self._held("pause")
             saved.state, saved.held, saved.claimed, saved.epoch = "paused", False, False, saved.epoch + 1
+            saved.pending = [p.model_copy(deep=True) for p in pending]
             saved.paused_at = utcnow()
+            saved.not_before = None
 
     async def release(self, error: str | None = None, *, retry_after: float | None = None) -> None:
         """Keep the checkpoint and give the run up at once, so any store may hand it out.
@@ -289,7 +293,8 @@ class MemoryCheckpointStore:
             now = self.storage.clock()
             if saved is not None and saved.state == "paused":
                 raise RunTakenOver(
-                    f"run {info.run_id} is paused, waiting for approval: continue it with Executor.resume",
+                    f"run {info.run_id} waits for approval: continue it with Executor.resume(run_id, "
+                    "decisions=...), which loads it; never start another run with its run_id",
                     run_id=info.run_id,
                 )
             if saved is None or saved.state != "open":
@@ -312,6 +317,7 @@ class MemoryCheckpointStore:
             saved.owner, saved.held, saved.claimed = self.owner, True, False
             saved.epoch += 1
             saved.lease_until = self._lease_end()
+            saved.pending, saved.paused_at = [], None  # running again: no longer waiting
             return MemoryCheckpointer(self, info.run_id, saved.epoch)
 
     async def interrupted(self, limit: int | None = None) -> list[Interrupted]:
@@ -352,30 +358,41 @@ class MemoryCheckpointStore:
             return found
 
     async def load(self, run_id: str) -> Interrupted | None:
-        """Claim one run by id for `Executor.resume`: paused for approval, or interrupted (its owner
-        gone). ``None`` when there is no such run; `RunTakenOver` when a live store holds it."""
+        """Claim one run for `Executor.resume`: paused for approval, or open with its owner gone
+        (released, or lease lapsed); ``None`` when there is no such run. Raises `RunTakenOver`
+        when another store holds it. A paused run comes back with ``paused_at``; it is open again
+        (claimed by this store) until it is resumed with ``for_run``.
+        """
         with self._lock:
             saved = self.runs.get(run_id)
             if saved is None or saved.state not in ("open", "paused"):
                 return None
-            if saved.state == "open" and not self._lapsed(saved, self.storage.clock()):
-                raise RunTakenOver(
-                    f"run {run_id} is running, held by {saved.owner!r}: it cannot be resumed here now",
-                    run_id=run_id,
-                    owner=saved.owner,
-                )
-            paused_at = saved.paused_at if saved.state == "paused" else None
-            saved.state, saved.owner, saved.held, saved.claimed = "open", self.owner, True, True
-            saved.epoch += 1
-            saved.lease_until = self._lease_end()
-            saved.not_before, saved.paused_at = None, None
+            now = self.storage.clock()
+            if saved.state == "open":
+                if not saved.messages:
+                    return None
+                if (
+                    saved.held
+                    and not (saved.owner == self.owner and saved.claimed)
+                    and not self._lapsed(saved, now)
+                ):
+                    raise RunTakenOver(
+                        f"run {run_id} is live and held by {saved.owner!r}: it cannot be resumed here "
+                        "while that worker runs it",
+                        run_id=run_id,
+                        owner=saved.owner,
+                    )
             try:
                 item = _interrupted(run_id, saved)
             except Exception as exc:
                 saved.state, saved.held, saved.claimed = "corrupt", False, False
                 saved.error = f"corrupt checkpoint: {exc}"
-                return None
-            item.paused_at = paused_at
+                log.warning("run %s is quarantined and will not be resumed: %s", run_id, saved.error)
+                raise ValueError(f"run {run_id}: {saved.error}; it is quarantined") from exc
+            saved.state, saved.owner, saved.held, saved.claimed = "open", self.owner, True, True
+            saved.epoch += 1
+            saved.lease_until = self._lease_end()
+            saved.not_before = None  # asked for by id: no backoff
             return item
 
     async def release(self, run_ids: Iterable[str] | None = None) -> int:
@@ -426,4 +443,5 @@ def _interrupted(run_id: str, saved: SavedRun) -> Interrupted:
         usage=saved.usage.model_copy(),
         tool_calls=saved.tool_calls,
         attempts=dict(saved.attempts),
+        paused_at=saved.paused_at,
     )

@@ -61,8 +61,8 @@ _STATE_COLOUR = {
     "running": "cyan",
     "interrupted": "yellow",
     "claimed": "magenta",
+    "paused": "bright_magenta",
     "backoff": "blue",
-    "paused": "blue",
     "completed": "green",
     "failed": "red",
     "corrupt": "red",
@@ -286,7 +286,8 @@ def _explain_nothing(listings: list[CheckpointListing], err: Console) -> None:
             )
         elif x.state == "paused":
             err.print(
-                f"  {short} waits for approval: the host continues it with Executor.resume",
+                f"  {short} waits for approval of {', '.join(escape(p.tool) for p in x.pending) or 'its calls'}: "
+                "`executus approve` or `executus deny` continues it, not recover",
                 highlight=False,
             )
         elif x.state == "corrupt":
@@ -467,8 +468,9 @@ def list_command(
     setting: SettingOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """The runs with a checkpoint: running (held by which owner, for how long), claimed, interrupted
-    (the next recover takes them), waiting after a failed resume, or quarantined."""
+    """The runs with a checkpoint: running (held by which owner, for how long), claimed, paused for
+    approval (which calls, since when), interrupted (the next recover takes them), waiting after a
+    failed resume, or quarantined."""
     store = _store(setting)
     try:
         listings = asyncio.run(_read(store, include_finished=include_finished, limit=limit))
@@ -495,6 +497,11 @@ def list_command(
         state = f"[{colour}]{x.state}[/]"
         if x.status == "live":
             state += f"\n[dim]{_lease(x)}[/]"
+        if x.state == "paused":
+            since = _ago(x.paused_at) if x.paused_at is not None else "?"
+            state += f"\n[dim]waits since {since} for[/]"
+            for p in x.pending:
+                state += f"\n[dim]{escape(p.tool)} ({escape(p.call_id)})[/]"
         if x.resume_failures and x.status == "live":
             state += f"\n[dim]{_count(x.resume_failures, 'failed resume')}[/]"
         if x.error:
@@ -516,6 +523,13 @@ def list_command(
         _err().print(
             f"[yellow]{interrupted} interrupted run{'s' * (interrupted != 1)}[/]: `executus recover` resumes "
             f"{'them' if interrupted != 1 else 'it'}",
+            highlight=False,
+        )
+    paused = sum(1 for x in listings if x.state == "paused")
+    if paused:
+        _err().print(
+            f"[bright_magenta]{paused} run{'s' * (paused != 1)} paused for approval[/]: `executus approve RUN_ID` "
+            "runs the pending calls, `executus deny RUN_ID CALL_ID --reason ...` refuses one",
             highlight=False,
         )
     corrupt = sum(1 for x in listings if x.state == "corrupt")

@@ -42,14 +42,14 @@ MESSAGES_TABLE = "executus_checkpoint_messages"
 
 LIVE = "live"
 """A run that may still be resumed: running, interrupted, or handed out to a recover."""
+PAUSED = "paused"
+"""A run that waits for approval (``pending`` lists its calls, ``paused_at`` since when): kept, held by
+nobody, never handed out by ``interrupted()``; ``load(run_id)`` (for `Executor.resume`) takes it."""
 COMPLETED = "completed"
 """The run ended (ok, error, timeout, cancelled): its messages are gone."""
 FAILED = "failed"
 """The run failed for good, ``error`` says why: its messages are gone, except for a run given up
 after ``max_resume_attempts`` failed resumes, whose transcript is kept for a person to look at."""
-PAUSED = "paused"
-"""Waiting for a person's decision (``Checkpointer.pause``): kept, held by nobody, never handed out
-by ``interrupted()``; `Executor.resume` takes it with the store's ``load``."""
 CORRUPT = "corrupt"
 """Quarantined: its saved checkpoint could not be read back (``error`` names what). Never handed out
 again; the rows are kept for a person to look at."""
@@ -111,6 +111,10 @@ class CheckpointRun(Base):
     """Resumes that failed in a row (released with an error, or claimed and never resumed)."""
     attempts: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     """Tool call id -> how many times it was started (`CheckpointState.attempts`, merged)."""
+    pending: Mapped[list[Any] | None] = mapped_column(JsonType)
+    """The calls a paused run waits for (`PendingCall` as JSON: call id, tool, arguments)."""
+    paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When the run paused for approval (`Interrupted.paused_at`); NULL while it runs."""
     error: Mapped[str | None] = mapped_column(Text)
     """Why the run failed, why its last resume failed, or why it is quarantined."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -139,8 +139,10 @@ def _text(column: Any) -> Any:
 class CheckpointListing:
     """One run as ``executus checkpoints list`` shows it.
 
-    ``state`` is ``running`` (its owner holds the lease), ``claimed`` (handed out to a recover that
-    has not resumed it yet), ``interrupted`` (its lease lapsed or was released: the next
+    ``state`` is ``running`` (its owner holds the lease), ``claimed`` (handed out to a recover or a
+    resume that has not started it yet), ``paused`` (waiting for approval since ``paused_at``, for
+    the calls in ``pending``: `Executor.resume` or ``executus approve`` continues it),
+    ``interrupted`` (its lease lapsed or was released: the next
     ``recover()`` takes it), ``backoff`` (its last resume failed: handed out again in
     ``retry_in_seconds``), ``completed``, ``failed`` or ``corrupt`` (quarantined: ``error`` says
     why). ``lease_seconds_left`` is negative once the lease lapsed, ``None`` once released;
@@ -166,12 +168,16 @@ class CheckpointListing:
     retry_in_seconds: float | None = None
     source: str | None = None
     model: str | None = None
+    paused_at: datetime | None = None
+    pending: list[PendingCall] = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able data (times as ISO 8601 strings)."""
         data = dataclasses.asdict(self)
         data["started_at"] = self.started_at.isoformat()
         data["updated_at"] = self.updated_at.isoformat()
+        data["paused_at"] = None if self.paused_at is None else self.paused_at.isoformat()
+        data["pending"] = [p.model_dump(mode="json") for p in self.pending]
         return data
 
 
@@ -305,12 +311,16 @@ class SqlCheckpointer:
             await self.store._finish(self.run_id, self._epoch, FAILED, error)
 
     async def pause(self, pending: list[PendingCall]) -> None:
-        """The run waits for a person's decision on ``pending``: keep the checkpoint, give up the
-        run, and never hand it to ``interrupted()``; `Executor.resume` takes it with ``load``."""
+        """The run waits for approval: keep its checkpoint, give it up, and mark it ``paused``
+        with its ``pending`` calls and the time. ``interrupted()`` never hands it out; `load`
+        (`Executor.resume`, ``executus approve``) does, from any process."""
         async with self._lock:
             if self._epoch is None:
-                return  # never reached the database: the executor keeps the paused run itself
-            await self.store._pause_run(self.run_id, self._epoch, len(pending))
+                raise DatabaseUnavailable(
+                    f"run {self.run_id} paused for approval, but its checkpoint never reached "
+                    f"{self.store.database}: it can only be resumed by this process"
+                )
+            await self.store._pause_run(self.run_id, self._epoch, pending)
 
     async def release(self, error: str | None = None, *, retry_after: float | None = None) -> None:
         """Keep the checkpoint and give up the run at once, so any worker's ``interrupted()`` may
@@ -578,6 +588,8 @@ class SqlCheckpointStore:
             "not_before": None,
             "resume_failures": 0,
             "attempts": None,
+            "pending": None,
+            "paused_at": None,
             "error": None,
             "created_at": stamp,
             "updated_at": stamp,
@@ -612,6 +624,8 @@ class SqlCheckpointStore:
                     lease_until=now + self.lease_seconds,
                     claimed_at=None,
                     held_since=case((RUNS.c.owner == self.owner, RUNS.c.held_since), else_=now),
+                    pending=None,  # running again: it waits for nobody (a new pause says anew)
+                    paused_at=None,
                     updated_at=stamp,
                 )
                 .returning(RUNS.c.message_count, RUNS.c.epoch, _text(RUNS.c.attempts))
@@ -633,8 +647,8 @@ class SqlCheckpointStore:
         owner, left = (holder.owner, holder.left) if holder is not None else (None, None)
         if holder is not None and holder.status == PAUSED:
             raise RunTakenOver(
-                f"run {info.run_id} is paused, waiting for approval: continue it with Executor.resume("
-                f"{info.run_id!r}, decisions=...), which takes it from this store with load()",
+                f"run {info.run_id} waits for approval: continue it with Executor.resume(run_id, "
+                "decisions=...) or `executus approve`, which load it; never start another run with its run_id",
                 run_id=info.run_id,
             )
         raise RunTakenOver(
@@ -765,6 +779,7 @@ class SqlCheckpointStore:
                 _text(RUNS.c.agent),
                 _text(RUNS.c.usage),
                 _text(RUNS.c.attempts),
+                RUNS.c.paused_at,
             )
         )
         items: list[Interrupted] = []
@@ -832,20 +847,23 @@ class SqlCheckpointStore:
             usage=usage,
             tool_calls=row.tool_calls,
             attempts=attempts,
+            paused_at=None if row.paused_at is None else _utc(row.paused_at),
         )
 
-    async def _pause_run(self, run_id: str, epoch: int, pending: int) -> None:
+    async def _pause_run(self, run_id: str, epoch: int, pending: list[PendingCall]) -> None:
+        """`SqlCheckpointer.pause`: mark the run ``paused`` and let it go, fenced by ``epoch``."""
         async with self._transaction() as conn:
             result = await conn.execute(
                 update(RUNS)
                 .where(self._fence(run_id, epoch))
                 .values(
                     status=PAUSED,
+                    pending=[p.model_dump(mode="json") for p in pending],
+                    paused_at=utcnow(),
                     lease_until=None,
                     claimed_at=None,
                     not_before=None,
                     epoch=RUNS.c.epoch + 1,
-                    error=f"waiting for approval of {pending} tool call{'s' * (pending != 1)}",
                     updated_at=utcnow(),
                 )
             )
@@ -854,64 +872,82 @@ class SqlCheckpointStore:
         self._pending_ends.pop(run_id, None)
 
     async def load(self, run_id: str) -> Interrupted | None:
-        """Claim one run by id for `Executor.resume`: one paused for approval, or one interrupted
-        (its owner is gone). ``None`` when the store holds no such run (it ended, or never was);
-        `RunTakenOver` when a live owner holds it. The claim is like ``interrupted()``'s: resume the
-        run (``for_run``) within ``lease_seconds``. A checkpoint that does not read back is
-        quarantined and ``None`` returned.
+        """Claim one run for `Executor.resume`: paused for approval, or live with its owner gone
+        (lease lapsed or released) or claimed by this store; with its transcript (and ``paused_at``
+        for a paused run). The run is claimed as ``interrupted()`` claims: live again, held by this
+        store until ``for_run`` resumes it (or the claim lapses).
+
+        Returns ``None`` when the database holds no such run (never saved, ended, or quarantined).
+        Raises `RunTakenOver` when another live worker holds it (it is running, or was just loaded
+        elsewhere: one approval goes to one process), and `ValueError` when its checkpoint does not
+        read back (it is then quarantined).
         """
         self._ensure_heartbeat()
         now = db_epoch(self.dialect)
+        claimable = and_(
+            RUNS.c.run_id == run_id,
+            RUNS.c.message_count > 0,
+            or_(
+                RUNS.c.status == PAUSED,
+                and_(
+                    RUNS.c.status == LIVE,
+                    or_(
+                        RUNS.c.lease_until.is_(None),
+                        RUNS.c.lease_until < now,
+                        and_(RUNS.c.owner == self.owner, RUNS.c.claimed_at.is_not(None)),
+                    ),
+                ),
+            ),
+        )
+        claim = (
+            update(RUNS)
+            .where(claimable)
+            .values(
+                status=LIVE,
+                owner=self.owner,
+                epoch=RUNS.c.epoch + 1,
+                lease_until=now + self.lease_seconds,
+                claimed_at=now,
+                held_since=now,
+                not_before=None,
+                updated_at=utcnow(),
+            )
+            .returning(
+                RUNS.c.run_id,
+                RUNS.c.epoch,
+                RUNS.c.iteration,
+                RUNS.c.tool_calls,
+                RUNS.c.message_count,
+                _text(RUNS.c.info),
+                _text(RUNS.c.agent),
+                _text(RUNS.c.usage),
+                _text(RUNS.c.attempts),
+                RUNS.c.paused_at,
+            )
+        )
+        broken: Exception | None = None
         async with self._transaction() as conn:
-            before = (
-                await conn.execute(
-                    select(
-                        RUNS.c.status,
-                        RUNS.c.owner,
-                        RUNS.c.updated_at,
-                        (RUNS.c.lease_until - now).label("left"),
+            row = (await conn.execute(claim)).first()
+            if row is None:
+                holder = (
+                    await conn.execute(
+                        select(RUNS.c.status, RUNS.c.owner, (RUNS.c.lease_until - now).label("left")).where(
+                            RUNS.c.run_id == run_id
+                        )
                     )
-                    .where(RUNS.c.run_id == run_id)
-                    .with_for_update()
-                )
-            ).first()
-            if before is None or before.status not in (LIVE, PAUSED):
-                return None
-            if before.status == LIVE and before.left is not None and before.left >= 0:
-                raise RunTakenOver(
-                    f"run {run_id} is running, held by {before.owner!r} (its lease runs another "
-                    f"{before.left:.0f}s): it cannot be resumed here now",
-                    run_id=run_id,
-                    owner=before.owner,
-                )
-            row = (
-                await conn.execute(
-                    update(RUNS)
-                    .where(RUNS.c.run_id == run_id, RUNS.c.status.in_([LIVE, PAUSED]))
-                    .values(
-                        status=LIVE,
-                        owner=self.owner,
-                        epoch=RUNS.c.epoch + 1,
-                        lease_until=now + self.lease_seconds,
-                        claimed_at=now,
-                        held_since=now,
-                        not_before=None,
-                        updated_at=utcnow(),
+                ).first()
+                if (
+                    holder is not None
+                    and holder.status == LIVE
+                    and holder.left is not None
+                    and holder.left >= 0
+                ):
+                    raise RunTakenOver(
+                        f"run {run_id} is held by {holder.owner!r} (its lease runs another {holder.left:.0f}s): "
+                        "it is running, or another process is resuming it; it cannot be resumed here now",
+                        run_id=run_id,
+                        owner=holder.owner,
                     )
-                    .returning(
-                        RUNS.c.run_id,
-                        RUNS.c.epoch,
-                        RUNS.c.iteration,
-                        RUNS.c.tool_calls,
-                        RUNS.c.message_count,
-                        _text(RUNS.c.info),
-                        _text(RUNS.c.agent),
-                        _text(RUNS.c.usage),
-                        _text(RUNS.c.attempts),
-                    )
-                )
-            ).first()
-            if row is None:  # pragma: no cover - the row was locked above
                 return None
             found = await conn.execute(
                 select(MESSAGES.c.position, _text(MESSAGES.c.message))
@@ -919,13 +955,11 @@ class SqlCheckpointStore:
                 .order_by(MESSAGES.c.position)
             )
             try:
-                item = self._interrupted_item(row, [(position, message) for position, message in found])
+                return self._interrupted_item(row, [(position, message) for position, message in found])
             except Exception as exc:
                 await self._quarantine(conn, run_id, row.epoch, exc)
-                return None
-        if before.status == PAUSED:
-            item.paused_at = _utc(before.updated_at)
-        return item
+                broken = exc
+        raise ValueError(f"run {run_id}: corrupt checkpoint: {broken}; it is quarantined, and not resumed")
 
     async def _quarantine(self, conn: AsyncConnection, run_id: str, epoch: int, exc: BaseException) -> None:
         reason = f"corrupt checkpoint: {exc}"
@@ -1134,9 +1168,9 @@ class SqlCheckpointStore:
         recently updated first. Reads only: nothing is claimed.
         """
         now = db_epoch(self.dialect).label("now")
-        columns = [c for c in RUNS.c if c.name not in ("info", "agent", "usage", "attempts")]
+        columns = [c for c in RUNS.c if c.name not in ("info", "agent", "usage", "attempts", "pending")]
         query = (
-            select(*columns, _text(RUNS.c.agent), now)
+            select(*columns, _text(RUNS.c.agent), _text(RUNS.c.pending), now)
             .order_by(RUNS.c.updated_at.desc(), RUNS.c.run_id)
             .limit(limit)
         )
@@ -1164,6 +1198,10 @@ class SqlCheckpointStore:
             agent = None
         if not isinstance(agent, dict):
             agent = {}
+        pending: list[PendingCall] = []
+        if row.status == PAUSED:
+            with contextlib.suppress(Exception):
+                pending = [PendingCall.model_validate(p) for p in _json(row.pending) or []]
         held = None
         if row.status == LIVE and left is not None and left >= 0 and row.held_since is not None:
             held = round(max(0.0, row.now - row.held_since), 3)
@@ -1187,6 +1225,8 @@ class SqlCheckpointStore:
             retry_in_seconds=None if retry is None or retry <= 0 or row.status != LIVE else round(retry, 3),
             source=agent.get("source") if isinstance(agent.get("source"), str) else None,
             model=agent.get("model") if isinstance(agent.get("model"), str) else None,
+            paused_at=None if row.paused_at is None or row.status != PAUSED else _utc(row.paused_at),
+            pending=pending,
         )
 
     async def retry_now(self, run_ids: Iterable[str]) -> int:

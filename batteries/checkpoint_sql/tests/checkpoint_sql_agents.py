@@ -65,3 +65,26 @@ crash_agent = Agent(
 )
 """Records a note, waits, then answers ``done``; the step is picked from the transcript
 (``per_run``), so a run resumed from any checkpoint gets the right next answer."""
+
+
+@tool(requires_approval=True)
+def pay(to: str, amount: int) -> str:
+    """Pay someone (one line per payment in ``pay.log``: the tests count them). Needs approval."""
+    with (workdir() / "pay.log").open("a") as out:
+        out.write(f"{to} {amount} {os.getpid()}\n")
+    return f"paid {amount} to {to}"
+
+
+APPROVAL_SCRIPT = [
+    call("record", "call-record", note="one"),
+    call("pay", "call-pay", to="bob", amount=500),
+    ModelResponse(text="paid"),
+]
+
+approval_agent = Agent(
+    name="approval-agent",
+    instructions="Note it down, then pay.",
+    model=ScriptedModel(APPROVAL_SCRIPT, per_run=True, id="scripted:approval"),
+    tools=[record, pay],
+)
+"""Records a note, then asks to pay (a call that waits for approval), then answers ``paid``."""

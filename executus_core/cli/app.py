@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from executus_core.cli._help import use_plain_help_types
+from executus_core.cli.approval import register as register_approval_commands
 from executus_core.cli.helpers import (
     EXIT_CANNOT_START,
     JsonOption,
@@ -245,6 +246,7 @@ def create_app(*, entry_points: bool = True, plugins: Sequence[object] = ()) -> 
                 highlight=False,
             )
 
+    register_approval_commands(app)  # executus approve / deny
     add_plugin_commands(app, state)
     return app
 

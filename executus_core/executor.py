@@ -526,7 +526,9 @@ class Executor:
             if isinstance(found, Failure):
                 return last_resort_result(run_id, str(found))
             try:
-                item = None if found is None else Interrupted.model_validate(found)
+                # None: the store has no such run (its row may never have reached the database): the
+                # copy this executor kept, if any, is all there is
+                item = item if found is None else Interrupted.model_validate(found)
             except Exception:
                 return last_resort_result(
                     run_id, f"checkpoint {name!r}: load returned {type(found).__name__}"

@@ -679,7 +679,8 @@ class AgentRun:
         self._end(
             RunStatus.AWAITING_APPROVAL,
             f"paused: {len(self.pending)} tool call(s) wait for approval: {names}; continue with "
-            f"Executor.resume({self.run_id!r}, decisions=...)",
+            f"Executor.resume({self.run_id!r}, decisions=...) or `executus approve {self.run_id}` / "
+            f"`executus deny {self.run_id} CALL_ID --reason ...`",
         )
 
     async def _run_tools(self, calls: list[ToolCall]) -> list[ToolCall]:

@@ -192,7 +192,7 @@ class _Child:
             stdout=subprocess.PIPE if capture or announce_ready else subprocess.DEVNULL,
             text=True,
         )
-        print(f"{self.label} pid {self.process.pid}", flush=True)
+        _say(f"{self.label} pid {self.process.pid}")
         if announce_ready:
             threading.Thread(target=self._watch, args=(self.process, self.ready), daemon=True).start()
         return self.process
@@ -203,7 +203,18 @@ class _Child:
         for line in process.stdout:
             if line.strip() == "READY" and not ready.is_set():
                 ready.set()
-                print(f"{self.label} ready pid {process.pid}", flush=True)
+                _say(f"{self.label} ready pid {process.pid}")
+
+
+_OUT = threading.Lock()
+
+
+def _say(line: str) -> None:
+    """One whole line to stdout: the launcher's threads print at once, and print() writes the text
+    and its newline separately, so two lines could run together ("...ready pid 7READY http://...")."""
+    with _OUT:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def _first_line(process: subprocess.Popen[str], prefix: str, label: str, timeout: float = 120.0) -> str:
@@ -265,7 +276,7 @@ def up_main(workers: int | None, port: int | None) -> int:
             endpoints = json.loads(env.get("EXECUTUS_PROVIDERS__ENDPOINTS") or "{}")
             endpoints["fake"] = {"api": "openai", "base_url": base_url}
             env["EXECUTUS_PROVIDERS__ENDPOINTS"] = json.dumps(endpoints)
-            print(f"model {base_url}", flush=True)
+            _say(f"model {base_url}")
         web = _Child("web", ["web", *(["--port", str(port)] if port is not None else [])], env)
         children.append(web)
         url = _first_line(web.start(capture=True), "LISTENING ", "the web app")
@@ -279,7 +290,7 @@ def up_main(workers: int | None, port: int | None) -> int:
             if not child.ready.wait(max(0.0, deadline - time.monotonic())):
                 print(f"up: {child.label} was not ready within 120s (see its log above)", file=sys.stderr)
                 return 1
-        print(f"READY {url}", flush=True)
+        _say(f"READY {url}")
         while not stopping:
             time.sleep(0.2)
             for child in children:
@@ -290,10 +301,7 @@ def up_main(workers: int | None, port: int | None) -> int:
                 if child in pool:
                     # What a process manager does: a worker that died is replaced; its runs are resumed
                     # by whichever worker takes their jobs (this one or another).
-                    print(
-                        f"{child.label} pid {child.process.pid} exited with {code}; starting a new one",
-                        flush=True,
-                    )
+                    _say(f"{child.label} pid {child.process.pid} exited with {code}; starting a new one")
                     child.start(announce_ready=True)
                 else:
                     print(

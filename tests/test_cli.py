@@ -865,3 +865,29 @@ def test_tables_are_not_cut_when_piped() -> None:
     text = piped.getvalue()
     assert "caller-with-a-long-id@example.com" in text and "…" not in text
     assert text.splitlines()[0] == "runs in [a database]"
+
+
+def test_plugins_say_where_each_port_keeps_its_data() -> None:
+    """Issue 18: `executus plugins` says which store a budget (or any port) uses, as the run header does."""
+    from executus_core import Usage, hookimpl
+    from executus_core.cli.plugins import inspect_plugins
+
+    class Described:
+        executus_name = "described_budget"
+
+        @hookimpl
+        def executus_budget(self, settings: object) -> object:
+            return self
+
+        def describe(self) -> str:
+            return "SQLite at /tmp/x.sqlite3 (embedded: this machine only)"
+
+        async def check(self, caller_id: str) -> None:
+            return None
+
+        async def commit(self, caller_id: str, runtime_seconds: float, usage: Usage) -> None:
+            return None
+
+    report = inspect_plugins(entry_points=False, plugins=[Described()])
+    row = next(r for r in report.plugins if r["name"] == "described_budget")
+    assert row["uses"] == ["SQLite at /tmp/x.sqlite3 (embedded: this machine only)"]

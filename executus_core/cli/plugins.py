@@ -23,6 +23,7 @@ from executus_core.cli.helpers import print_table, stderr, stdout
 from executus_core.config import Settings, load_settings
 from executus_core.errors import ConfigError
 from executus_core.plugins import PluginRecord, build_plugin_manager
+from executus_core.secrets import mask_text
 
 __all__ = ["CommandState", "PluginReport", "add_plugin_commands", "inspect_plugins", "print_plugins"]
 
@@ -83,11 +84,21 @@ def inspect_plugins(
             warnings.simplefilter("ignore", RuntimeWarning)
             executor = Executor(settings=loaded, entry_points=entry_points, plugins=plugins)
     except Exception as exc:  # skip_broken contains plugin errors; this is for the unforeseen
-        notes.append(f"cannot build an executor: {type(exc).__name__}: {exc}")
+        notes.append(mask_text(f"cannot build an executor: {type(exc).__name__}: {exc}"))
         return PluginReport([], notes)
     finally:
         logger.removeFilter(quiet)
     by_name = {r.name: r for r in command_records}
+    from executus_core.cli.header import describe_port
+
+    ports = executor.ports
+    objects = [*ports.audits, *ports.budgets, *ports.palettes, *ports.deliveries]
+    objects += [pair for pair in (ports.critic, ports.checkpoints) if pair is not None]
+    uses: dict[str, list[str]] = {}
+    for name, obj in objects:
+        described = describe_port(obj)
+        if described:  # where the plugin keeps its data: "SQLite at ... (embedded: this machine only)"
+            uses.setdefault(name, []).append(described)
     rows = []
     for record in executor.plugins:
         earlier = by_name.get(record.name)
@@ -95,6 +106,7 @@ def inspect_plugins(
             record.status, record.error = "broken", earlier.error
         row = record.as_dict()
         row["provides"] = executor.provides.get(record.name, [])
+        row["uses"] = uses.get(record.name, [])
         rows.append(row)
     executor.close()  # port objects may hold pools (webhook client, database engines)
     return PluginReport(rows, notes)
@@ -111,6 +123,8 @@ def print_plugins(report: PluginReport) -> None:
         ports = ", ".join(row["ports"]) or "—"
         if row["provides"]:
             ports += f" [dim]({escape(', '.join(row['provides']))})[/]"
+        for described in row.get("uses", []):
+            ports += f"\n[dim]on {escape(described)}[/]"
         status = f"[{colour[row['status']]}]{row['status']}[/]"
         if row["error"]:
             status += f"\n[red]{escape(row['error'])}[/]"

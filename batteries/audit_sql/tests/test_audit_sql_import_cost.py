@@ -6,37 +6,11 @@ runs in a fresh interpreter, so what an earlier test imported cannot hide an imp
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-
-def _imported_after(code: str, watched: list[str], tmp_path) -> list[str]:
-    probe = (
-        "import json, sys, warnings\n"
-        "warnings.simplefilter('ignore')\n"
-        f"{code}\n"
-        f"print(json.dumps(sorted(m for m in {watched!r} if m in sys.modules)))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXECUTUS_")}
-    env["EXECUTUS_DATA_DIR"] = str(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=tmp_path,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    found: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
-    return found
+from executus_core.testing.imports import imported_after
 
 
 def test_loading_the_plugin_imports_no_alembic_and_no_engine(tmp_path) -> None:
-    found = _imported_after(
+    found = imported_after(
         "import executus_audit_sql.plugin", ["alembic", "aiosqlite", "sqlalchemy.ext.asyncio"], tmp_path
     )
     assert found == []
@@ -44,9 +18,9 @@ def test_loading_the_plugin_imports_no_alembic_and_no_engine(tmp_path) -> None:
 
 def test_building_the_audit_imports_no_alembic(tmp_path) -> None:
     code = "from executus_core import Executor; Executor(entry_points=False, plugins=[__import__('executus_audit_sql.plugin').plugin])"
-    assert _imported_after(code, ["alembic"], tmp_path) == []
+    assert imported_after(code, ["alembic"], tmp_path) == []
 
 
 def test_the_package_still_offers_its_names(tmp_path) -> None:
     code = "import executus_audit_sql as a; assert all(getattr(a, n) is not None for n in a.__all__)"
-    assert _imported_after(code, [], tmp_path) == []
+    assert imported_after(code, [], tmp_path) == []

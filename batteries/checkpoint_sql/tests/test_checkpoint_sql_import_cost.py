@@ -6,35 +6,9 @@ runs in a fresh interpreter, so what an earlier test imported cannot hide an imp
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-
-def _imported_after(code: str, watched: list[str], tmp_path) -> list[str]:
-    probe = (
-        "import json, sys, warnings\n"
-        "warnings.simplefilter('ignore')\n"
-        f"{code}\n"
-        f"print(json.dumps(sorted(m for m in {watched!r} if m in sys.modules)))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXECUTUS_")}
-    env["EXECUTUS_DATA_DIR"] = str(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=tmp_path,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    found: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
-    return found
+from executus_core.testing.imports import imported_after
 
 
 @pytest.mark.parametrize(
@@ -46,12 +20,12 @@ def _imported_after(code: str, watched: list[str], tmp_path) -> list[str]:
     ],
 )
 def test_alembic_is_imported_only_when_a_migration_runs(code: str, tmp_path) -> None:
-    assert _imported_after(code, ["alembic"], tmp_path) == []
+    assert imported_after(code, ["alembic"], tmp_path) == []
 
 
 def test_the_package_still_offers_its_names(tmp_path) -> None:
     code = "import executus_checkpoint_sql as c; assert all(getattr(c, n) is not None for n in c.__all__)"
-    assert _imported_after(code, [], tmp_path) == []
+    assert imported_after(code, [], tmp_path) == []
 
 
 def test_the_first_migration_imports_alembic_off_the_event_loop(tmp_path) -> None:
@@ -68,4 +42,4 @@ def test_the_first_migration_imports_alembic_off_the_event_loop(tmp_path) -> Non
         f"asyncio.run(upgrade_url('sqlite+aiosqlite:///{tmp_path}/c.db'))\n"
         "assert seen == [False], seen\n"
     )
-    assert _imported_after(code, ["alembic"], tmp_path) == ["alembic"]
+    assert imported_after(code, ["alembic"], tmp_path) == ["alembic"]

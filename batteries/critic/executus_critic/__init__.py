@@ -15,8 +15,9 @@ Install it and every `Executor` uses it; settings go in ``[tool.executus.critic]
     critic = RunCritic(CriticSettings(hard_factor=4, hang_timeout=60))
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from executus_core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from executus_critic.critic import RunCritic
@@ -38,17 +39,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)
 
 
 __version__ = "0.1.0"

@@ -9,9 +9,10 @@ The battery registers itself through its entry point; see `McpToolSet` for what 
 `executus_mcp.connection` for how servers are started, shared, restarted and stopped.
 """
 
-import importlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from executus_core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from executus_mcp.connection import ServerConnection, ServerState
@@ -45,17 +46,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)
 
 
 __version__ = "0.1.0"

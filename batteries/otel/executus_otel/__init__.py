@@ -13,8 +13,9 @@ The recorder never blocks the run (spans are queued and exported from a thread) 
 (a collector that is down is a warning on the ``executus.otel`` logger).
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from executus_core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from executus_otel.audit import OtelAudit, host_tracer_provider
@@ -39,17 +40,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)
 
 
 __all__ = [

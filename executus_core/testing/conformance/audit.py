@@ -306,8 +306,10 @@ async def check_audit_never_blocks_the_loop(factory: Any) -> None:
 
         # First use (connections, schema checks, imports deferred to it) happens before the clock
         # starts: what is checked is the per-run path, as the checkpoint suite does with _warm.
-        warm = await _start(subject, make_info(99, caller_id="lag-warm-up"))
+        warm_info = make_info(99, caller_id="lag-warm-up")
+        warm = await _start(subject, warm_info)
         await call("RunRecorder.close", warm.close, RunStats(status=RunStatus.OK))
+        await _read(subject, warm_info.run_id)  # its write went all the way to the store
         async with LoopLag() as lag:
             await asyncio.gather(*(one(i) for i in range(10)))
         lag.check("recording 10 runs of 200 events and closing them")

@@ -119,6 +119,7 @@ class RunRow(Base):
     __table_args__ = (
         Index("ix_executus_runs_started_at", "started_at"),
         Index("ix_executus_runs_caller_started", "caller_id", "started_at"),
+        Index("ix_executus_runs_name_started", "name", "started_at"),  # the runs list by agent
         Index("ix_executus_runs_status_started", "status", "started_at"),
         Index("ix_executus_runs_parent_run_id", "parent_run_id"),
     )

@@ -22,7 +22,7 @@ import logging
 import types
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,7 +43,10 @@ from executus_core.providers import ModelRegistry
 from executus_core.tools import Tool, ToolSet
 from executus_core.types import Interrupted, Message, Result, RunEvent, RunStats, RunStatus, utcnow
 
-__all__ = ["Executor", "Ports"]
+__all__ = ["Executor", "HistoryTrimmer", "Ports"]
+
+HistoryTrimmer = Callable[[list[Message], Agent], list[Message] | Awaitable[list[Message]]]
+"""``history_trimmer(messages, agent)``: what to keep of a conversation's earlier messages."""
 
 _DECISION: TypeAdapter[Decision] = TypeAdapter(Annotated[Decision, Field(discriminator="kind")])
 
@@ -90,6 +93,12 @@ class Executor:
             ``EXECUTUS_*`` variables and pyproject.toml.
         entry_points: load installed plugins (set False in tests that pass ``plugins=`` only).
         project_dir: where to look for pyproject.toml (default: the current directory and up).
+        history_trimmer: ``trimmer(messages, agent) -> messages`` (sync or async), called before a
+            run that continues a conversation (``history=`` or ``continue_run=``) with the earlier
+            messages (no system message); what it returns is sent instead. It may drop, keep or
+            summarize turns. A trimmer that raises, returns something else than a list of messages
+            or outlasts the run's ``hard_timeout`` ends the run ``error`` before anything is sent.
+            ``max_history_messages`` still applies to what it returns.
 
     Raises:
         ConfigError: a setting is unknown or has a bad value.
@@ -104,7 +113,9 @@ class Executor:
         settings: Mapping[str, Any] | Settings | None = None,
         entry_points: bool = True,
         project_dir: str | Path | None = None,
+        history_trimmer: HistoryTrimmer | None = None,
     ) -> None:
+        self.history_trimmer = history_trimmer
         if isinstance(settings, Settings):
             self.settings = settings
         else:
@@ -277,13 +288,14 @@ class Executor:
         run_id: str | None = None,
         history: Sequence[Message] | None = None,
         conversation_id: str | None = None,
+        continue_run: str | None = None,
     ) -> Result:
         """Run ``agent`` on ``prompt`` for ``caller_id`` and return its `Result`; never raises.
 
         Args:
             delivery: a `DeliveryTarget` (or a mapping, or a list of them) to send the result to.
             dry_run: build the first model request and return it in ``Result.request`` without
-                calling the model or any port.
+                calling the model or any port (but the audit, to read ``continue_run``'s transcript).
             on_event: called with each `RunEvent` (sync or async) from a task of its own: a slow or
                 failing consumer never stalls the run.
             run_id: the id to give the run (default: a new uuid4 hex).
@@ -291,6 +303,11 @@ class Executor:
                 conversation goes on with ``prompt`` as the next user message. At most
                 ``max_history_messages`` are kept (the oldest turns are left out, with a warning).
             conversation_id: links the turns of one conversation in the audit trail.
+            continue_run: the id of an earlier run to continue: its transcript (read from the audit,
+                which keeps each run's messages) is the history, and the run joins its conversation
+                (its ``conversation_id``, or its run id when it had none). The earlier run must have
+                ended ``ok``, for the same ``caller_id``; otherwise this run ends ``error`` saying
+                why, before anything is sent. Not with ``history``.
         """
         return await self._execute(
             RunRequest(
@@ -306,6 +323,7 @@ class Executor:
                 run_id=run_id,
                 history=history,
                 conversation_id=conversation_id,
+                continue_run=continue_run,
             )
         )
 

@@ -21,6 +21,7 @@ from executus_core.guard import Failure, guarded, guarded_sync
 from executus_core.ports import Checkpointer, CriticHandle, RunRecorder
 from executus_core.types import (
     CheckpointState,
+    Message,
     PendingCall,
     RunEvent,
     RunInfo,
@@ -315,9 +316,10 @@ class RunPorts:
             return True
         return False
 
-    async def finish(self, stats: RunStats) -> None:
+    async def finish(self, stats: RunStats, messages: list[Message] | None = None) -> None:
         """Close the recorders, commit the budgets and stop the critic (after `end_checkpoint`).
 
+        ``messages`` (the run's transcript) go to each recorder that has ``on_transcript`` first.
         Each step is bounded and none can raise.
         """
         if stats.error and self.recorders:
@@ -325,6 +327,10 @@ class RunPorts:
                 link.pump.put("log_error", link.recorder.log_error, stats.error)
         if self.pumps:
             await asyncio.gather(*(pump.close() for pump in self.pumps))
+        for link in self.recorders:
+            keep = getattr(link.recorder, "on_transcript", None)
+            if messages is not None and callable(keep):
+                await self.call(f"audit {link.name!r}: on_transcript", keep, list(messages))
         for link in self.recorders:
             await self.call(f"audit {link.name!r}: close", link.recorder.close, stats)
         await self.commit(stats.runtime_seconds, stats.usage)

@@ -936,7 +936,7 @@ class AgentRun:
                 "tool_calls": stats.tool_calls,
             },
         )
-        await self.ports.finish(stats)
+        await self.ports.finish(stats, self.transcript)
         result = self._result(stats)
         if self.status is RunStatus.AWAITING_APPROVAL:
             # kept here too, for Executor.resume in this process (the store, if it can load(), wins)

@@ -111,6 +111,11 @@ class RunRecorder(Protocol):
         Raising, or not answering in time, is a warning in ``Result.warnings``.
         """
 
+    # Optional: ``on_transcript(messages: list[Message])``. Called once per run segment, after its
+    # last event and before ``close``, with the messages the run ended with (`Result.messages`: the
+    # history it was given, its prompt, the model's answers and the tool results). The list is the
+    # recorder's to keep; store it with the roll-up, for the audit's ``transcript(run_id)``.
+
 
 @runtime_checkable
 class Audit(Protocol):
@@ -124,6 +129,12 @@ class Audit(Protocol):
         Return the run's recorder, or ``None`` not to record this run. Raising, hanging past
         ``port_timeout`` or returning something else is a warning; the run goes on unrecorded.
         """
+
+    # Optional: ``async transcript(run_id) -> RunTranscript | None``. What
+    # ``Executor.run(..., continue_run=run_id)`` reads: the run's info, its status (``None`` while
+    # it has not ended) and the messages its recorder's ``on_transcript`` got (empty when it kept
+    # none); ``None`` when this audit holds no such run. Bounded by ``port_timeout``; a failure
+    # ends the continuing run ``error``, saying so.
 
 
 # --- Budget -----------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ __all__ = [
     "RunInfo",
     "RunStats",
     "RunStatus",
+    "RunTranscript",
     "ToolCall",
     "ToolSpec",
     "Usage",
@@ -357,6 +358,20 @@ class CheckpointState(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     tool_calls: int = 0
     attempts: dict[str, int] = Field(default_factory=dict)
+
+
+class RunTranscript(BaseModel):
+    """A run's messages as an audit kept them: what ``Executor.run(..., continue_run=run_id)`` reads.
+
+    ``status`` is ``None`` while the run has not ended (it is running, or its process died before
+    it could end it). ``messages`` is the whole transcript the run ended with — the history it was
+    given, its prompt, the model's answers and the tool results — as `Result.messages` held it
+    (an audit may store secrets masked); empty when the audit kept none.
+    """
+
+    info: RunInfo
+    status: RunStatus | None = None
+    messages: list[Message] = Field(default_factory=list)
 
 
 class Interrupted(BaseModel):

@@ -1,4 +1,8 @@
-"""`MemoryAudit`: every run's trail in memory, strict about the recorder's contract."""
+"""`MemoryAudit`: every run's trail in memory, strict about the recorder's contract.
+
+It keeps each run's transcript too (the optional ``on_transcript`` / ``transcript``), so
+``Executor.run(..., continue_run=run_id)`` can continue a run it recorded.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import Any
 from executus_core.config import Settings
 from executus_core.hookspecs import hookimpl
 from executus_core.ports import Audit
-from executus_core.types import ModelResponse, RunInfo, RunStats, ToolCall
+from executus_core.types import Message, ModelResponse, RunInfo, RunStats, RunTranscript, ToolCall
 
 __all__ = ["MemoryAudit", "MemoryRecorder", "RecordedRun"]
 
@@ -32,6 +36,7 @@ class RecordedRun:
         stats: the roll-up given to ``close``.
         responses: the `ModelResponse` of each ``on_step`` (kept by `MemoryAudit`; batteries may
             leave it empty).
+        messages: the transcript the run ended with (``on_transcript``), or ``None`` before.
     """
 
     run_id: str
@@ -42,6 +47,7 @@ class RecordedRun:
     errors: list[str] = dataclasses.field(default_factory=list)
     stats: RunStats | None = None
     responses: list[ModelResponse] = dataclasses.field(default_factory=list)
+    messages: list[Message] | None = None
 
     def event_types(self) -> list[str]:
         """The types of the logged events, in order (``["run.start", "step", ...]``)."""
@@ -99,6 +105,12 @@ class MemoryRecorder:
             self._open("log_error")
             self.record.errors.append(message)
 
+    def on_transcript(self, messages: list[Message]) -> None:
+        """Keep the messages the run ended with (what `MemoryAudit.transcript` gives back)."""
+        with self._lock:
+            self._open("on_transcript")
+            self.record.messages = [m.model_copy() for m in messages]
+
     async def close(self, stats: RunStats) -> None:
         """Write the roll-up; a second call raises (the core calls it exactly once)."""
         with self._lock:
@@ -135,6 +147,15 @@ class MemoryAudit:
                 record.stats = None  # resumed: the new roll-up replaces the interrupted one
             recorder = self.recorders[info.run_id] = MemoryRecorder(record, self._lock)
             return recorder
+
+    async def transcript(self, run_id: str) -> RunTranscript | None:
+        """The run's info, status (``None`` until closed) and transcript; ``None`` for an unknown run."""
+        with self._lock:
+            record = self.runs.get(run_id)
+            if record is None or record.info is None:
+                return None
+            status = record.stats.status if record.stats is not None else None
+            return RunTranscript(info=record.info, status=status, messages=list(record.messages or []))
 
     def run(self, run_id: str) -> RecordedRun:
         """The trail of ``run_id``; raises `KeyError` naming the runs recorded when there is none."""

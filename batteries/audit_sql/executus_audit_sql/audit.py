@@ -30,11 +30,20 @@ from executus_audit_sql.migrate import ensure_schema
 from executus_audit_sql.recorder import SqlRecorder
 from executus_audit_sql.settings import AuditSqlSettings, public_url, resolve_url
 from executus_audit_sql.spill import Spilled, read_spill, spill_files, write_spill
-from executus_audit_sql.trail import RunRecord, TrailEntry
+from executus_audit_sql.trail import RunRecord, ThreadTurn, TrailEntry
 from executus_audit_sql.writer import BatchWriter, WriterStats
-from executus_audit_sql.writes import EVENTS, RUNS, Row, RunState, write_rollups, write_trail
+from executus_audit_sql.writes import (
+    EVENTS,
+    RUNS,
+    TRANSCRIPTS,
+    Row,
+    RunState,
+    write_rollups,
+    write_trail,
+    write_transcripts,
+)
 from executus_core.config import default_data_dir
-from executus_core.types import RunInfo, RunStats, utcnow
+from executus_core.types import RunInfo, RunStats, RunTranscript, utcnow
 
 __all__ = ["SqlAudit"]
 
@@ -258,6 +267,19 @@ class SqlAudit:
         async with self._read() as conn:
             return await reads.get_tails(conn, run_ids, last=last)
 
+    async def transcript(self, run_id: str) -> RunTranscript | None:
+        """The run's info, status (``None`` while running) and the messages it ended with, masked as
+        the trail is (empty for a run recorded before transcripts were kept); ``None`` for an
+        unknown run. What ``Executor.run(..., continue_run=run_id)`` reads."""
+        async with self._read() as conn:
+            return await reads.get_transcript(conn, run_id)
+
+    async def thread(self, conversation: str, *, limit: int = 100) -> list[ThreadTurn]:
+        """The runs of a conversation, oldest first: those with this ``conversation_id`` and the run
+        with this id (a first turn is named by its run id), each with its prompt, output and error."""
+        async with self._read() as conn:
+            return await reads.get_thread(conn, conversation, limit=limit)
+
     # -- upkeep -------------------------------------------------------------------------------
 
     async def prune(self, older_than_days: float, *, dry_run: bool = False) -> int:
@@ -274,6 +296,7 @@ class SqlAudit:
                 return int(counted.scalar_one())
         async with self._read() as conn:
             await conn.execute(delete(EVENTS).where(EVENTS.c.run_id.in_(old)))
+            await conn.execute(delete(TRANSCRIPTS).where(TRANSCRIPTS.c.run_id.in_(old)))
             deleted = (await conn.execute(delete(RUNS).where(RUNS.c.run_id.in_(old)))).rowcount
             await conn.commit()
         return int(deleted or 0)
@@ -297,7 +320,10 @@ class SqlAudit:
             state = spilled.state
             await write_trail(conn, [(state, spilled.rows, spilled.stats is None)])
             if spilled.stats is not None:
-                await write_rollups(conn, [(state.info.run_id, spilled.stats, spilled.ended_at or utcnow())])
+                ended_at = spilled.ended_at or utcnow()
+                await write_rollups(conn, [(state.info.run_id, spilled.stats, ended_at)])
+                if state.transcript is not None:
+                    await write_transcripts(conn, [(state.info.run_id, state.transcript, ended_at)])
             await conn.commit()
         await asyncio.to_thread(path.unlink)
         return spilled

@@ -23,7 +23,7 @@ from executus_audit_sql.errors import AuditWriteError, describe_error
 from executus_audit_sql.schema import EventKind
 from executus_audit_sql.writes import Row, RunState
 from executus_core.secrets import mask_text, mask_value
-from executus_core.types import ModelResponse, RunInfo, RunStats, ToolCall, utcnow
+from executus_core.types import Message, ModelResponse, RunInfo, RunStats, ToolCall, utcnow
 
 if TYPE_CHECKING:
     from executus_audit_sql.audit import SqlAudit
@@ -156,6 +156,15 @@ class SqlRecorder:
     def log_error(self, message: str) -> None:
         """Record an error the run survived, or the one that ended it."""
         self._append(EventKind.ERROR, None, None, None, mask_text(message), None)
+
+    def on_transcript(self, messages: list[Message]) -> None:
+        """Keep the messages the run ended with (masked like the trail), written with the roll-up:
+        what `SqlAudit.transcript` gives back to ``continue_run``. Called once, at the run's end."""
+        if self.closing:
+            raise RuntimeError(f"audit_sql recorder of run {self.run_id}: on_transcript after close()")
+        self.state.transcript = mask_value(
+            [m.model_dump(mode="json", exclude_defaults=True) for m in messages]
+        )
 
     # -- the writer's side --------------------------------------------------------------------
 

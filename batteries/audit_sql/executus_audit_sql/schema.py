@@ -1,9 +1,11 @@
 """The tables: one row per run, and its trail of events in order.
 
-``executus_runs`` holds a run's `RunInfo` (who ran what, when), a live tally while it runs, and its
-final `RunStats` once its recorder is closed (``status`` is NULL until then). ``executus_run_events``
-holds the run's trail: one row per model step, tool call, run event and error, ordered by ``seq``,
-which counts on across restarts of the same run (`Executor.recover`).
+``executus_runs`` holds a run's `RunInfo` (who ran what, when, in which conversation), a live tally
+while it runs, and its final `RunStats` once its recorder is closed (``status`` is NULL until then).
+``executus_run_events`` holds the run's trail: one row per model step, tool call, run event and
+error, ordered by ``seq``, which counts on across restarts of the same run (`Executor.recover`).
+``executus_run_transcripts`` holds the messages each run ended with (masked like the trail), which
+``Executor.run(..., continue_run=run_id)`` reads back.
 
 The names start with ``executus_`` so the tables can live in a host's own database, and the
 migrations keep their version in ``executus_audit_sql_version``, beside the host's own Alembic history.
@@ -32,10 +34,20 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["RUNS_TABLE", "VERSION_TABLE", "Base", "EventKind", "RunEventRow", "RunRow", "UTCDateTime"]
+__all__ = [
+    "RUNS_TABLE",
+    "VERSION_TABLE",
+    "Base",
+    "EventKind",
+    "RunEventRow",
+    "RunRow",
+    "RunTranscriptRow",
+    "UTCDateTime",
+]
 
 RUNS_TABLE = "executus_runs"
 EVENTS_TABLE = "executus_run_events"
+TRANSCRIPTS_TABLE = "executus_run_transcripts"
 VERSION_TABLE = "executus_audit_sql_version"
 
 # Constraint names are fixed, so migrations and models agree on every backend.
@@ -115,6 +127,8 @@ class RunRow(Base):
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     thinking_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     ended_at: Mapped[datetime | None]
+    # RunInfo.conversation_id: the runs of one conversation, in order, are its thread.
+    conversation_id: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index("ix_executus_runs_started_at", "started_at"),
@@ -122,6 +136,7 @@ class RunRow(Base):
         Index("ix_executus_runs_name_started", "name", "started_at"),  # the runs list by agent
         Index("ix_executus_runs_status_started", "status", "started_at"),
         Index("ix_executus_runs_parent_run_id", "parent_run_id"),
+        Index("ix_executus_runs_conversation_started", "conversation_id", "started_at"),
     )
 
 
@@ -143,4 +158,17 @@ class RunEventRow(Base):
     text: Mapped[str | None] = mapped_column(Text)
     # step: tool calls, usage, finish reason, model; tool: arguments; event: the payload
     data: Mapped[Any | None] = mapped_column(Json)
+    at: Mapped[datetime]
+
+
+class RunTranscriptRow(Base):
+    """The messages a run ended with (`Result.messages`, secrets masked): one row per run, replaced
+    when a resumed run ends again."""
+
+    __tablename__ = TRANSCRIPTS_TABLE
+
+    run_id: Mapped[str] = mapped_column(
+        Text, ForeignKey(f"{RUNS_TABLE}.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    messages: Mapped[Any] = mapped_column(Json)
     at: Mapped[datetime]

@@ -9,7 +9,7 @@ have, and deletes the file; loading it twice stores nothing twice.
 The format: a header line, then one line per row::
 
     {"format": "executus-audit-sql/1", "info": {...RunInfo...}, "registered": true, "base": 40,
-     "tally": {...}, "stats": {...RunStats...} | null, "ended_at": "..."}
+     "tally": {...}, "stats": {...RunStats...} | null, "ended_at": "...", "transcript": [...] | null}
     [41, "event", "tool.start", null, null, null, {"name": "add"}, "2026-01-01T12:00:00+00:00"]
 """
 
@@ -50,7 +50,7 @@ def _tally(state: RunState) -> dict[str, int]:
     return {
         f.name: getattr(state, f.name)
         for f in dataclasses.fields(state)
-        if f.name not in ("info", "registered", "base")
+        if f.name not in ("info", "registered", "base", "transcript")
     }
 
 
@@ -78,6 +78,7 @@ def write_spill(
         "tally": _tally(state),
         "stats": stats.model_dump(mode="json") if stats is not None else None,
         "ended_at": ended_at.isoformat() if ended_at is not None else None,
+        "transcript": state.transcript,
     }
     partial = path.with_suffix(".partial")
     with partial.open("wb") as f:
@@ -104,6 +105,7 @@ def read_spill(path: Path) -> Spilled:
         info=RunInfo.model_validate(header["info"]),
         registered=bool(header["registered"]),
         base=int(header["base"]),
+        transcript=header.get("transcript"),
         **header["tally"],
     )
     rows: list[Row] = []

@@ -15,24 +15,28 @@ from sqlalchemy import Table, and_, func, or_, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from executus_audit_sql.schema import RunEventRow, RunRow
-from executus_core.types import RunInfo, RunStats, RunStatus, utcnow
+from executus_audit_sql.schema import RunEventRow, RunRow, RunTranscriptRow
+from executus_core.types import Message, RunInfo, RunStats, RunStatus, RunTranscript, utcnow
 
 __all__ = [
     "RUNNING",
     "RunFacts",
     "RunRecord",
+    "ThreadTurn",
     "TrailEntry",
     "find_runs",
     "get_run",
     "get_tails",
+    "get_thread",
     "get_trail",
+    "get_transcript",
     "list_runs",
     "run_facts",
 ]
 
 RUNS: Table = RunRow.__table__  # type: ignore[assignment]
 EVENTS: Table = RunEventRow.__table__  # type: ignore[assignment]
+TRANSCRIPTS: Table = RunTranscriptRow.__table__  # type: ignore[assignment]
 
 RUNNING = "running"
 """The status filter (and the status shown) for runs whose recorder is not closed yet."""
@@ -60,6 +64,13 @@ class RunRecord(BaseModel):
     output_tokens: int = 0
     thinking_tokens: int = 0
     ended_at: datetime | None = None
+    conversation_id: str | None = None
+
+    @property
+    def conversation(self) -> str:
+        """The conversation the run belongs to: its ``conversation_id``, or its own id (a first turn
+        that others continued is named by its run id)."""
+        return self.conversation_id or self.run_id
 
     @property
     def running(self) -> bool:
@@ -95,6 +106,7 @@ class RunRecord(BaseModel):
             parent_run_id=self.parent_run_id,
             inputs=self.inputs,
             started_at=self.started_at,
+            conversation_id=self.conversation_id,
         )
 
     @property
@@ -162,6 +174,19 @@ def run_facts(trail: Sequence[TrailEntry]) -> RunFacts:
             if isinstance(answered, str) and answered and answered not in facts.answered_by:
                 facts.answered_by.append(answered)
     return facts
+
+
+class ThreadTurn(BaseModel):
+    """One run of a conversation's thread: its id, status and times, and what was asked and answered."""
+
+    run_id: str
+    status: str
+    started_at: datetime
+    caller_id: str
+    name: str
+    prompt: str | None = None
+    output: str | None = None
+    error: str | None = None
 
 
 def _record(row: RowMapping) -> RunRecord:
@@ -266,3 +291,55 @@ async def get_tails(
     for row in (await conn.execute(query)).mappings():
         tails.setdefault(row["run_id"], []).append(TrailEntry.model_validate(dict(row)))
     return tails
+
+
+async def get_transcript(conn: AsyncConnection, run_id: str) -> RunTranscript | None:
+    """The run's info, status and the messages it ended with (empty when none were kept), or
+    ``None`` for an unknown run: two reads by primary key."""
+    record = await get_run(conn, run_id)
+    if record is None:
+        return None
+    found = (await conn.execute(select(TRANSCRIPTS.c.messages).where(TRANSCRIPTS.c.run_id == run_id))).first()
+    messages = [Message.model_validate(m) for m in found[0]] if found is not None else []
+    return RunTranscript(info=record.info, status=record.status, messages=messages)
+
+
+async def get_thread(conn: AsyncConnection, conversation: str, *, limit: int = 100) -> list[ThreadTurn]:
+    """The runs of ``conversation`` (those whose ``conversation_id`` it is, and the run whose id it
+    is), oldest first, at most ``limit``, each with its prompt (from its ``run.start`` event)."""
+    query = (
+        select(RUNS)
+        .where(or_(RUNS.c.conversation_id == conversation, RUNS.c.run_id == conversation))
+        .order_by(RUNS.c.started_at, RUNS.c.run_id)
+        .limit(limit)
+    )
+    records = [_record(row) for row in (await conn.execute(query)).mappings()]
+    if not records:
+        return []
+    starts = await conn.execute(
+        select(EVENTS.c.run_id, EVENTS.c.data)
+        .where(
+            EVENTS.c.run_id.in_([r.run_id for r in records]),
+            EVENTS.c.kind == "event",
+            EVENTS.c.name == "run.start",
+        )
+        .order_by(EVENTS.c.run_id, EVENTS.c.seq)
+    )
+    prompts: dict[str, str] = {}
+    for run_id, data in starts:
+        prompt = data.get("prompt") if isinstance(data, dict) else None
+        if isinstance(prompt, str):
+            prompts.setdefault(run_id, prompt)
+    return [
+        ThreadTurn(
+            run_id=r.run_id,
+            status=r.shown_status,
+            started_at=r.started_at,
+            caller_id=r.caller_id,
+            name=r.name,
+            prompt=prompts.get(r.run_id),
+            output=r.output,
+            error=r.error,
+        )
+        for r in records
+    ]

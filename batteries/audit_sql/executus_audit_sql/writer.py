@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from executus_audit_sql.errors import describe_error
-from executus_audit_sql.writes import Row, RunState, write_rollups, write_trail
+from executus_audit_sql.writes import Row, RunState, write_rollups, write_trail, write_transcripts
 from executus_core.types import RunStats
 
 if TYPE_CHECKING:
@@ -230,6 +230,14 @@ class BatchWriter:
                     if finals:
                         await write_rollups(
                             conn, [(f.state.info.run_id, f.stats, f.ended_at) for f in finals]
+                        )
+                        await write_transcripts(
+                            conn,
+                            [
+                                (f.state.info.run_id, f.state.transcript, f.ended_at)
+                                for f in finals
+                                if f.state.transcript is not None
+                            ],
                         )
             written = True
             for state, _, _ in items:

@@ -18,13 +18,22 @@ from typing import Any
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from executus_audit_sql.schema import RunEventRow, RunRow
+from executus_audit_sql.schema import RunEventRow, RunRow, RunTranscriptRow
 from executus_core.types import RunInfo, RunStats
 
-__all__ = ["Registration", "Row", "RunState", "register", "write_rollups", "write_trail"]
+__all__ = [
+    "Registration",
+    "Row",
+    "RunState",
+    "register",
+    "write_rollups",
+    "write_trail",
+    "write_transcripts",
+]
 
 RUNS: Table = RunRow.__table__  # type: ignore[assignment]
 EVENTS: Table = RunEventRow.__table__  # type: ignore[assignment]
+TRANSCRIPTS: Table = RunTranscriptRow.__table__  # type: ignore[assignment]
 
 CHUNK_ROWS = 500
 """Rows per INSERT statement: SQLAlchemy prepares a statement's parameters on the event loop, so a
@@ -39,7 +48,8 @@ class RunState:
     """What a writer needs to know about one run: its info, whether it is registered, and its tally.
 
     The tally counts what this recorder saw; ``prior_*`` hold the counts an earlier attempt of the
-    same run had stored, so the live tally of a resumed run goes on from them.
+    same run had stored, so the live tally of a resumed run goes on from them. ``transcript`` holds
+    the messages the run ended with (as JSON, masked), once ``on_transcript`` gave them.
     """
 
     info: RunInfo
@@ -55,6 +65,7 @@ class RunState:
     prior_input_tokens: int = 0
     prior_output_tokens: int = 0
     prior_thinking_tokens: int = 0
+    transcript: list[Any] | None = None
 
     def live(self) -> dict[str, int]:
         """The tally to show while the run goes on."""
@@ -113,6 +124,7 @@ def _run_values(info: RunInfo, clean: Any) -> dict[str, Any]:
         "inputs": info.inputs,
         "started_at": info.started_at,
         "attempts": 1,
+        "conversation_id": clean(info.conversation_id),
     }
 
 
@@ -258,6 +270,24 @@ async def write_rollups(conn: AsyncConnection, rollups: Sequence[tuple[str, RunS
             for run_id, stats, ended_at in rollups
         ],
     )
+
+
+async def write_transcripts(
+    conn: AsyncConnection, transcripts: Sequence[tuple[str, list[Any], datetime]]
+) -> None:
+    """Store the messages runs ended with (``(run_id, messages, at)`` each), replacing what an earlier
+    attempt of the same run stored."""
+    if not transcripts:
+        return
+    statement = _insert(conn, TRANSCRIPTS)
+    statement = statement.on_conflict_do_update(
+        index_elements=[TRANSCRIPTS.c.run_id],
+        set_={"messages": statement.excluded.messages, "at": statement.excluded.at},
+    )
+    rows = {
+        run_id: {"run_id": run_id, "messages": messages, "at": at} for run_id, messages, at in transcripts
+    }
+    await conn.execute(statement, list(rows.values()))
 
 
 def _keep(value: str | None) -> str | None:

@@ -33,6 +33,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -142,11 +143,46 @@ async def worker_main() -> None:
         app = make_app(service, conninfo)
         async with Executor(settings=settings) as executor, app.open_async():
             host = RunHost(executor, agents, pool, service)
+            stall = os.environ.get(STALL_AFTER_REGISTER)
+            if stall:
+                _stall_after_register(host, Path(stall))
             log.info("worker %s: %d job slots on queue %s", worker_name(), service.concurrency, service.queue)
-            print("READY", flush=True)  # `up` tells when each worker is ready
-            await run_worker(app, host, service, name=worker_name())
+            await run_worker(
+                app,
+                host,
+                service,
+                name=worker_name(),
+                conninfo=conninfo,
+                on_ready=lambda: print("READY", flush=True),  # `up` tells when each worker is ready
+            )
     finally:
         await pool.close()
+
+
+STALL_AFTER_REGISTER = "EXECUTUS_TEST_SERVICE_STALL_AFTER_REGISTER"
+"""Fault injection for the tests: a path. The first run a worker registers while no file is there
+stalls right after its checkpoint row is written and before its prompt is saved; the worker writes
+``<run_id> <pid>`` to the file, so a test can kill it at exactly that point."""
+
+
+def _stall_after_register(host: object, marker: Path) -> None:
+    store: Any = getattr(host, "store")  # noqa: B009 - RunHost, imported late
+    register = store.for_run
+
+    async def for_run(info: Any, agent: Any) -> Any:
+        made = await register(info, agent)
+        try:
+            with marker.open("x") as out:
+                out.write(f"{info.run_id} {os.getpid()}\n")
+        except FileExistsError:
+            return made
+        log.warning(
+            "run %s: stalled after its checkpoint row was written (%s)", info.run_id, STALL_AFTER_REGISTER
+        )
+        await asyncio.Event().wait()  # until the test kills this worker
+        return made
+
+    store.for_run = for_run
 
 
 async def web_main(port: int | None) -> None:

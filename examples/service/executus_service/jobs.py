@@ -1,13 +1,16 @@
-"""The job queue: Procrastinate on the service's PostgreSQL, one job per run.
+"""The job queue: Procrastinate on the service's PostgreSQL, one job per run; and cancelling runs.
 
-A job means "see run X to its end". The web app defers it; a worker takes it and:
+A job means "see run X to its end". The web app defers it; a worker takes it, reads the run's
+checkpoint row, and:
 
-- starts the run (``Executor.run`` with the job's run id) if the checkpoint store has never seen it;
-- if the run is live but its lease lapsed (the worker that held it died, or was paused past its
-  lease), resumes it from its checkpoint with ``Executor.recover()``; a tool call whose result was
-  saved is not run again, and the call that was in flight is run again flagged
-  (``ToolContext.attempt`` > 1, ``resumed``);
-- if another live worker holds the run, waits for it (and takes it over if that worker dies);
+- starts the run (``Executor.run`` with the job's run id) if the checkpoint store has never seen
+  it, or if its worker died before it saved even the prompt (nothing ran);
+- resumes exactly this run by id (``Executor.resume(run_id)``, which loads it from the checkpoint
+  store) if it is live and its lease lapsed (the worker that held it died, or was paused past its
+  lease); a tool call whose result was saved is not run again, and the call that was in flight is
+  run again flagged (``ToolContext.attempt`` > 1, ``resumed``);
+- if another live worker holds the run (its lease runs), ends the job with `RunNotFinished`:
+  Procrastinate retries it ``busy_retry_seconds`` later, on whichever worker is free;
 - returns only once the run has ended, so a job that Procrastinate marks succeeded always belongs
   to a run that ended.
 
@@ -16,6 +19,13 @@ whose Procrastinate heartbeat is older than ``stalled_seconds``) and retries the
 worker takes them up and resumes the runs. This is Procrastinate's ``retry_stalled_jobs`` pattern,
 run as a loop beside the worker rather than as a periodic task, so it works at second granularity
 and does not wait for a free job slot.
+
+A cancel (``POST /runs/{id}/cancel``, or the viewer's Cancel button) is a row in
+``service_cancels`` and a ``NOTIFY`` on `CANCEL_CHANNEL`. Every worker listens on the channel
+(`listen_for_cancels`) and calls ``Executor.cancel(run_id)`` if it runs the run; a job checks the
+row when it takes the run up, so a cancel of a run that is queued, or between workers, is not lost:
+a run that never started ends ``cancelled`` without starting; an interrupted one is resumed and
+cancelled at once, before any tool runs again.
 """
 
 from __future__ import annotations
@@ -24,24 +34,36 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import psycopg
 from procrastinate import App, JobContext, PsycopgConnector, RetryDecision
 from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy
 from psycopg_pool import AsyncConnectionPool
 
-from executus_core import Agent, Executor, Result, RunStatus
-from executus_service.ledger import record_end
+from executus_core import Agent, Executor, Result, RunEvent, RunStatus
+from executus_service.ledger import cancel_requested, record_end
 from executus_service.settings import ServiceSettings
 
-__all__ = ["RUN_TASK", "RunHost", "RunNotFinished", "make_app", "sweep_stalled_jobs"]
+__all__ = [
+    "CANCEL_CHANNEL",
+    "RUN_TASK",
+    "RunHost",
+    "RunNotFinished",
+    "listen_for_cancels",
+    "make_app",
+    "sweep_stalled_jobs",
+]
 
 log = logging.getLogger("executus_service.jobs")
 
 RUN_TASK = "executus_service.run_agent"
 """The Procrastinate task name of a run job."""
+
+CANCEL_CHANNEL = "executus_service_cancel"
+"""The PostgreSQL ``NOTIFY`` channel of cancels; the payload is the run id."""
 
 # The checkpoint statuses of a run that will not go on: ended (any way), failed for good, quarantined.
 _FINAL_CHECKPOINT = {"completed", "failed", "corrupt"}
@@ -50,8 +72,9 @@ _FINAL_CHECKPOINT = {"completed", "failed", "corrupt"}
 class RunNotFinished(Exception):
     """The run did not end in this job: the job is retried after ``retry_in`` seconds.
 
-    Raised when this worker shuts down (retried at once, on whichever worker is free), and when a
-    resumed run was refused by a budget for now (retried when the budget says it may pass).
+    Raised when another live worker holds the run (retried ``busy_retry_seconds`` later), when
+    this worker shuts down (retried at once, on whichever worker is free), and when a resumed run
+    was refused by a budget for now (retried when the budget says it may pass).
     """
 
     def __init__(self, message: str, retry_in: float = 0.0) -> None:
@@ -68,7 +91,7 @@ class _Backoff(BaseRetryStrategy):
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
         if isinstance(exception, RunNotFinished):
-            return RetryDecision(retry_in={"seconds": round(exception.retry_in)})
+            return RetryDecision(retry_in={"milliseconds": round(exception.retry_in * 1000)})
         return RetryDecision(retry_in={"seconds": min(30.0, 0.5 * 2 ** min(job.attempts, 6))})
 
 
@@ -110,8 +133,16 @@ async def sweep_stalled_jobs(app: App, service: ServiceSettings) -> None:
 
 
 def _not_ours(result: Result) -> bool:
-    """A result `Executor.recover` or `run` gave for a run this process is already running (not an end)."""
+    """A result `Executor.run` gave for a run this process is already running (not an end)."""
     return result.status is RunStatus.ERROR and "is already running" in (result.error or "")
+
+
+def _lease_lapsed(row: Mapping[str, Any]) -> bool:
+    """The run is live and its lease lapsed (or was released): no live worker holds it."""
+    if row["status"] != "live":
+        return False
+    lease = row.get("lease_until")
+    return lease is None or float(lease) < time.time()
 
 
 class RunHost:
@@ -138,81 +169,142 @@ class RunHost:
         for agent in self.agents.values():
             executor.register_agent(agent)
         self.stopping = False
+        self.driving: set[str] = set()
+        """The runs a job of this worker is starting or resuming now (not all registered yet)."""
+        self.cancel_pending: set[str] = set()
+        """Cancels heard for runs in `driving` that the executor has not registered yet."""
+        self.listening = asyncio.Event()
+        """Set while `listen_for_cancels` listens."""
+
+    # -- cancels ---------------------------------------------------------------------------
+
+    def cancel_heard(self, run_id: str) -> bool:
+        """A cancel of ``run_id`` reached this worker: cancel the run if it runs here.
+
+        A run a job of this worker is starting or resuming, and the executor has not registered
+        yet, is cancelled as soon as it starts (its ``run.start`` event). Returns True when the run
+        is this worker's.
+        """
+        if self.executor.cancel(run_id):
+            log.info("run %s: cancelled, as asked", run_id)
+            return True
+        if run_id in self.driving:
+            self.cancel_pending.add(run_id)
+            return True
+        return False
+
+    def _events(self, run_id: str) -> Callable[[RunEvent], None]:
+        """The run's ``on_event``: a cancel that came while the run was starting takes effect on its start."""
+
+        def on_event(event: RunEvent) -> None:
+            if event.type == "run.start" and run_id in self.cancel_pending:
+                self.cancel_pending.discard(run_id)
+                self.cancel_heard(run_id)
+
+        return on_event
+
+    # -- the job ---------------------------------------------------------------------------
 
     async def drive(self, run_id: str, *, prompt: str, caller_id: str, agent_name: str) -> str:
-        """See run ``run_id`` to its end (start it, resume it, or wait for the worker that holds it)."""
+        """See run ``run_id`` to its end: start it, resume it by id, or leave it to the worker holding it.
+
+        Returns the run's end status. Raises `RunNotFinished` when the run goes on without this job
+        (another live worker holds it, this worker is shutting down, a budget refused it for now):
+        Procrastinate retries the job.
+        """
         agent = self.agents.get(agent_name)
         if agent is None:
             # The web app checks names; a job for an agent this worker lacks is a deploy mismatch.
             raise LookupError(f"this worker has no agent {agent_name!r} (it has {', '.join(self.agents)})")
-        while True:
-            if run_id in self.executor.running:
-                await asyncio.sleep(
-                    self.service.busy_retry_seconds
-                )  # this worker runs it (resumed beside another)
-                continue
-            row = await self.store.run_row(run_id)
-            if row is None or (not row.get("message_count") and self._startable(run_id, row)):
-                # Never started, or its worker died before it saved even the prompt: nothing ran, and the
-                # store never hands out a run with no messages, so it starts afresh under its id.
-                result = await self.executor.run(agent, prompt, caller_id=caller_id, run_id=run_id)
-            elif row["status"] in _FINAL_CHECKPOINT:
-                return await self._already_ended(run_id, row)
-            elif not self._startable(run_id, row):
-                await asyncio.sleep(self.service.busy_retry_seconds)  # held by a live worker: wait
-                continue
-            else:
-                results = await self._recover()
-                for other in results:
-                    if other.run_id != run_id:
-                        await self._settle(other, beside=run_id)
-                found = [r for r in results if r.run_id == run_id]
-                if not found:
-                    # Another worker claimed it first (or the store would not hand it out yet): wait.
-                    await asyncio.sleep(self.service.busy_retry_seconds)
-                    continue
-                result = found[0]
-            status = await self._settle(result)
-            if status is not None:
-                return status
-            # The run goes on: this worker is stopping, the run was taken over, or a budget refused the
-            # resumed run for now (its checkpoint is kept).
-            if self.stopping:
-                raise RunNotFinished(f"run {run_id} was interrupted by this worker's shutdown")
-            if result.status is RunStatus.BUDGET_EXCEEDED:
-                wait = (
-                    result.retry_after if result.retry_after is not None else self.service.busy_retry_seconds
+        busy = self.service.busy_retry_seconds
+        if run_id in self.driving or run_id in self.executor.running:
+            # The job was handed out again while this worker still runs it (it was paused, say).
+            raise RunNotFinished(f"run {run_id} is running on this worker: retried later", retry_in=busy)
+        self.driving.add(run_id)
+        try:
+            return await self._drive(run_id, agent, prompt, caller_id)
+        finally:
+            self.driving.discard(run_id)
+            self.cancel_pending.discard(run_id)
+
+    async def _drive(self, run_id: str, agent: Agent, prompt: str, caller_id: str) -> str:
+        busy = self.service.busy_retry_seconds
+        row = await self.store.run_row(run_id)
+        if row is not None and row["status"] in _FINAL_CHECKPOINT:
+            return await self._already_ended(run_id, row)
+        # Never started, or its worker died before it saved even the prompt: nothing ran (the store
+        # never hands out a run with no messages), so it starts afresh under its id.
+        fresh = row is None or (not row.get("message_count") and _lease_lapsed(row))
+        if not fresh:
+            assert row is not None
+            if row["status"] == "paused":
+                raise RunNotFinished(f"run {run_id} waits for approval: retried later", retry_in=10 * busy)
+            if not _lease_lapsed(row):
+                left = float(row["lease_until"]) - time.time() if row.get("lease_until") else 0.0
+                raise RunNotFinished(
+                    f"run {run_id} is held by the live worker {row.get('owner')!r} (lease: {left:.1f}s "
+                    "more): retried later",
+                    retry_in=busy,
                 )
-                raise RunNotFinished(f"run {run_id} is over budget for now: {result.error}", retry_in=wait)
+        if await cancel_requested(self.pool, run_id):
+            if fresh:
+                return await self._cancelled_before_start(run_id)
+            # Interrupted: resume it only to end it, cancelled as soon as it starts (before any tool).
+            self.cancel_pending.add(run_id)
+        if fresh:
+            result = await self.executor.run(
+                agent, prompt, caller_id=caller_id, run_id=run_id, on_event=self._events(run_id)
+            )
+        else:
+            result = await self.executor.resume(
+                run_id, agents={agent.id: agent}, on_event=self._events(run_id)
+            )
+        status = await self._settle(result)
+        if status is not None:
+            return status
+        # The run goes on: this worker is stopping, another worker took it (or holds it), or a budget
+        # refused the resumed run for now (its checkpoint is kept).
+        if self.stopping:
+            raise RunNotFinished(f"run {run_id} was interrupted by this worker's shutdown")
+        if result.status is RunStatus.BUDGET_EXCEEDED:
+            wait = result.retry_after if result.retry_after is not None else busy
+            raise RunNotFinished(f"run {run_id} is over budget for now: {result.error}", retry_in=wait)
+        raise RunNotFinished(
+            f"run {run_id} goes on elsewhere ({result.status.value}: {result.error}): retried later",
+            retry_in=busy,
+        )
 
-    def _startable(self, run_id: str, row: Mapping[str, Any]) -> bool:
-        """The run is live and its lease lapsed: no live worker holds it."""
-        if row["status"] != "live":
-            return False
-        lease = row.get("lease_until")
-        return lease is None or float(lease) < time.time()
+    async def _cancelled_before_start(self, run_id: str) -> str:
+        """A cancel came before any worker started the run: it ends ``cancelled``; nothing runs."""
+        log.info("run %s: cancelled before it started; not started", run_id)
+        await record_end(
+            self.pool,
+            run_id,
+            RunStatus.CANCELLED.value,
+            None,
+            "cancelled before it started: nothing ran",
+            produced=True,
+            once=True,
+        )
+        return RunStatus.CANCELLED.value
 
-    async def _recover(self) -> list[Result]:
-        """``Executor.recover()``: resume every run whose lease lapsed, this one among them."""
-        return await self.executor.recover(agents={a.id: a for a in self.agents.values()})
-
-    async def _settle(self, result: Result, *, beside: str | None = None) -> str | None:
+    async def _settle(self, result: Result) -> str | None:
         """Keep the end of a run this worker ran; None when the run goes on.
 
         A run has ended when its checkpoint says so (``completed``, ``failed``) or when it has none
         (refused before it started). ``interrupted`` is never an end; nor is a refusal of a resumed
-        run, whose checkpoint the core keeps for later.
+        run, whose checkpoint the core keeps for later, nor a resume refused because another live
+        worker holds the run.
         """
         if result.status is RunStatus.INTERRUPTED or _not_ours(result):
             return None
         row = await self.store.run_row(result.run_id)
         if row is not None and row["status"] not in _FINAL_CHECKPOINT:
             return None
-        note = f" (resumed beside run {beside})" if beside else ""
         if result.status is RunStatus.OK:
-            log.info("run %s%s ended ok", result.run_id, note)
+            log.info("run %s ended ok", result.run_id)
         else:
-            log.warning("run %s%s ended %s: %s", result.run_id, note, result.status.value, result.error)
+            log.warning("run %s ended %s: %s", result.run_id, result.status.value, result.error)
         await record_end(
             self.pool, result.run_id, result.status.value, result.output, result.error, produced=True
         )
@@ -276,18 +368,66 @@ async def import_audit_spills(executor: Executor, service: ServiceSettings) -> N
                     log.info("imported audit rows of run %s from %s", spilled.state.info.run_id, path.name)
 
 
+async def listen_for_cancels(host: RunHost, conninfo: str, *, reconnect_seconds: float = 1.0) -> None:
+    """Forever: ``LISTEN`` on `CANCEL_CHANNEL` and hand each cancel to ``host.cancel_heard``.
+
+    On its own connection (a notification needs one that stays open). Each time it (re)connects it
+    also reads the cancels kept in ``service_cancels`` for the runs this worker has, so a cancel sent
+    while it was not listening is not lost. ``host.listening`` is set while it listens.
+    """
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                await conn.execute(f"LISTEN {CANCEL_CHANNEL}")
+                mine = sorted({*host.executor.running, *host.driving})
+                if mine:
+                    found = await conn.execute(
+                        "SELECT run_id FROM service_cancels WHERE run_id = ANY(%s)", (mine,)
+                    )
+                    for (run_id,) in await found.fetchall():
+                        host.cancel_heard(run_id)
+                host.listening.set()
+                async for note in conn.notifies():
+                    if host.cancel_heard(note.payload):
+                        log.info("run %s: cancel heard", note.payload)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            host.listening.clear()
+            log.warning("listening for cancels failed (%s); again in %gs", exc, reconnect_seconds)
+            await asyncio.sleep(reconnect_seconds)
+
+
 async def run_worker(
-    app: App, host: RunHost, service: ServiceSettings, *, name: str, shutdown_timeout: float = 5.0
+    app: App,
+    host: RunHost,
+    service: ServiceSettings,
+    *,
+    name: str,
+    conninfo: str,
+    shutdown_timeout: float = 5.0,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
-    """Run one Procrastinate worker (until SIGINT or SIGTERM) with the stalled-job sweeper beside it."""
+    """Run one Procrastinate worker (until SIGINT or SIGTERM) with the stalled-job sweeper, the
+    audit spill importer and the cancel listener beside it; ``on_ready`` once it listens for cancels."""
+    listener = asyncio.create_task(listen_for_cancels(host, conninfo), name="cancel listener")
     sweeper = asyncio.create_task(sweep_stalled_jobs(app, service), name="stalled job sweeper")
     importer = asyncio.create_task(import_audit_spills(host.executor, service), name="audit spill importer")
     try:
+        try:
+            await asyncio.wait_for(host.listening.wait(), timeout=30)
+        except TimeoutError:
+            log.warning("not listening for cancels yet; starting anyway (a job still reads kept cancels)")
+        if on_ready is not None:
+            on_ready()
         await app.run_worker_async(
             queues=[service.queue],
             name=name,
             concurrency=service.concurrency,
             update_heartbeat_interval=service.heartbeat_seconds,
+            # Jobs retried later (a run another worker holds, a stalled job) are updated, not inserted,
+            # so no notification wakes the workers: they look for due jobs this often.
+            fetch_job_polling_interval=min(service.busy_retry_seconds, service.sweep_seconds),
             # Procrastinate uses this only to delete old worker registrations when a worker starts. A
             # worker that was paused (SIGSTOP, a long GC, a VM migration) and is deleted meanwhile can
             # no longer fetch jobs (its id is gone) and stops; so keep registrations far longer than it
@@ -298,7 +438,7 @@ async def run_worker(
         )
     finally:
         host.stopping = True
-        for side in (sweeper, importer):
+        for side in (sweeper, importer, listener):
             side.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await side

@@ -14,8 +14,10 @@ Tables (PostgreSQL, created by `ensure_tables`):
 - ``service_results``: one row per run that ended, with its status and output or error; ``ends``
   counts the workers whose run ended there (1; 0 when the worker died before keeping the end and a
   later job kept it; more if a run ended twice). The audit trail has
-  the same and more, except for a run refused before it started (``budget_exceeded``), which the
-  audit never sees.
+  the same and more, except for a run refused before it started (``budget_exceeded``) or
+  cancelled before it started, which the audit never sees;
+- ``service_cancels``: one row per run someone asked to cancel (`REQUEST_CANCEL`); a worker reads
+  it when it takes the run's job up, so a cancel is kept while no worker runs the run.
 """
 
 from __future__ import annotations
@@ -30,7 +32,16 @@ from psycopg_pool import AsyncConnectionPool
 from executus_core import Agent, ToolContext, tool
 from executus_core.tools import Tool
 
-__all__ = ["TABLES", "build_agents", "ensure_tables", "read_result", "record_end", "worker_name"]
+__all__ = [
+    "REQUEST_CANCEL",
+    "TABLES",
+    "build_agents",
+    "cancel_requested",
+    "ensure_tables",
+    "read_result",
+    "record_end",
+    "worker_name",
+]
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS service_ledger_entries (
@@ -63,7 +74,21 @@ CREATE TABLE IF NOT EXISTS service_results (
     ends integer NOT NULL DEFAULT 1,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+CREATE TABLE IF NOT EXISTS service_cancels (
+    run_id text PRIMARY KEY,
+    requested_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
 """
+
+REQUEST_CANCEL = """
+WITH asked AS (
+    INSERT INTO service_cancels (run_id) VALUES (%(run_id)s)
+    ON CONFLICT (run_id) DO UPDATE SET requested_at = service_cancels.requested_at
+    RETURNING run_id
+)
+SELECT pg_notify(%(channel)s, run_id) FROM asked
+"""
+"""Keep a cancel of ``run_id`` and notify every worker (``%(channel)s``) when it commits."""
 
 # Workers starting together take turns creating the tables (CREATE ... IF NOT EXISTS races otherwise).
 _LOCK = 0x65786563_7376  # "execsv"
@@ -89,19 +114,30 @@ async def record_end(
     error: str | None,
     *,
     produced: bool,
+    once: bool = False,
 ) -> None:
     """Keep how a run ended.
 
     ``produced``: this worker's run just ended (a second such end of one run counts in ``ends``);
-    False: a job found the run already ended and only makes sure its end is kept.
+    False: a job found the run already ended and only makes sure its end is kept. ``once``: an end
+    that a job repeated after a crash would find again (a cancel before the start) counts once.
     """
-    conflict = "DO UPDATE SET ends = service_results.ends + 1" if produced else "DO NOTHING"
+    conflict = "DO UPDATE SET ends = service_results.ends + 1" if produced and not once else "DO NOTHING"
     async with pool.connection() as conn:
         await conn.execute(
             "INSERT INTO service_results (run_id, status, output, error, worker, ends) "
             f"VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id) {conflict}",
             (run_id, status, output, error, worker_name(), 1 if produced else 0),
         )
+
+
+async def cancel_requested(pool: AsyncConnectionPool, run_id: str) -> bool:
+    """True when someone asked to cancel ``run_id`` (a row in ``service_cancels``)."""
+    async with pool.connection() as conn:
+        found = await (
+            await conn.execute("SELECT 1 FROM service_cancels WHERE run_id = %s", (run_id,))
+        ).fetchone()
+    return found is not None
 
 
 async def read_result(conn: AsyncConnection, run_id: str) -> dict[str, object] | None:

@@ -11,13 +11,18 @@
                                       tool calls, run events, errors; the SSE id is the row's
                                       ``seq``, so a client reconnects with ``Last-Event-ID``), then
                                       ``event: end`` with the final status
+``POST /runs/{run_id}/cancel``        ask the worker that runs it to cancel it (``202``); a run
+                                      not started yet, or between workers, is cancelled when a
+                                      worker takes it up; ``409`` once it ended, ``404`` unknown
 ``GET /healthz``                      ``{"ok": true}`` once the queue's database answers
 ``/viewer/``                          the runs viewer (executus-viewer): the runs live, each
-                                      run's trace; its actions stay off (``[tool.executus.viewer]``)
+                                      run's trace, and its Cancel button (``allow_cancel``)
 ====================================  ===========================================================
 
 Runs happen in the worker processes; the web app reads everything back from the audit battery
-(`executus_audit_sql`), which every worker writes to, so any web process can answer for any run.
+(`executus_audit_sql`), which every worker writes to, so any web process can answer for any run. A
+cancel goes to the workers through PostgreSQL: a row in ``service_cancels`` and a ``NOTIFY`` that
+every worker listens for (`executus_service.jobs.listen_for_cancels`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from executus_audit_sql.audit import SqlAudit
 from executus_audit_sql.plugin import build_audit
 from executus_audit_sql.trail import RunRecord, TrailEntry
 from executus_viewer import make_viewer
+from executus_viewer.actions import ActionOutcome
 from procrastinate import App
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -41,10 +47,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
 from executus_core.config import Settings
-from executus_service.jobs import RUN_TASK
+from executus_service.jobs import CANCEL_CHANNEL, RUN_TASK
+from executus_service.ledger import REQUEST_CANCEL
 from executus_service.settings import ServiceSettings
 
-__all__ = ["make_web_app", "run_document"]
+__all__ = ["ServiceActions", "make_web_app", "run_document"]
 
 log = logging.getLogger("executus_service.web")
 
@@ -124,7 +131,32 @@ class _Service:
         # A job with no audit row yet: waiting for a worker (or just taken by one).
         return {"run_id": run_id, "status": "queued", "job": job["status"]}
 
+    async def cancel(self, run_id: str) -> tuple[int, dict[str, Any]]:
+        """Ask for ``run_id`` to be cancelled: ``(HTTP status, answer)``.
+
+        The cancel is kept in ``service_cancels`` and sent to every worker with ``NOTIFY``: the one
+        running the run cancels it (`Executor.cancel`); a run no worker runs now (queued, or between
+        workers after a crash) is cancelled when a worker takes its job up.
+        """
+        found = await self.status(run_id)
+        if found is None:
+            return 404, {"error": f"no run {run_id!r} (neither queued nor recorded)"}
+        if found["status"] in _ENDED:
+            return 409, {**found, "error": f"run {run_id} already ended {found['status']}: nothing to cancel"}
+        await self.queue.connector.execute_query_async(REQUEST_CANCEL, run_id=run_id, channel=CANCEL_CHANNEL)
+        log.info("run %s: cancel asked", run_id)
+        return 202, {
+            "run_id": run_id,
+            "status": "cancelling",
+            "was": found["status"],
+            "links": {"status": f"/runs/{run_id}", "result": f"/runs/{run_id}/result"},
+        }
+
     # -- endpoints ------------------------------------------------------------------------
+
+    async def post_cancel(self, request: Request) -> Response:
+        status, answer = await self.cancel(request.path_params["run_id"])
+        return JSONResponse(answer, status_code=status)
 
     async def submit(self, request: Request) -> Response:
         try:
@@ -230,6 +262,20 @@ class _Service:
         return JSONResponse({"ok": True})
 
 
+class ServiceActions:
+    """The viewer's actions in this service: Cancel, sent to whichever worker runs the run."""
+
+    def __init__(self, service: _Service) -> None:
+        self._service = service
+
+    async def cancel(self, run_id: str) -> ActionOutcome:
+        """Ask the workers to cancel ``run_id`` (as ``POST /runs/{id}/cancel`` does)."""
+        status, answer = await self._service.cancel(run_id)
+        if status == 202:
+            return ActionOutcome(True, f"run {run_id} is being cancelled (it was {answer['was']})")
+        return ActionOutcome(False, str(answer.get("error")))
+
+
 def make_web_app(settings: Settings, service: ServiceSettings, queue: App, agents: list[str]) -> Starlette:
     """The service's ASGI app; it opens the queue's connection pool at startup and closes it at shutdown."""
     state = _Service(settings, service, queue, agents)
@@ -248,9 +294,19 @@ def make_web_app(settings: Settings, service: ServiceSettings, queue: App, agent
             Route("/runs/{run_id}", state.get_status, methods=["GET"]),
             Route("/runs/{run_id}/result", state.get_result, methods=["GET"]),
             Route("/runs/{run_id}/events", state.events, methods=["GET"]),
+            Route("/runs/{run_id}/cancel", state.post_cancel, methods=["POST"]),
             Route("/healthz", state.health, methods=["GET"]),
-            # The viewer reads the same audit trail; off unless mounted, and this example has no auth.
-            Mount("/viewer", app=make_viewer(state.audit, executus_settings=settings, workers=state.workers)),
+            # The viewer reads the same audit trail; its Cancel goes to the workers as POST .../cancel
+            # does (allow_cancel in [tool.executus.viewer]). This example has no auth: loopback only.
+            Mount(
+                "/viewer",
+                app=make_viewer(
+                    state.audit,
+                    executus_settings=settings,
+                    workers=state.workers,
+                    actions=ServiceActions(state),
+                ),
+            ),
         ],
         lifespan=lifespan,
     )

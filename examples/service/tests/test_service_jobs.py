@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from executus_checkpoint_sql.store import SqlCheckpointStore
 from executus_service.fake_model import expected_output, reply_for
-from executus_service.jobs import RunHost
+from executus_service.jobs import RunHost, RunNotFinished
 from executus_service.ledger import build_agents, ensure_tables
 from executus_service.settings import ServiceSettings
 from psycopg_pool import AsyncConnectionPool
@@ -140,3 +140,125 @@ async def test_a_run_that_completed_without_its_audit_end_is_kept_as_ended(
             await conn.execute("SELECT error FROM service_results WHERE run_id = %s", (run_id,))
         ).fetchone()
     assert row is not None and "the audit has no record of how it ended" in row[0]
+
+
+async def _interrupt_midway(
+    settings: dict[str, Any], pool: AsyncConnectionPool, prompts: dict[str, str]
+) -> None:
+    """Start each run on a worker of its own and stop that worker once a tool ran: interrupted runs,
+    their checkpoints released (as a worker that shuts down releases them), their transcripts saved."""
+    async with Executor(settings=settings) as executor:
+        agent = build_agents(pool, model=Clerk(), tool_seconds=0.3)["ledger"]  # type: ignore[arg-type]
+        tasks = [
+            asyncio.create_task(executor.run(agent, prompt, caller_id="c-1", run_id=run_id))
+            for run_id, prompt in prompts.items()
+        ]
+        async with asyncio.timeout(30):
+            while await _finished_calls(pool, list(prompts)) < 2 * len(prompts):  # noqa: ASYNC110 - polls the database
+                await asyncio.sleep(0.05)
+        # shutdown() ends every run interrupted and releases its checkpoint for another worker
+    results = await asyncio.gather(*tasks)
+    assert [r.status.value for r in results] == ["interrupted"] * len(prompts), results
+
+
+async def _finished_calls(pool: AsyncConnectionPool, run_ids: list[str]) -> int:
+    async with pool.connection() as conn:
+        found = await (
+            await conn.execute(
+                "SELECT count(*) FROM service_ledger_calls WHERE run_id = ANY(%s) AND finished_at IS NOT NULL",
+                (run_ids,),
+            )
+        ).fetchone()
+    return int(found[0]) if found else 0
+
+
+async def _drive_to_end(host: RunHost, run_id: str, prompt: str) -> tuple[str, int]:
+    """What Procrastinate does with the job: run it, and again after each `RunNotFinished`.
+    Returns the status and how many times the job was retried."""
+    retries = 0
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                return await host.drive(run_id, prompt=prompt, caller_id="c-1", agent_name="ledger"), retries
+            except RunNotFinished as later:
+                retries += 1
+                await asyncio.sleep(later.retry_in)
+
+
+async def test_a_job_resumes_its_own_run_by_id_and_leaves_the_others(
+    service_database: str, pool: AsyncConnectionPool
+) -> None:
+    mine, other = uuid.uuid4().hex, uuid.uuid4().hex
+    prompts = {mine: "Record 6 payments for account m1", other: "Record 6 payments for account o1"}
+    settings = _settings(service_database)
+    await _interrupt_midway(settings, pool, prompts)
+    async with Executor(settings=settings) as executor:
+        host = _host(executor, pool)
+        before, ran = await host.store.run_row(other), len(await _calls(pool, other))
+        status, _ = await _drive_to_end(host, mine, prompts[mine])
+        after = await host.store.run_row(other)
+    assert status == "ok"
+    assert await _ended(pool, mine) == ("ok", expected_output(6, "m1"), 1)
+    # The other interrupted run was not touched: not resumed, not claimed, nothing of it ran.
+    assert before is not None and after is not None
+    assert (after["status"], after["epoch"], after["message_count"], after["claimed_at"]) == (
+        "live",
+        before["epoch"],
+        before["message_count"],
+        None,
+    )
+    assert await _ended(pool, other) is None
+    assert len(await _calls(pool, other)) == ran
+
+
+async def test_a_job_whose_run_a_live_worker_holds_is_retried_later_and_never_runs_it_twice(
+    service_database: str, pool: AsyncConnectionPool
+) -> None:
+    run_id, prompt = uuid.uuid4().hex, "Record 4 payments for account h1"
+    settings = _settings(service_database)
+    holder = Executor(settings=settings)
+    agent = build_agents(pool, model=Clerk(), tool_seconds=3)["ledger"]  # type: ignore[arg-type]
+    held = asyncio.create_task(holder.run(agent, prompt, caller_id="c-1", run_id=run_id))
+    try:
+        async with asyncio.timeout(30):
+            while not await _calls(pool, run_id):  # noqa: ASYNC110 - polls the database
+                await asyncio.sleep(0.05)
+        async with Executor(settings=settings) as executor:
+            host = _host(executor, pool)
+            # The holder's tool runs for 3 s, well past the 2 s lease its heartbeat keeps renewing.
+            await asyncio.sleep(2.5)
+            with pytest.raises(RunNotFinished, match="held by the live worker") as later:
+                await asyncio.wait_for(
+                    host.drive(run_id, prompt=prompt, caller_id="c-1", agent_name="ledger"), timeout=10
+                )
+            assert later.value.retry_in == host.service.busy_retry_seconds
+            assert run_id not in executor.running
+            # The holder goes on and ends the run; the retried job then finds it ended.
+            result = await asyncio.wait_for(held, timeout=60)
+            assert result.status.value == "ok"
+            status, retries = await _drive_to_end(host, run_id, prompt)
+    finally:
+        held.cancel()
+        await asyncio.gather(held, return_exceptions=True)
+        await holder.shutdown()
+    assert (status, retries) == ("ok", 0)
+    async with pool.connection() as conn:
+        workers = {
+            w
+            for (w,) in await (
+                await conn.execute(
+                    "SELECT DISTINCT worker FROM service_ledger_calls WHERE run_id = %s", (run_id,)
+                )
+            ).fetchall()
+        }
+    assert len(workers) == 1  # every call ran on the holder; the job ran none of them
+    assert len(await _calls(pool, run_id)) == 4
+
+
+async def _calls(pool: AsyncConnectionPool, run_id: str) -> list[tuple[Any, ...]]:
+    async with pool.connection() as conn:
+        return await (
+            await conn.execute(
+                "SELECT call_id, attempt FROM service_ledger_calls WHERE run_id = %s ORDER BY id", (run_id,)
+            )
+        ).fetchall()

@@ -30,7 +30,7 @@ import time
 import traceback
 from typing import Any
 
-from bench.clients import BenchClient, load
+from bench.clients import BenchClient, load, options
 from bench.workload import check_answer
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -265,14 +265,15 @@ async def profile(name: str, client: BenchClient, n: int, runs: int, warmup: int
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     try:
         module = load(args.client)
+        label, create_options = options(args.client)
         t0 = time.perf_counter()
-        client: BenchClient = await module.create(args.url)
+        client: BenchClient = await module.create(args.url, **create_options)
         setup = time.perf_counter() - t0
     except ImportError as exc:
         return {"unavailable": f"{type(exc).__name__}: {exc}"}
     out: dict[str, Any] = {
         "client": args.client,
-        "label": module.LABEL,
+        "label": label or module.LABEL,
         "versions": versions(module.PACKAGES),
         "setup_seconds": setup,
     }
@@ -290,6 +291,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             out.update(await profile(args.client, client, args.n, int(args.runs), args.warmup, args.top))
     finally:
         await client.aclose()
+    extras = getattr(client, "extras", None)  # what a battery client saw, read after it closed
+    if extras is not None:
+        out["extras"] = extras()
     out["peak_rss_bytes"] = peak_rss()
     return out
 

@@ -51,6 +51,23 @@ class Plan:
     import_repeats: int
     case_timeout: float
     coldstart_rounds: int  # interleaved rounds of bench.coldstart (batteries on / off)
+    # The heavy host (bench.heavy): the SQL batteries' rows, durable runs at scale, recovery, the GC.
+    battery_clients: tuple[str, ...]
+    battery_ns: tuple[int, ...]
+    battery_runs: tuple[int, ...]
+    battery_concurrency: tuple[int, ...]
+    battery_repeats: int
+    battery_baseline: bool  # measure the bare loop and the core again in the section (else: reuse)
+    durable_concurrency: tuple[int, ...]
+    durable_backends: tuple[str, ...]
+    durable_timeout: float
+    recovery_runs: int
+    recovery_concurrency: tuple[int, ...]  # empty: no recovery, only the cost of a save
+    step_lengths: tuple[int, ...]
+    step_backends: tuple[str, ...]
+    gc_concurrency: int  # 0: no GC section
+    gc_rounds: int
+    gc_modes: tuple[str, ...]
 
 
 FULL = Plan(
@@ -68,6 +85,22 @@ FULL = Plan(
     import_repeats=5,
     case_timeout=300.0,
     coldstart_rounds=5,
+    battery_clients=("sql_audit_sqlite", "sql_checkpoint_sqlite", "sql_both_sqlite", "sql_both_postgres"),
+    battery_ns=(10, 200),
+    battery_runs=(21, 3),
+    battery_concurrency=(200,),
+    battery_repeats=3,
+    battery_baseline=True,
+    durable_concurrency=(1000, 5000),
+    durable_backends=("postgres", "sqlite"),
+    durable_timeout=1200.0,
+    recovery_runs=1000,
+    recovery_concurrency=(8, 64),
+    step_lengths=(10, 500),
+    step_backends=("sqlite", "postgres"),
+    gc_concurrency=5000,
+    gc_rounds=2,
+    gc_modes=("default", "freeze"),
 )
 QUICK = Plan(
     name="quick",
@@ -84,11 +117,33 @@ QUICK = Plan(
     import_repeats=1,
     case_timeout=60.0,
     coldstart_rounds=0,  # the cold start takes a dozen fresh processes: the full run only
+    # The heavy host, small: SQLite only (no PostgreSQL needed), no recovery, no GC section.
+    battery_clients=("sql_both_sqlite",),
+    battery_ns=(10,),
+    battery_runs=(3,),
+    battery_concurrency=(20,),
+    battery_repeats=1,
+    battery_baseline=False,
+    durable_concurrency=(),
+    durable_backends=("sqlite",),
+    durable_timeout=60.0,
+    recovery_runs=0,
+    recovery_concurrency=(),
+    step_lengths=(10,),
+    step_backends=("sqlite",),
+    gc_concurrency=0,
+    gc_rounds=0,
+    gc_modes=(),
 )
+SECTIONS = ("clients", "profile", "imports", "coldstart", "budget", "batteries", "durable", "recovery", "gc")
+"""What one run measures, in order; ``--sections`` picks some (the others are kept from ``--output``)."""
+
+
+_STARTED = time.monotonic()
 
 
 def log(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
+    print(f"bench [{time.monotonic() - _STARTED:5.0f}s]: {message}", file=sys.stderr, flush=True)
 
 
 # --- the machine ------------------------------------------------------------------------------
@@ -218,6 +273,8 @@ def _median_concurrent(found: list[dict[str, Any]]) -> dict[str, Any]:
     out["first_error"] = next((c["first_error"] for c in cases if c["first_error"]), None)
     out["repeats"] = len(cases)
     out["cpu_us_per_step_all"] = [c["cpu_us_per_step"] for c in cases]
+    if any("extras" in r for r in found):  # what a battery client saw, per repeat
+        out["extras"] = [r.get("extras") for r in found]
     return out
 
 
@@ -247,7 +304,7 @@ def measure_clients(plan: Plan, clients: list[str], url: str, cpu: int | None) -
             entry["traceback"] = result.get("traceback")
             log(f"{name}: failed: {result['error']}")
         else:
-            entry.update({k: result[k] for k in ("label", "versions", "sequential") if k in result})
+            entry.update({k: result[k] for k in ("label", "versions", "sequential", "extras") if k in result})
             if "provider" in result:
                 entry["provider"] = result["provider"]
             entry["concurrent"] = {}
@@ -520,20 +577,30 @@ def _plots(results: dict[str, Any], beside: Path, update_docs: bool) -> None:
             return
 
 
-def _publish(source: Path, *, plot: bool, update_docs: bool) -> int:
-    from bench import coldstart, report
+def _print(results: dict[str, Any]) -> None:
+    """Every table of ``results`` on stdout."""
+    from bench import coldstart, heavy, report
 
-    results = json.loads(source.read_text())
-    if update_docs and results.get("plan", {}).get("name") != "full":
-        raise SystemExit(
-            f"{source} holds a {results.get('plan', {}).get('name')} run; the docs take a full run"
-        )
     print(report.text(results))
     if "cases" in results.get("coldstart", {}):
         print("\n" + coldstart.table(results["coldstart"]))
     if "table" in results.get("budget", {}):
         print("\n**Budget** (executus-budget-redis, per run; python -m bench.budget):\n")
         print(results["budget"]["table"])
+    found = heavy.text(results)
+    if found:
+        print("\n" + found)
+
+
+def _publish(source: Path, *, plot: bool, update_docs: bool) -> int:
+    from bench import report
+
+    results = json.loads(source.read_text())
+    if update_docs and results.get("plan", {}).get("name") != "full":
+        raise SystemExit(
+            f"{source} holds a {results.get('plan', {}).get('name')} run; the docs take a full run"
+        )
+    _print(results)
     if plot:
         _plots(results, source.with_suffix(".svg"), update_docs)
     if update_docs:
@@ -561,6 +628,12 @@ def main(argv: list[str] | None = None) -> int:
         "--clients", default=",".join(CLIENTS), help=f"comma-separated subset of: {', '.join(CLIENTS)}"
     )
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile of executus")
+    parser.add_argument(
+        "--sections",
+        default=None,
+        help=f"measure only these (comma-separated: {', '.join(SECTIONS)}); the other sections of "
+        "--output's last run of the same plan are kept, each with its own date and load",
+    )
     parser.add_argument("--no-plot", action="store_true", help="do not draw the plot")
     parser.add_argument(
         "--update-docs",
@@ -586,47 +659,78 @@ def main(argv: list[str] | None = None) -> int:
     if args.update_docs and args.quick:
         parser.error("--update-docs takes the full run's figures; drop --quick")
 
-    from bench import report
+    from bench import heavy, report
 
+    sections = [x.strip() for x in args.sections.split(",") if x.strip()] if args.sections else list(SECTIONS)
+    unknown = [x for x in sections if x not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    if args.sections and args.update_docs:
+        parser.error("--update-docs takes a whole run; drop --sections")
     started = time.monotonic()
     results: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "plan": dataclasses.asdict(plan),
         "machine": machine(),
     }
+    if args.sections and output.exists():
+        # Some sections only: the others are kept from the last run's file, each with its own date and load.
+        kept = json.loads(output.read_text())
+        if kept.get("plan", {}).get("name") == plan.name:
+            results = {**kept, "plan": results["plan"]}
+            results.setdefault("sections_run", {})
     client_cpu, server_cpu = _cpus()
     results["pinning"] = {"client_cpu": client_cpu, "server_cpu": server_cpu}
-    with Server(server_cpu, max_seconds=plan.case_timeout * 40) as server:
-        log(f"server at {server.url} (pid {server.process.pid if server.process else '?'}); plan {plan.name}")
-        results["clients"] = measure_clients(plan, clients, server.url, client_cpu)
-        if not args.no_profile and "executus" in clients:
-            results["profile"] = measure_profile(plan, server.url, client_cpu)
-    log("import and build times")
-    results["imports"] = measure_imports(plan)
+    on_server = [x for x in ("clients", "profile", "batteries", "durable", "recovery") if x in sections]
+    if on_server:
+        with Server(server_cpu, max_seconds=plan.case_timeout * 40 + plan.durable_timeout * 8) as server:
+            log(
+                f"server at {server.url} (pid {server.process.pid if server.process else '?'}); plan {plan.name}"
+            )
+            if "clients" in sections:
+                section = heavy.stamp()
+                results["clients"] = measure_clients(plan, clients, server.url, client_cpu)
+                results.setdefault("sections_run", {})["clients"] = {
+                    **section,
+                    "load_average_at_end": heavy.load_average(),
+                }
+            if "profile" in sections and not args.no_profile and "executus" in clients:
+                results["profile"] = measure_profile(plan, server.url, client_cpu)
+            if "batteries" in sections and plan.battery_clients:
+                reuse = None if plan.battery_baseline else results.get("clients")
+                results["batteries"] = heavy.measure_batteries(plan, server.url, client_cpu, reuse)
+            if "durable" in sections and plan.durable_concurrency:
+                results["durable"] = heavy.measure_durable(plan, server.url, client_cpu)
+            if "recovery" in sections and (plan.recovery_concurrency or plan.step_lengths):
+                results["recovery"] = heavy.measure_recovery(plan, server.url, client_cpu)
+    if "gc" in sections and plan.gc_concurrency:
+        results["gc"] = heavy.measure_gc(plan)
+    if "imports" in sections:
+        log("import and build times")
+        results["imports"] = measure_imports(plan)
     from bench import coldstart
 
-    if plan.coldstart_rounds:
+    if "coldstart" in sections and plan.coldstart_rounds:
         log("cold start with the batteries, and without")
         try:
             results["coldstart"] = coldstart.measure(plan.coldstart_rounds)
         except RuntimeError as exc:
             results["coldstart"] = {"error": str(exc)}
-    if plan.name == "full":  # --quick stays quick and writes nothing outside bench/results
+    if (
+        "budget" in sections and plan.name == "full"
+    ):  # --quick stays quick and writes nothing outside bench/results
         log("budget: a check and a commit per run (bench.budget)")
         results["budget"] = measure_budget()
+    results.setdefault("clients", {})
     results["targets"] = targets(plan, results["clients"])
+    results["heavy_targets"] = heavy.targets(results)
     results["seconds"] = time.monotonic() - started
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(output.suffix + ".tmp")
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
     tmp.replace(output)
-    print(report.text(results))
-    if "cases" in results.get("coldstart", {}):
-        print("\n" + coldstart.table(results["coldstart"]))
-    if "table" in results.get("budget", {}):
-        print("\n**Budget** (executus-budget-redis, per run; python -m bench.budget):\n")
-        print(results["budget"]["table"])
+    _print(results)
     log(f"wrote {output}")
     if not args.no_plot:
         _plots(results, output.with_suffix(".svg"), args.update_docs)
@@ -634,6 +738,7 @@ def main(argv: list[str] | None = None) -> int:
         report.update_docs(results, DOCS_PAGE)
         log(f"updated {DOCS_PAGE}")
     failed = [n for n, e in results["clients"].items() if "error" in e and n not in PEERS]
+    failed += [n for n, e in (results.get("batteries") or {}).get("clients", {}).items() if "error" in e]
     if failed:
         log(f"failed: {', '.join(failed)}")
         return 1

@@ -50,7 +50,14 @@ def test_quick_bench_runs_and_writes_results() -> None:
     assert results["plan"]["name"] == "quick"
     assert results["machine"]["python"] and results["machine"]["cpus"]
     clients = results["clients"]
-    assert set(clients) == {"floor", "bare_httpx2", "executus", "openai_agents", "pydantic_ai"}
+    assert set(clients) == {
+        "floor",
+        "bare_httpx2",
+        "executus",
+        "executus_aiohttp",
+        "openai_agents",
+        "pydantic_ai",
+    }
     for name in ("floor", "bare_httpx2", "executus"):
         entry = clients[name]
         assert "error" not in entry, entry
@@ -61,11 +68,29 @@ def test_quick_bench_runs_and_writes_results() -> None:
             assert case["tool_calls"] == case["expected_tool_calls"]
         assert entry["versions"]
     assert clients["executus"]["provider"] == "executus_core.providers.openai"
-    for peer in ("openai_agents", "pydantic_ai"):
+    for peer in ("openai_agents", "pydantic_ai", "executus_aiohttp"):
         assert "sequential" in clients[peer] or "unavailable" in clients[peer], clients[peer]
     assert "executor" in results["imports"] and "executus_core" in results["imports"]
     assert results["profile"]["executus"]["top_own_time"]
     assert {t["target"] for t in results["targets"]}
+    # The heavy host, small: the SQL batteries on SQLite beside the bare loop, a save's cost.
+    batteries = results["batteries"]["clients"]
+    assert {"bare_httpx2", "executus", "sql_both_sqlite"} <= set(batteries)
+    both = batteries["sql_both_sqlite"]
+    assert "error" not in both, both
+    assert both["concurrent"]["20"]["errors"] == 0
+    seen = both["concurrent"]["20"]["extras"][0]
+    assert seen["statuses"]["ok"] == seen["runs"] and seen["saves"]["saves"] > 0
+    assert seen["lost_saves"] == 0 and seen["checkpoint_rows"] == {"completed": seen["runs"]}
+    steps = results["recovery"]["steps"][0]
+    assert steps["backend"] == "sqlite" and steps["runs"]["10"]["at_step"]["10"]["cpu_us_per_save"] > 0
+    assert results["heavy_targets"]
     # The table is printed for people: each section is there.
-    for heading in ("Sequential runs", "Concurrent runs", "Import and build times", "Targets"):
+    for heading in (
+        "Sequential runs",
+        "Concurrent runs",
+        "Import and build times",
+        "Targets",
+        "SQL batteries",
+    ):
         assert heading in done.stdout

@@ -11,15 +11,29 @@ import importlib
 from types import ModuleType
 from typing import Protocol
 
-__all__ = ["CLIENTS", "BenchClient", "ToolCounter", "load"]
+__all__ = ["BATTERY_CLIENTS", "CLIENTS", "BenchClient", "ToolCounter", "load", "options"]
 
 # Order of the tables and the plot: the floor first, then the bare loop, executus, the peers.
 CLIENTS: dict[str, str] = {
     "floor": "bench.clients.floor",
     "bare_httpx2": "bench.clients.bare_httpx2",
     "executus": "bench.clients.executus",
+    "executus_aiohttp": "bench.clients.executus_aiohttp",
     "openai_agents": "bench.clients.peer_openai_agents",
     "pydantic_ai": "bench.clients.peer_pydantic_ai",
+}
+
+
+# executus with the SQL batteries (`bench.clients.executus_sql`): name -> (label, create's options).
+# Measured in a section of their own beside the bare loop and the core (`bench.run`).
+BATTERY_CLIENTS: dict[str, tuple[str, dict[str, str]]] = {
+    "sql_audit_sqlite": ("+ audit-sql (SQLite)", {"backend": "sqlite", "parts": "audit"}),
+    "sql_checkpoint_sqlite": ("+ checkpoint-sql (SQLite)", {"backend": "sqlite", "parts": "checkpoint"}),
+    "sql_both_sqlite": ("audit + checkpoint, SQLite", {"backend": "sqlite", "parts": "audit+checkpoint"}),
+    "sql_both_postgres": (
+        "audit + checkpoint, PostgreSQL",
+        {"backend": "postgres", "parts": "audit+checkpoint"},
+    ),
 }
 
 
@@ -44,6 +58,16 @@ class BenchClient(Protocol):
 
 def load(name: str) -> ModuleType:
     """The module of client ``name``; raises KeyError naming the known clients."""
+    if name in BATTERY_CLIENTS:
+        return importlib.import_module("bench.clients.executus_sql")
     if name not in CLIENTS:
-        raise KeyError(f"unknown client {name!r}; known: {', '.join(CLIENTS)}")
+        raise KeyError(f"unknown client {name!r}; known: {', '.join([*CLIENTS, *BATTERY_CLIENTS])}")
     return importlib.import_module(CLIENTS[name])
+
+
+def options(name: str) -> tuple[str | None, dict[str, str]]:
+    """The label and ``create`` options of client ``name`` (none for the main clients)."""
+    if name in BATTERY_CLIENTS:
+        label, found = BATTERY_CLIENTS[name]
+        return label, dict(found)
+    return None, {}

@@ -23,7 +23,7 @@ class ExecutusClient:
 
     model_provider = PROVIDER
 
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, object] | None = None) -> None:
         self.counter = counter = ToolCounter()
 
         @tool(name="lookup", description=TOOL_DESCRIPTION)
@@ -33,7 +33,7 @@ class ExecutusClient:
 
         self.tool = lookup
         # Core alone: the built-in plugins only, whatever batteries this environment has.
-        self.executor = Executor(entry_points=False)
+        self.executor = Executor(entry_points=False, settings=settings)
         self.agents: dict[int, Agent] = {}
 
     def agent(self, n: int) -> Agent:

@@ -133,6 +133,17 @@ def create_app(*, entry_points: bool = True, plugins: Sequence[object] = ()) -> 
             typer.Option("--stream", help="Ask the model to stream its answer, and show it as it comes."),
         ] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+        continue_run: Annotated[
+            str | None,
+            typer.Option(
+                "--continue",
+                "-c",
+                metavar="RUN_ID",
+                help="Continue the conversation of an earlier run (its id, or the start of it): its "
+                "messages, read from the audit, come before the prompt.",
+                show_default=False,
+            ),
+        ] = None,
     ) -> None:
         """Run an agent (or just a model) on a prompt: live progress on stderr, the answer on stdout.
 
@@ -140,6 +151,7 @@ def create_app(*, entry_points: bool = True, plugins: Sequence[object] = ()) -> 
         executus run examples/assistant.toml "How many feet are in 3.5 km?"
         executus run --model openai:gpt-4o-mini --system "Be brief." "Name three rivers."
         echo "Summarise this" | executus run agent.toml -
+        executus run agent.toml --continue 3f2a9c01b7de "And in metres?"
         """
         if len(arguments) > 2:
             raise fail(
@@ -160,8 +172,102 @@ def create_app(*, entry_points: bool = True, plugins: Sequence[object] = ()) -> 
             dry_run=dry_run,
             stream=stream,
             quiet=quiet,
+            continue_run=continue_run,
         )
         raise typer.Exit(run_command(request, state))
+
+    @app.command("chat")
+    def chat(
+        agent: Annotated[
+            str | None,
+            typer.Argument(
+                metavar="[AGENT]",
+                help="A TOML agent file, or module:attribute naming an Agent (leave it out to chat "
+                "with just a model, with --model).",
+                show_default=False,
+            ),
+        ] = None,
+        model: Annotated[
+            str | None,
+            typer.Option(
+                "--model",
+                "-m",
+                metavar="MODEL",
+                help="Use this model instead of the agent's: an id (openai:gpt-4o-mini, "
+                "scripted:replay.json) or a tier.",
+                show_default=False,
+            ),
+        ] = None,
+        system: Annotated[
+            str | None,
+            typer.Option(
+                "--system",
+                metavar="TEXT",
+                help="The system message (replaces the agent's instructions).",
+                show_default=False,
+            ),
+        ] = None,
+        option: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--option",
+                "-o",
+                metavar="KEY=VALUE",
+                help="A model setting (repeatable): -o temperature=0 -o max_tokens=200",
+                show_default=False,
+            ),
+        ] = None,
+        caller: Annotated[
+            str | None,
+            typer.Option(
+                "--caller",
+                metavar="ID",
+                help="The caller id budgets and audit see (default: your user name).",
+                show_default=False,
+            ),
+        ] = None,
+        continue_run: Annotated[
+            str | None,
+            typer.Option(
+                "--continue",
+                "-c",
+                metavar="RUN_ID",
+                help="Go on with the conversation of an earlier run (its id, or the start of it).",
+                show_default=False,
+            ),
+        ] = None,
+        setting: SettingOption = None,
+        stream: Annotated[
+            bool,
+            typer.Option("--stream", help="Ask the model to stream its answers, and show them as they come."),
+        ] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+    ) -> None:
+        """Chat with an agent (or just a model): each line you type is a turn, a run of one conversation.
+
+        exit, quit or Ctrl-D leaves; Ctrl-C stops the turn that is running. Lines come from stdin, so
+        a script can pipe a chat in.
+
+        \b
+        executus chat examples/assistant.toml
+        executus chat --model openai:gpt-4o-mini --system "Be brief."
+        executus chat agent.toml --continue 3f2a9c01b7de
+        """
+        from executus_core.cli.chat import chat_command
+
+        request = RunRequest(
+            agent=agent,
+            prompt="",
+            model=model,
+            system=system,
+            options=option or [],
+            settings=setting or [],
+            caller=caller,
+            stream=stream,
+            quiet=quiet,
+            continue_run=continue_run,
+        )
+        raise typer.Exit(chat_command(request, state))
 
     @app.command("models")
     def models_command(setting: SettingOption = None, as_json: JsonOption = False) -> None:

@@ -34,7 +34,7 @@ from executus_core.errors import ConfigError, ExecutusError, PluginError
 from executus_core.tools import Tool
 from executus_core.types import Agent, Result, RunStatus
 
-__all__ = ["RunRequest", "build_agent", "parse_options", "read_prompt", "run_command"]
+__all__ = ["RunRequest", "build_agent", "parse_options", "read_prompt", "resolve_run_id", "run_command"]
 
 _CLI_AGENT = "executus"
 """The name of the agent ``executus run --model ID "prompt"`` makes when no agent file is given."""
@@ -57,6 +57,7 @@ class RunRequest:
         dry_run: bool = False,
         stream: bool = False,
         quiet: bool = False,
+        continue_run: str | None = None,
     ) -> None:
         self.agent = agent
         self.prompt = prompt
@@ -69,6 +70,34 @@ class RunRequest:
         self.dry_run = dry_run
         self.stream = stream
         self.quiet = quiet
+        self.continue_run = continue_run
+
+
+async def resolve_run_id(executor: Any, given: str) -> str:
+    """The run id ``given`` stands for: itself when an audit knows it, else the one run whose id
+    starts with it (``--continue 3f2a9c``, as ``runs show`` takes), asked of the audits that can
+    find runs by prefix. Raises `ConfigError` when the prefix matches several runs."""
+    audits = [audit for _, audit in executor.ports.audits]
+    for audit in audits:
+        read = getattr(audit, "transcript", None)
+        if callable(read):
+            with contextlib.suppress(Exception):
+                if await read(given) is not None:
+                    return given
+    for audit in audits:
+        find = getattr(audit, "find_runs", None)
+        if callable(find):
+            try:
+                found = list(await find(given, limit=5))
+            except Exception:
+                continue
+            if len(found) == 1 and isinstance(found[0], str):
+                return found[0]
+            if len(found) > 1:
+                raise ConfigError(
+                    f"--continue {given!r} matches several runs: {', '.join(found)}; give more of the id"
+                )
+    return given  # the run's own error says what is wrong with it
 
 
 def _default_caller() -> str:
@@ -183,6 +212,7 @@ def run_command(request: RunRequest, state: CommandState) -> int:
             progress=not (request.quiet or request.as_json),
             err=err,
             state=state,
+            continue_run=request.continue_run,
         )
     )
 
@@ -222,6 +252,7 @@ async def _run(
     progress: bool,
     err: Console,
     state: CommandState,
+    continue_run: str | None = None,
 ) -> int:
     from executus_core.executor import Executor
 
@@ -255,8 +286,16 @@ async def _run(
         loop.add_signal_handler(signal.SIGINT, on_interrupt)
     try:
         async with executor:
+            if continue_run is not None:
+                try:
+                    continue_run = await resolve_run_id(executor, continue_run)
+                except ConfigError as exc:
+                    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+                    return EXIT_CANNOT_START
             if not as_json:
                 header = f"[bold]{escape(agent.name)}[/] · caller {escape(caller)} · run {short_id(run_id)}"
+                if continue_run is not None:
+                    header += f" · continues {short_id(continue_run)}"
                 err.print(header + (f"\n[dim]{escape(model_line)}[/]" if model_line else ""), highlight=False)
                 if batteries := describe_batteries(executor):
                     err.print(f"[dim]{escape(batteries)}[/]", highlight=False)
@@ -265,7 +304,13 @@ async def _run(
             try:
                 with _logs_through(show):
                     result = await executor.run(
-                        agent, prompt, caller_id=caller, dry_run=dry_run, on_event=show, run_id=run_id
+                        agent,
+                        prompt,
+                        caller_id=caller,
+                        dry_run=dry_run,
+                        on_event=show,
+                        run_id=run_id,
+                        continue_run=continue_run,
                     )
             finally:
                 if show is not None:

@@ -3,7 +3,7 @@
 ::
 
     executus runs list [--caller C] [--status S] [--agent A] [--limit N] [--json]
-    executus runs show RUN_ID [--all] [--json]        RUN_ID may be a unique prefix
+    executus runs show RUN_ID [--all] [--json]        RUN_ID may be a unique prefix; with its conversation's thread
     executus runs prune [--older-than DAYS] [--dry-run] [--yes] [--json]
     executus runs import [FILE ...] [--dry-run] [--json]   load the rows close() saved when the database was down
     executus db upgrade [NAME ...]                    migrate every installed SQL battery (or those named)
@@ -36,7 +36,7 @@ from executus_audit_sql.audit import SqlAudit
 from executus_audit_sql.errors import AuditSqlError, describe_error
 from executus_audit_sql.migrate import upgrade
 from executus_audit_sql.settings import SECTION, AuditSqlSettings
-from executus_audit_sql.trail import RUNNING, RunRecord, TrailEntry, run_facts
+from executus_audit_sql.trail import RUNNING, RunRecord, ThreadTurn, TrailEntry, run_facts
 from executus_core.cli.helpers import (
     DryRunOption,
     YesOption,
@@ -279,7 +279,9 @@ def _entry_label(entry: TrailEntry, started: datetime) -> str:
     return f"{offset} [cyan]{escape(entry.name or '?')}[/] {escape(_json_short(entry.data))}"
 
 
-def _print_run(record: RunRecord, trail: Sequence[TrailEntry], *, show_all: bool) -> None:
+def _print_run(
+    record: RunRecord, trail: Sequence[TrailEntry], *, show_all: bool, thread: Sequence[ThreadTurn] = ()
+) -> None:
     out = Console()
     facts = run_facts(trail)
     head = Table.grid(padding=(0, 2))
@@ -306,6 +308,8 @@ def _print_run(record: RunRecord, trail: Sequence[TrailEntry], *, show_all: bool
         head.add_row("channel", escape(record.channel_id))
     if record.parent_run_id:
         head.add_row("parent run", escape(record.parent_run_id))
+    if record.conversation_id:
+        head.add_row("conversation", escape(record.conversation_id))
     head.add_row("status", _status(record.shown_status))
     head.add_row(
         "started",
@@ -325,6 +329,7 @@ def _print_run(record: RunRecord, trail: Sequence[TrailEntry], *, show_all: bool
     if record.error:
         head.add_row("error", f"[red]{escape(record.error)}[/]")
     out.print(head)
+    _print_thread(record, thread)
 
     tree = Tree("[bold]trail[/]" + ("" if trail else " [dim](empty)[/]"))
     tool_calls = {e.call_id for e in trail if e.kind == "tool" and e.call_id}
@@ -340,6 +345,60 @@ def _print_run(record: RunRecord, trail: Sequence[TrailEntry], *, show_all: bool
         else:
             (step_node or tree).add(label)
     out.print(tree)
+
+
+THREAD_TEXT = 100
+"""How many characters of each turn's prompt and output the thread shows (``runs show`` a turn for all)."""
+
+
+def _thread_json(record: RunRecord, thread: Sequence[ThreadTurn]) -> dict[str, Any] | None:
+    """The conversation ``record`` belongs to, for ``--json``: its id and its runs in order, each
+    prompt and output shortened, this run marked; ``None`` for a run outside any conversation."""
+    if record.conversation_id is None and len(thread) <= 1:
+        return None
+    return {
+        "id": record.conversation,
+        "runs": [
+            {
+                "run_id": turn.run_id,
+                "this": turn.run_id == record.run_id,
+                "status": turn.status,
+                "started_at": turn.started_at.isoformat(),
+                "prompt": _short(turn.prompt, THREAD_TEXT) or None,
+                "output": _short(turn.output, THREAD_TEXT) or None,
+                "error": _short(turn.error, THREAD_TEXT) or None,
+            }
+            for turn in thread
+        ],
+    }
+
+
+def _print_thread(record: RunRecord, thread: Sequence[ThreadTurn]) -> None:
+    """The conversation's runs in order, this one marked, each with its prompt and answer shortened."""
+    if record.conversation_id is None and len(thread) <= 1:
+        return
+    out = Console()
+    out.print(
+        f"[bold]conversation[/] {escape(record.conversation)} · {_count(len(thread), 'run')}", highlight=False
+    )
+    table = Table.grid(padding=(0, 1))
+    for _ in range(4):
+        table.add_column(no_wrap=True)
+    table.add_column()
+    for number, turn in enumerate(thread, start=1):
+        this = turn.run_id == record.run_id
+        mark = "[bold]▶[/]" if this else " "
+        said = (
+            f"[italic]{escape(_short(turn.prompt, THREAD_TEXT))}[/]" if turn.prompt else "[dim](no prompt)[/]"
+        )
+        answer = turn.output if turn.output else turn.error
+        if answer:
+            said += f" → {escape(_short(answer, THREAD_TEXT))}"
+        run = escape(_short_id(turn.run_id)) + (" [bold](this run)[/]" if this else "")
+        table.add_row(
+            mark, f"{number}.", run, _status(turn.status) + " " + _when_short(turn.started_at), said
+        )
+    out.print(table)
 
 
 def register(cli: typer.Typer) -> None:
@@ -392,21 +451,26 @@ def register(cli: typer.Typer) -> None:
         setting: SettingOption = None,
         as_json: JsonOption = False,
     ) -> None:
-        """One run: its info, its roll-up and its trail of steps, tool calls, events and errors."""
+        """One run: its info, its roll-up, its conversation's thread and its trail of steps, tool calls,
+        events and errors."""
         audit = _audit(setting)
         find = _resolve(audit, run_id)
 
-        async def work(audit: SqlAudit) -> tuple[RunRecord, list[TrailEntry]]:
+        async def work(audit: SqlAudit) -> tuple[RunRecord, list[TrailEntry], list[ThreadTurn]]:
             record = await find(audit)
-            return record, await audit.trail(record.run_id)
+            return record, await audit.trail(record.run_id), await audit.thread(record.conversation)
 
-        record, trail = _run(audit, work)
+        record, trail, thread = _run(audit, work)
         if as_json:
             run = _record_json(record) | run_facts(trail).model_dump(mode="json")
-            payload = {"run": run, "trail": [e.model_dump(mode="json") for e in trail]}
+            payload = {
+                "run": run,
+                "conversation": _thread_json(record, thread),
+                "trail": [e.model_dump(mode="json") for e in trail],
+            }
             typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         else:
-            _print_run(record, trail, show_all=show_all)
+            _print_run(record, trail, show_all=show_all, thread=thread)
 
     @runs.command("prune")
     def prune_command(

@@ -4,14 +4,20 @@ queryable in order."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
+import json
 from pathlib import Path
+from typing import Any
 
+import executus_audit_sql.plugin
 from audit_sql_helpers import Backend, add, calls
 from executus_audit_sql import SqlAudit
 from executus_audit_sql.migrate import current_revision, upgrade
+from typer.testing import CliRunner
 
 from executus_core import Agent, Executor, ModelResponse, RunStatus
+from executus_core.cli import create_app
 from executus_core.testing import ScriptedModel
 
 
@@ -120,6 +126,92 @@ def test_an_audit_database_of_revision_0002_upgrades_with_its_runs_kept(tmp_path
         finally:
             await audit.aclose()
 
-    import asyncio
-
     asyncio.run(read())
+
+
+def _cli(*args: str, input: str | None = None) -> Any:
+    app = create_app(entry_points=False, plugins=[executus_audit_sql.plugin])
+    result = CliRunner().invoke(app, list(args), input=input, env={"COLUMNS": "200"})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def test_a_chat_is_recorded_as_one_thread_and_runs_show_shows_it(backend: Backend, tmp_path: Path) -> None:
+    replay = tmp_path / "replay.json"
+    replay.write_text(json.dumps([{"text": "Hello, Ada."}, {"text": "Your name is Ada."}, {"text": "Bye."}]))
+    where = ["-s", f"audit_sql.url={backend.url}"]
+    if backend.db_schema:
+        where += ["-s", f"audit_sql.db_schema={backend.db_schema}"]
+    talk = _cli("chat", "-m", f"scripted:{replay}", *where, input="I am Ada.\nWhat is my name?\nquit\n")
+    assert talk.exit_code == 0, talk.output
+    conversation = talk.stderr.split("conversation ", 1)[1].split()[0]
+    last = talk.stderr.split("executus chat --continue ", 1)[1].split("`")[0]  # the last turn, shortened
+    more = _cli("run", "-m", f"scripted:{replay}", *where, "--continue", last, "Bye?")
+    assert more.exit_code == 0 and more.stdout.strip() == "Bye.", more.output
+
+    async def thread() -> list[Any]:
+        audit = backend.audit()
+        try:
+            return await audit.thread(conversation)
+        finally:
+            await audit.aclose()
+
+    turns = asyncio.run(thread())
+    assert [t.prompt for t in turns] == ["I am Ada.", "What is my name?", "Bye?"]
+    assert turns[0].run_id == conversation  # a chat's first turn names the conversation
+    middle = turns[1].run_id
+
+    shown = _cli("runs", "show", middle[:12], *where)
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert f"conversation {conversation} · 3 runs" in shown.stdout
+    thread_lines = [line for line in lines if "→" in line]
+    assert len(thread_lines) == 3
+    assert "I am Ada. → Hello, Ada." in thread_lines[0]
+    assert thread_lines[1].startswith("▶") and "(this run)" in thread_lines[1]
+    assert "What is my name? → Your name is Ada." in thread_lines[1]
+    assert "Bye? → Bye." in thread_lines[2] and "(this run)" not in thread_lines[2]
+
+    as_json = json.loads(_cli("runs", "show", middle, *where, "--json").stdout)
+    assert as_json["run"]["conversation_id"] == conversation
+    assert as_json["conversation"]["id"] == conversation
+    assert [(r["prompt"], r["output"], r["this"]) for r in as_json["conversation"]["runs"]] == [
+        ("I am Ada.", "Hello, Ada.", False),
+        ("What is my name?", "Your name is Ada.", True),
+        ("Bye?", "Bye.", False),
+    ]
+
+
+def test_runs_show_of_a_run_outside_any_conversation_has_no_thread(backend: Backend) -> None:
+    async def one() -> str:
+        async with Executor(settings={"audit_sql": backend.settings()}, disable=_others("audit_sql")) as ex:
+            return (await ex.run(_agent(ModelResponse(text="hi")), "hello", caller_id="u1")).run_id
+
+    run_id = asyncio.run(one())
+    where = ["-s", f"audit_sql.url={backend.url}"]
+    if backend.db_schema:
+        where += ["-s", f"audit_sql.db_schema={backend.db_schema}"]
+    shown = _cli("runs", "show", run_id, *where)
+    assert shown.exit_code == 0 and "conversation" not in shown.stdout, shown.output
+    assert json.loads(_cli("runs", "show", run_id, *where, "--json").stdout)["conversation"] is None
+
+
+def test_a_long_prompt_and_answer_are_shortened_in_the_thread(backend: Backend) -> None:
+    long = "word " * 100
+
+    async def two() -> list[str]:
+        async with Executor(settings={"audit_sql": backend.settings()}, disable=_others("audit_sql")) as ex:
+            first = await ex.run(_agent(ModelResponse(text=long)), long, caller_id="u1")
+            second = await ex.run(
+                _agent(ModelResponse(text="ok")), "and?", caller_id="u1", continue_run=first.run_id
+            )
+            return [first.run_id, second.run_id]
+
+    first, second = asyncio.run(two())
+    where = ["-s", f"audit_sql.url={backend.url}"]
+    if backend.db_schema:
+        where += ["-s", f"audit_sql.db_schema={backend.db_schema}"]
+    runs = json.loads(_cli("runs", "show", second, *where, "--json").stdout)["conversation"]["runs"]
+    assert runs[0]["run_id"] == first and runs[0]["prompt"].endswith("…") and len(runs[0]["prompt"]) == 100
+    assert runs[0]["output"].endswith("…") and runs[1]["this"] is True

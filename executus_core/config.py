@@ -81,7 +81,9 @@ class CoreSettings(BaseModel):
         False, description="A call waiting for approval holds its step's other calls too."
     )
     max_history_messages: int = Field(
-        500, ge=1, description="Messages of history= a run keeps; older turns are left out."
+        500,
+        ge=1,
+        description="Messages of history (history= or continue_run=) a run keeps; older turns are left out.",
     )
     disable: list[str] = Field(default_factory=list, description="Plugins not to load, by name.")
     skip_broken_plugins: bool = Field(False, description="Start without broken plugins instead of refusing.")

@@ -49,7 +49,16 @@ from executus_core.testing.memory import (
     MemoryCriticHandle,
     MemoryRecorder,
 )
-from executus_core.types import CheckpointState, Message, ModelResponse, RunInfo, RunStats, Usage
+from executus_core.types import (
+    CheckpointState,
+    Message,
+    ModelResponse,
+    RunInfo,
+    RunStats,
+    RunStatus,
+    RunTranscript,
+    Usage,
+)
 
 # --- the reference implementations pass ---------------------------------------------------------
 
@@ -301,6 +310,26 @@ class EarlyRollupAudit(MemoryAudit):
         return EarlyRollupRecorder(recorder.record, self._lock)
 
 
+class ToolLessTranscriptAudit(MemoryAudit):
+    """Keeps transcripts, but drops the tool messages (as a transcript rebuilt from a trail might)."""
+
+    async def transcript(self, run_id: str) -> RunTranscript | None:
+        found = await super().transcript(run_id)
+        if found is not None:
+            found.messages = [m for m in found.messages if m.role != "tool"]
+        return found
+
+
+class EndlessTranscriptAudit(MemoryAudit):
+    """Shows a transcript's run as ended before its recorder was closed."""
+
+    async def transcript(self, run_id: str) -> RunTranscript | None:
+        found = await super().transcript(run_id)
+        if found is not None and found.status is None:
+            found.status = RunStatus.OK
+        return found
+
+
 def subject_of(made: MemoryAudit) -> Callable[[], AuditSubject]:
     return lambda: AuditSubject(made, read=made.run)
 
@@ -312,8 +341,21 @@ def subject_of(made: MemoryAudit) -> Callable[[], AuditSubject]:
         (SharedTrailAudit, audit.check_audit_concurrent_runs_stay_apart, ("not its own",)),
         (BlockingAudit, audit.check_audit_never_blocks_the_loop, ("blocked the event loop",)),
         (EarlyRollupAudit, audit.check_audit_rollup_is_written_by_close, ("before close() was called",)),
+        (
+            ToolLessTranscriptAudit,
+            audit.check_audit_keeps_transcripts,
+            ("not the messages on_transcript got",),
+        ),
+        (EndlessTranscriptAudit, audit.check_audit_keeps_transcripts, ("a run not closed has not ended",)),
     ],
-    ids=["forgets-buffered-events", "shares-one-trail", "blocks-the-loop", "rollup-before-close"],
+    ids=[
+        "forgets-buffered-events",
+        "shares-one-trail",
+        "blocks-the-loop",
+        "rollup-before-close",
+        "transcript-loses-messages",
+        "transcript-ended-before-close",
+    ],
 )
 def test_audit_suite_catches(make: type[MemoryAudit], check: Any, words: tuple[str, ...]) -> None:
     assert_catches(check, subject_of(make()), *words)

@@ -136,6 +136,8 @@ async def test_rows_buffered_while_the_database_was_away_are_written_at_close(ou
     reader = outage.backend.audit()
     try:
         assert_same_trail(await recorded(reader, result.run_id), reference.run(result.run_id))
+        kept = await reader.transcript(result.run_id)
+        assert kept is not None and kept.messages == result.messages
     finally:
         await reader.aclose()
     assert not list(outage.backend.data_dir.glob("audit_sql-unwritten/*.jsonl"))
@@ -160,6 +162,9 @@ async def test_rows_the_database_never_took_are_saved_reported_and_imported(outa
         assert not spilled.exists()
         record = await reader.get_run(result.run_id)
         assert record is not None and record.attempts == 1
+        # the transcript went to the file with the rows, and came back with them
+        kept = await reader.transcript(result.run_id)
+        assert kept is not None and kept.messages == result.messages
     finally:
         await reader.aclose()
 

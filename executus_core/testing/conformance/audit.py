@@ -1,9 +1,16 @@
-"""The conformance suite of `Audit` / `RunRecorder`."""
+"""The conformance suite of `Audit` / `RunRecorder`.
+
+Optional capabilities are detected, as the checkpoint suite does: ``transcript`` is an audit with
+``Audit.transcript(run_id)`` whose recorders have ``on_transcript(messages)`` (what
+``Executor.run(..., continue_run=...)`` reads). A check of a capability the audit lacks is skipped,
+naming it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import unittest
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,14 +24,25 @@ from executus_core.testing.conformance._harness import (
     run_check,
 )
 from executus_core.testing.memory import RecordedRun
-from executus_core.types import ModelResponse, RunInfo, RunStats, RunStatus, ToolCall, Usage
+from executus_core.types import (
+    Message,
+    ModelResponse,
+    RunInfo,
+    RunStats,
+    RunStatus,
+    RunTranscript,
+    ToolCall,
+    Usage,
+)
 
 __all__ = [
     "AUDIT_CHECKS",
     "AuditConformance",
     "AuditSubject",
+    "audit_capabilities",
     "check_audit_concurrent_runs_stay_apart",
     "check_audit_flushes_everything_at_close",
+    "check_audit_keeps_transcripts",
     "check_audit_never_blocks_the_loop",
     "check_audit_records_a_run",
     "check_audit_rollup_is_written_by_close",
@@ -315,12 +333,74 @@ async def check_audit_never_blocks_the_loop(factory: Any) -> None:
         lag.check("recording 10 runs of 200 events and closing them")
 
 
+def audit_capabilities(audit: Any, recorder: Any = None) -> frozenset[str]:
+    """The optional capabilities an audit has: ``transcript`` (``Audit.transcript(run_id)``, and
+    ``on_transcript(messages)`` on its recorder when one is given)."""
+    found: set[str] = set()
+    if callable(getattr(audit, "transcript", None)) and (
+        recorder is None or callable(getattr(recorder, "on_transcript", None))
+    ):
+        found.add("transcript")
+    return frozenset(found)
+
+
+async def check_audit_keeps_transcripts(factory: Any) -> None:
+    """(capability ``transcript``) The messages ``on_transcript`` got come back from ``transcript``
+    with the run's info and status once it is closed; a run closed without them has none; an unknown
+    run is ``None``."""
+    async with built(factory) as subject:
+        info = make_info(caller_id="transcript-caller").model_copy(update={"conversation_id": "conv-7"})
+        recorder = await _start(subject, info)
+        if "transcript" not in audit_capabilities(subject.audit, recorder):
+            raise unittest.SkipTest(
+                "the audit has no transcript capability (Audit.transcript, on_transcript)"
+            )
+        read: Callable[[str], Awaitable[Any]] = getattr(subject.audit, "transcript")  # noqa: B009 - optional
+        messages = [
+            Message.system("Be brief."),
+            Message.user("résumé ✓ 漢字: what is 2 + 2?"),
+            Message(role="assistant", tool_calls=[ToolCall(id="c1", name="add", arguments={"a": 2, "b": 2})]),
+            Message(role="tool", content="4", tool_call_id="c1", name="add"),
+            Message.assistant("4."),
+        ]
+        await call("RunRecorder.on_transcript", getattr(recorder, "on_transcript"), list(messages))  # noqa: B009
+        early = await call("Audit.transcript", read, info.run_id)
+        assert early is None or (isinstance(early, RunTranscript) and early.status is None), (
+            f"transcript({info.run_id!r}) before close() shows {early!r}: a run not closed has not ended"
+        )
+        await call("RunRecorder.close", recorder.close, RunStats(status=RunStatus.OK, output="4.", steps=2))
+        got = await call("Audit.transcript", read, info.run_id)
+        assert isinstance(got, RunTranscript), f"transcript({info.run_id!r}) returned {type(got).__name__}"
+        assert got.status is RunStatus.OK, f"transcript({info.run_id!r}).status is {got.status!r}, not ok"
+        assert (got.info.run_id, got.info.caller_id, got.info.conversation_id) == (
+            info.run_id,
+            "transcript-caller",
+            "conv-7",
+        ), f"transcript({info.run_id!r}).info is {got.info!r}, not the info the run started with"
+        assert got.messages == messages, (
+            f"transcript({info.run_id!r}) gave back {got.messages!r}, not the messages on_transcript got"
+        )
+
+        bare = make_info(1, caller_id="transcript-caller")
+        recorder = await _start(subject, bare)
+        await call("RunRecorder.log_event", recorder.log_event, "run.start", {"agent": "a"})
+        await call("RunRecorder.close", recorder.close, RunStats(status=RunStatus.ERROR, error="failed"))
+        none_kept = await call("Audit.transcript", read, bare.run_id)
+        assert isinstance(none_kept, RunTranscript) and none_kept.messages == [], (
+            f"transcript({bare.run_id!r}) of a run closed without on_transcript is {none_kept!r}, not one "
+            "with no messages"
+        )
+        assert none_kept.status is RunStatus.ERROR
+        assert await call("Audit.transcript", read, "no-such-run") is None, "an unknown run must be None"
+
+
 AUDIT_CHECKS = (
     check_audit_records_a_run,
     check_audit_concurrent_runs_stay_apart,
     check_audit_flushes_everything_at_close,
     check_audit_rollup_is_written_by_close,
     check_audit_never_blocks_the_loop,
+    check_audit_keeps_transcripts,
 )
 
 
@@ -343,7 +423,8 @@ class AuditConformance:
     The checks (each also a function you can call with `run_check`): a run's steps, tool calls,
     events, errors and roll-up round-trip in order; 30 runs recorded at once stay apart; ``close``
     flushes everything buffered; the roll-up appears only with ``close``, for every status; the
-    event loop never stalls for more than `LAG_BOUND` seconds.
+    event loop never stalls for more than `LAG_BOUND` seconds; and, for an audit with the
+    ``transcript`` capability, the messages a run ended with come back with its info and status.
     """
 
     def test_records_a_run(self, make_audit: Any) -> None:
@@ -360,3 +441,6 @@ class AuditConformance:
 
     def test_never_blocks_the_loop(self, make_audit: Any) -> None:
         run_check(check_audit_never_blocks_the_loop, make_audit)
+
+    def test_keeps_transcripts(self, make_audit: Any) -> None:
+        run_check(check_audit_keeps_transcripts, make_audit)

@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -58,6 +59,30 @@ KNOWN_GAPS = (
     "steps and tool results missing from the trail, a call whose result the audit recorded can run again, "
     "and budgets charge less than the runs record (killed attempts' tokens); remove this mark when it passes"
 )
+
+
+TRAILS_SHOWN = 8
+
+
+def _trails(
+    run_ids: list[str],
+    trails: dict[str, Any],
+    by_key: dict[tuple[str, str], list[tuple[int, bool, str, bool]]],
+) -> list[str]:
+    """The audit trails of the runs with problems, a row a line, with each call's executions in the ledger
+    (attempt, resumed, worker, finished): what to look at first when the proof fails."""
+    lines = []
+    for run_id in run_ids:
+        lines.append(f"trail of run {run_id} (seq kind name iteration call_id | ledger executions):")
+        for entry in trails.get(run_id, []):
+            data = entry.data if isinstance(entry.data, dict) else {}
+            extra = data.get("status") or data.get("resumed") or ""
+            calls = by_key.get((run_id, entry.call_id or ""), []) if entry.kind == "tool" else ""
+            lines.append(
+                f"  {entry.seq:>4} {entry.at:%H:%M:%S.%f} {entry.kind:<5} {entry.name or '':<10} "
+                f"{entry.iteration if entry.iteration is not None else '':>3} {entry.call_id or ''} {extra} {calls}"
+            )
+    return lines
 
 
 class Chaos:
@@ -207,9 +232,14 @@ def test_durable_runs_across_killed_and_paused_workers(
     problems: list[str] = []
     kinds: Counter[str] = Counter()
 
+    problem_runs: list[str] = []
+
     def problem(kind: str, text: str) -> None:
         kinds[kind] += 1
         problems.append(text)
+        named = re.search(r"run ([0-9a-f]{32})", text)
+        if named is not None and named.group(1) not in problem_runs:
+            problem_runs.append(named.group(1))
 
     try:
         base = service.wait_ready()
@@ -315,6 +345,11 @@ def test_durable_runs_across_killed_and_paused_workers(
     for (run_id, call_id), executions in by_key.items():
         # The first execution the ledger saw may itself be flagged: the core counts a start before the
         # tool runs, so an attempt killed before the tool logged anything still makes the next one 2.
+        # Executions are taken in attempt order, not in the order the ledger logged them: a worker
+        # paused (SIGSTOP) while its tool was already running logs that attempt when it is continued,
+        # after the flagged re-run of the worker that took the run over (docs/durability.md, "Where
+        # the store's guarantees stop": a tool already running when its worker was paused finishes).
+        executions = sorted(executions, key=lambda e: e[0])
         plain = [e for e in executions if e[0] == 1 and not e[1]]
         again = executions[1:]
         flagged += sum(1 for e in executions if e[0] > 1 and e[1])
@@ -410,6 +445,7 @@ def test_durable_runs_across_killed_and_paused_workers(
             f"{len(problems)} problems (seed {SEED}): "
             + ", ".join(f"{kind}: {count}" for kind, count in kinds.most_common()),
             *problems[:60],
+            *_trails(problem_runs[:TRAILS_SHOWN], trails, by_key),
             "chaos:",
             *chaos.log,
             f"jobs: {dict(jobs)}",

@@ -175,6 +175,8 @@ class RunHost:
         """Cancels heard for runs in `driving` that the executor has not registered yet."""
         self.listening = asyncio.Event()
         """Set while `listen_for_cancels` listens."""
+        self.started: set[str] = set()
+        """The runs in `driving` that started (or resumed) here: their ``run.start`` came."""
 
     # -- cancels ---------------------------------------------------------------------------
 
@@ -197,7 +199,10 @@ class RunHost:
         """The run's ``on_event``: a cancel that came while the run was starting takes effect on its start."""
 
         def on_event(event: RunEvent) -> None:
-            if event.type == "run.start" and run_id in self.cancel_pending:
+            if event.type != "run.start":
+                return
+            self.started.add(run_id)
+            if run_id in self.cancel_pending:
                 self.cancel_pending.discard(run_id)
                 self.cancel_heard(run_id)
 
@@ -226,6 +231,7 @@ class RunHost:
         finally:
             self.driving.discard(run_id)
             self.cancel_pending.discard(run_id)
+            self.started.discard(run_id)
 
     async def _drive(self, run_id: str, agent: Agent, prompt: str, caller_id: str) -> str:
         busy = self.service.busy_retry_seconds
@@ -259,6 +265,28 @@ class RunHost:
             result = await self.executor.resume(
                 run_id, agents={agent.id: agent}, on_event=self._events(run_id)
             )
+        if run_id not in self.started and not self.stopping:
+            # It did not start here. Either another worker had it first (the resume found nothing
+            # to load, the store said another worker holds it): its end, if it ended, is that
+            # worker's, kept from there. Or it was refused before it started (a budget, a request
+            # that cannot run): that is its end, unless it is a resumed run's refusal for now.
+            row = await self.store.run_row(run_id)
+            if row is not None and row["status"] in _FINAL_CHECKPOINT:
+                return await self._already_ended(run_id, row)
+            ours = row is None or (not row.get("message_count") and _lease_lapsed(row))
+            if fresh and ours and result.status is not RunStatus.INTERRUPTED:
+                log.warning(
+                    "run %s ended %s before it started: %s", run_id, result.status.value, result.error
+                )
+                await record_end(
+                    self.pool, run_id, result.status.value, result.output, result.error, produced=True
+                )
+                return result.status.value
+            if result.status is not RunStatus.BUDGET_EXCEEDED:
+                raise RunNotFinished(
+                    f"run {run_id} did not start here ({result.status.value}: {result.error}): retried later",
+                    retry_in=busy,
+                )
         status = await self._settle(result)
         if status is not None:
             return status

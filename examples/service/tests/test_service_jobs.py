@@ -262,3 +262,34 @@ async def _calls(pool: AsyncConnectionPool, run_id: str) -> list[tuple[Any, ...]
                 "SELECT call_id, attempt FROM service_ledger_calls WHERE run_id = %s ORDER BY id", (run_id,)
             )
         ).fetchall()
+
+
+async def test_a_job_whose_resume_finds_the_run_ended_elsewhere_keeps_that_end_not_an_error(
+    service_database: str, pool: AsyncConnectionPool
+) -> None:
+    run_id, prompt = uuid.uuid4().hex, "Record 4 payments for account e1"
+    settings = _settings(service_database)
+    await _interrupt_midway(settings, pool, {run_id: prompt})
+    async with Executor(settings=settings) as executor:
+        host = _host(executor, pool)
+        # The job reads the row while the run is interrupted (live, lease lapsed) ...
+        stale = await host.store.run_row(run_id)
+        assert stale is not None and stale["status"] == "live"
+        # ... and before it resumes the run, another worker resumes it and ends it ok.
+        async with Executor(settings=settings) as other:
+            agent = build_agents(pool, model=Clerk(), tool_seconds=0)["ledger"]  # type: ignore[arg-type]
+            done = await other.resume(run_id, agents={agent.id: agent})
+        assert done.status.value == "ok"
+        reads = [stale]
+        real = host.store.run_row
+
+        async def run_row(asked: str) -> Any:
+            return reads.pop() if asked == run_id and reads else await real(asked)
+
+        host.store.run_row = run_row
+        status = await asyncio.wait_for(
+            host.drive(run_id, prompt=prompt, caller_id="c-1", agent_name="ledger"), timeout=30
+        )
+    # Its resume found nothing to load: the end is the other worker's, kept from the audit, not an error.
+    assert status == "ok"
+    assert await _ended(pool, run_id) == ("ok", expected_output(4, "e1"), 0)

@@ -55,6 +55,7 @@ class SqlRecorder:
         self._inflight = 0  # rows the writer is writing now
         self._idle = asyncio.Event()
         self._idle.set()
+        self._messages: list[Message] | None = None  # the transcript, once on_transcript gave it
         self.closing = False
         self.closed = False
 
@@ -158,13 +159,12 @@ class SqlRecorder:
         self._append(EventKind.ERROR, None, None, None, mask_text(message), None)
 
     def on_transcript(self, messages: list[Message]) -> None:
-        """Keep the messages the run ended with (masked like the trail), written with the roll-up:
-        what `SqlAudit.transcript` gives back to ``continue_run``. Called once, at the run's end."""
+        """Keep the messages the run ended with: ``close`` writes them with the roll-up, masked like
+        the trail; `SqlAudit.transcript` gives them back to ``continue_run``. Called once, at the
+        run's end; returns at once (the messages are serialized in ``close``, off the event loop)."""
         if self.closing:
             raise RuntimeError(f"audit_sql recorder of run {self.run_id}: on_transcript after close()")
-        self.state.transcript = mask_value(
-            [m.model_dump(mode="json", exclude_defaults=True) for m in messages]
-        )
+        self._messages = messages
 
     # -- the writer's side --------------------------------------------------------------------
 
@@ -205,6 +205,10 @@ class SqlRecorder:
         ended_at = utcnow()
         final = None
         try:
+            if self._messages is not None:
+                # Serializing and masking a long transcript is milliseconds of CPU: not on the loop.
+                self.state.transcript = await asyncio.to_thread(_as_json, self._messages)
+                self._messages = None
             if not self._idle.is_set():
                 # The writer's batch holding our rows must end first: if it fails, they come back.
                 try:
@@ -263,3 +267,8 @@ class SqlRecorder:
             rows=len(rows),
             spill_path=path,
         ) from exc
+
+
+def _as_json(messages: list[Message]) -> list[Any]:
+    """A transcript as stored: each message's JSON form (defaults left out), secrets masked."""
+    return list(mask_value([m.model_dump(mode="json", exclude_defaults=True) for m in messages]))

@@ -156,3 +156,14 @@ def test_run_continue_goes_on_with_an_earlier_runs_conversation(replay: str) -> 
     went_on = chat(audit, "-m", replay, "--continue", later.run_id, input="Bye?\n")
     assert went_on.exit_code == 0 and went_on.stdout.strip() == "Bye.", went_on.output
     assert _conversation(went_on.stderr) == first_id
+
+
+def test_chat_continue_of_a_run_that_cannot_be_continued_stops_before_the_first_turn(replay: str) -> None:
+    audit = MemoryAudit()
+    unknown = chat(audit, "-m", replay, "--continue", "nope", input="hello\n")
+    assert unknown.exit_code == 2 and "no run 'nope' in the audit" in unknown.stderr, unknown.output
+    first = chat(audit, "-m", replay, "--caller", "ada", input="I am Ada.\n")
+    (run_id,) = audit.runs
+    other = chat(audit, "-m", replay, "--caller", "bob", "--continue", run_id, input="hello\n")
+    assert first.exit_code == 0 and other.exit_code == 2 and "belongs to another caller" in other.stderr
+    assert list(audit.runs) == [run_id]  # nothing else ran

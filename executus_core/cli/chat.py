@@ -188,6 +188,19 @@ async def _chat(
                 except ConfigError as exc:
                     err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
                     return EXIT_CANNOT_START
+                # the core's own checks, with nothing sent: a run that cannot be continued stops here
+                check = await executor.run(
+                    agent,
+                    "(checking --continue)",
+                    caller_id=caller,
+                    continue_run=pending_continue,
+                    dry_run=True,
+                )
+                if check.status is not RunStatus.DRY_RUN:
+                    err.print(
+                        f"[bold red]error:[/] {escape(check.error or check.status.value)}", highlight=False
+                    )
+                    return EXIT_CANNOT_START
                 earlier = await _conversation_of(executor, pending_continue)
                 if earlier is not None:
                     conversation = earlier.info.conversation_id or earlier.info.run_id

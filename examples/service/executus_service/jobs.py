@@ -329,8 +329,8 @@ class RunHost:
         row = await self.store.run_row(result.run_id)
         if row is not None and row["status"] not in _FINAL_CHECKPOINT:
             return None
-        if result.status is RunStatus.OK:
-            log.info("run %s ended ok", result.run_id)
+        if result.status in (RunStatus.OK, RunStatus.CANCELLED):
+            log.info("run %s ended %s", result.run_id, result.status.value)
         else:
             log.warning("run %s ended %s: %s", result.run_id, result.status.value, result.error)
         await record_end(

@@ -112,7 +112,8 @@ _HEADER = re.compile(
 _HINTS = ("pass", "pwd", "secret", "token", "key", "auth", "cookie", "credential", "session")
 
 
-_HINT_BYTES = tuple(hint.encode() for hint in _HINTS)
+# One search in C instead of a loop over the hints: `_clean_json` runs for every audited row.
+_HINT_BYTES = re.compile("|".join(_HINTS).encode())
 
 
 def _hinted(text: str) -> bool:
@@ -130,7 +131,7 @@ def _clean_json(value: Any) -> bool:
         return False
     if b"@" in blob and b"://" in blob:
         return False
-    return not any(hint in blob for hint in _HINT_BYTES)
+    return _HINT_BYTES.search(blob) is None
 
 
 def is_secret_name(name: object) -> bool:

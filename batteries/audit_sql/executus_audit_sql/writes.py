@@ -6,18 +6,25 @@ a run resumed by `Executor.recover`, counts one more attempt and is marked runni
 the highest ``seq`` already stored for it, the *base*. Every row is then stored at ``base + local``,
 so the trail of a resumed run goes on after the earlier attempt's, and writing a row twice (a batch
 retried after an unclear failure) stores it once.
+
+The statements on the per-row path (the trail rows, the live tally, the roll-ups) are SQL text
+built once per dialect (`Statements`) and sent with the driver's ``executemany`` through
+``exec_driver_sql``: SQLAlchemy neither builds nor compiles them per write, and the parameters are
+plain tuples this module makes (JSON text, UTC timestamps), with no type processing per value.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from datetime import datetime
+import functools
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from executus_audit_sql.database import dumps, dumps_postgres
 from executus_audit_sql.schema import RunEventRow, RunRow, RunTranscriptRow
 from executus_core.types import RunInfo, RunStats
 
@@ -25,6 +32,7 @@ __all__ = [
     "Registration",
     "Row",
     "RunState",
+    "Statements",
     "register",
     "write_rollups",
     "write_trail",
@@ -100,17 +108,60 @@ class Registration:
         state.prior_thinking_tokens = self.thinking_tokens
 
 
-def _insert(conn: AsyncConnection, table: Table) -> Any:
+@functools.cache
+def _insert(dialect: str, table: Table) -> Any:
     """An INSERT with the dialect's ON CONFLICT support."""
-    if conn.dialect.name == "postgresql":
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         return pg_insert(table)
-    if conn.dialect.name == "sqlite":
+    if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         return sqlite_insert(table)
-    raise NotImplementedError(f"executus-audit-sql does not support {conn.dialect.name}")
+    raise NotImplementedError(f"executus-audit-sql does not support {dialect}")
+
+
+@functools.cache
+def _transcript_upsert(dialect: str) -> Any:
+    """The upsert of the transcripts runs ended with, built once per dialect."""
+    statement = _insert(dialect, TRANSCRIPTS)
+    return statement.on_conflict_do_update(
+        index_elements=[TRANSCRIPTS.c.run_id],
+        set_={"messages": statement.excluded.messages, "at": statement.excluded.at},
+    )
+
+
+@functools.cache
+def _register_statements(dialect: str) -> tuple[Any, Any, Any]:
+    """The statements `register` runs, built once per dialect: the upsert of the runs' rows, and the
+    reads of their highest ``seq`` and stored tally (each takes the run ids as ``ids``)."""
+    upsert = _insert(dialect, RUNS).on_conflict_do_update(
+        index_elements=[RUNS.c.run_id],
+        set_={
+            "attempts": RUNS.c.attempts + 1,
+            "status": None,
+            "output": None,
+            "error": None,
+            "runtime_seconds": None,
+            "ended_at": None,
+        },
+    )
+    ids: Any = bindparam("ids", expanding=True)
+    bases = (
+        select(EVENTS.c.run_id, func.max(EVENTS.c.seq))
+        .where(EVENTS.c.run_id.in_(ids))
+        .group_by(EVENTS.c.run_id)
+    )
+    counters = select(
+        RUNS.c.run_id,
+        RUNS.c.steps,
+        RUNS.c.tool_calls,
+        RUNS.c.input_tokens,
+        RUNS.c.output_tokens,
+        RUNS.c.thinking_tokens,
+    ).where(RUNS.c.run_id.in_(ids))
+    return upsert, bases, counters
 
 
 def _run_values(info: RunInfo, clean: Any) -> dict[str, Any]:
@@ -131,69 +182,96 @@ def _run_values(info: RunInfo, clean: Any) -> dict[str, Any]:
 async def register(conn: AsyncConnection, infos: Sequence[RunInfo]) -> dict[str, Registration]:
     """Upsert the runs' rows (a run id seen before counts one more attempt and is running again) and
     find each one's base seq and the tally an earlier attempt stored: three statements for any number."""
-    clean = _text_cleaner(conn)
-    statement = _insert(conn, RUNS)
-    statement = statement.on_conflict_do_update(
-        index_elements=[RUNS.c.run_id],
-        set_={
-            "attempts": RUNS.c.attempts + 1,
-            "status": None,
-            "output": None,
-            "error": None,
-            "runtime_seconds": None,
-            "ended_at": None,
-        },
-    )
-    await conn.execute(statement, [_run_values(info, clean) for info in infos])
-    ids = [info.run_id for info in infos]
-    found = await conn.execute(
-        select(EVENTS.c.run_id, func.max(EVENTS.c.seq))
-        .where(EVENTS.c.run_id.in_(ids))
-        .group_by(EVENTS.c.run_id)
-    )
-    bases = {row[0]: row[1] for row in found}
-    counters = select(
-        RUNS.c.run_id,
-        RUNS.c.steps,
-        RUNS.c.tool_calls,
-        RUNS.c.input_tokens,
-        RUNS.c.output_tokens,
-        RUNS.c.thinking_tokens,
-    ).where(RUNS.c.run_id.in_(ids))
+    clean = statements(conn).text
+    upsert, bases_of, counters_of = _register_statements(conn.dialect.name)
+    await conn.execute(upsert, [_run_values(info, clean) for info in infos])
+    ids = {"ids": [info.run_id for info in infos]}
+    bases = {row[0]: row[1] for row in await conn.execute(bases_of, ids)}
     return {
         row[0]: Registration(int(bases.get(row[0]) or 0), *(int(v or 0) for v in row[1:]))
-        for row in await conn.execute(counters)
+        for row in await conn.execute(counters_of, ids)
     }
 
 
-_TALLY = (
-    update(RUNS)
-    .where(RUNS.c.run_id == bindparam("b_run_id"))
-    .values(
-        steps=bindparam("b_steps"),
-        tool_calls=bindparam("b_tool_calls"),
-        input_tokens=bindparam("b_input_tokens"),
-        output_tokens=bindparam("b_output_tokens"),
-        thinking_tokens=bindparam("b_thinking_tokens"),
-    )
+_EVENT_COLUMNS = ("run_id", "seq", "kind", "name", "iteration", "call_id", "text", "data", "at")
+_TALLY_COLUMNS = ("steps", "tool_calls", "input_tokens", "output_tokens", "thinking_tokens")
+_ROLLUP_COLUMNS = (
+    "status",
+    "output",
+    "error",
+    "steps",
+    "tool_calls",
+    "runtime_seconds",
+    "input_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "ended_at",
 )
 
-_ROLLUP = (
-    update(RUNS)
-    .where(RUNS.c.run_id == bindparam("b_run_id"))
-    .values(
-        status=bindparam("b_status"),
-        output=bindparam("b_output"),
-        error=bindparam("b_error"),
-        steps=bindparam("b_steps"),
-        tool_calls=bindparam("b_tool_calls"),
-        runtime_seconds=bindparam("b_runtime_seconds"),
-        input_tokens=bindparam("b_input_tokens"),
-        output_tokens=bindparam("b_output_tokens"),
-        thinking_tokens=bindparam("b_thinking_tokens"),
-        ended_at=bindparam("b_ended_at", type_=RUNS.c.ended_at.type),
-    )
-)
+
+def _sqlite_time(value: datetime) -> str:
+    """A timestamp as SQLAlchemy stores a SQLite ``DateTime`` (naive UTC text): what `UTCDateTime` reads."""
+    if value.tzinfo is not UTC:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]
+
+
+def _keep_time(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Statements:
+    """The per-row statements of one dialect as the driver's SQL, and how values are made for it.
+
+    ``events``, ``tally`` and ``rollup`` take tuples in the order of their columns; ``text`` cleans
+    a text value, ``json`` makes a JSON column's text, ``time`` a timestamp column's value.
+    """
+
+    events: str
+    tally: str
+    rollup: str
+    text: Callable[[str | None], str | None]
+    json: Callable[[Any], str]
+    time: Callable[[datetime], Any]
+
+    @staticmethod
+    @functools.cache
+    def for_dialect(name: str, paramstyle: str) -> Statements:
+        """Built once per dialect and driver parameter style (``qmark``, ``format``/``pyformat``,
+        ``numeric_dollar``)."""
+        counter = iter(range(1, 100))
+
+        def mark(cast: str = "") -> str:
+            if paramstyle == "qmark":
+                return "?"
+            if paramstyle in ("format", "pyformat"):
+                return "%s" + cast
+            if paramstyle == "numeric_dollar":
+                return f"${next(counter)}{cast}"
+            raise NotImplementedError(f"executus-audit-sql does not support the parameter style {paramstyle}")
+
+        postgres = name == "postgresql"
+        if name not in ("postgresql", "sqlite"):
+            raise NotImplementedError(f"executus-audit-sql does not support {name}")
+        jsonb = "::jsonb" if postgres else ""
+        values = ", ".join(mark(jsonb if c == "data" else "") for c in _EVENT_COLUMNS)
+        events = f"INSERT INTO {EVENTS.name} ({', '.join(_EVENT_COLUMNS)}) VALUES ({values}) ON CONFLICT DO NOTHING"
+        counter = iter(range(1, 100))
+        sets = ", ".join(f"{c} = {mark()}" for c in _TALLY_COLUMNS)
+        tally = f"UPDATE {RUNS.name} SET {sets} WHERE run_id = {mark()}"
+        counter = iter(range(1, 100))
+        sets = ", ".join(f"{c} = {mark()}" for c in _ROLLUP_COLUMNS)
+        rollup = f"UPDATE {RUNS.name} SET {sets} WHERE run_id = {mark()}"
+        if postgres:
+            return Statements(events, tally, rollup, _no_nul, dumps_postgres, _keep_time)
+        return Statements(events, tally, rollup, _keep, dumps, _sqlite_time)
+
+
+def statements(conn: AsyncConnection) -> Statements:
+    """The `Statements` of ``conn``'s dialect."""
+    dialect = conn.dialect
+    return Statements.for_dialect(dialect.name, dialect.paramstyle)
 
 
 async def write_trail(
@@ -212,61 +290,62 @@ async def write_trail(
         # One row per run id (a VALUES list must not hold a key twice)
         found = await register(conn, list({state.info.run_id: state.info for state in new}.values()))
         made = {id(state): found[state.info.run_id] for state in new}
-    clean = _text_cleaner(conn)
-    insert = _insert(conn, EVENTS).on_conflict_do_nothing()
-    event_rows: list[dict[str, Any]] = []
-    tally_rows: list[dict[str, Any]] = []
+    sql = statements(conn)
+    clean, json, time = sql.text, sql.json, sql.time
+    event_rows: list[tuple[Any, ...]] = []
+    tally_rows: list[tuple[Any, ...]] = []
     for state, rows, live in items:
         registration = made.get(id(state))
         base = registration.base if registration is not None else state.base
         run_id = state.info.run_id
         for local, kind, name, iteration, call_id, text, data, at in rows:
             event_rows.append(
-                {
-                    "run_id": run_id,
-                    "seq": base + local,
-                    "kind": kind,
-                    "name": clean(name),
-                    "iteration": iteration,
-                    "call_id": clean(call_id),
-                    "text": clean(text),
-                    "data": data,
-                    "at": at,
-                }
+                (
+                    run_id,
+                    base + local,
+                    kind,
+                    clean(name),
+                    iteration,
+                    clean(call_id),
+                    clean(text),
+                    None if data is None else json(data),
+                    time(at),
+                )
             )
             if len(event_rows) >= CHUNK_ROWS:
-                # Each statement's parameters are processed on the event loop: keep each burst short.
-                await conn.execute(insert, event_rows)
+                # Each statement's parameters are made on the event loop: keep each burst short.
+                await conn.exec_driver_sql(sql.events, event_rows)
                 event_rows = []
         if live:
             tally = state.live() if registration is None else _live_after(state, registration)
-            tally_rows.append({"b_run_id": run_id, **{f"b_{k}": v for k, v in tally.items()}})
+            tally_rows.append((*(tally[c] for c in _TALLY_COLUMNS), run_id))
     if event_rows:
-        await conn.execute(insert, event_rows)
+        await conn.exec_driver_sql(sql.events, event_rows)
     if tally_rows:
-        await conn.execute(_TALLY, tally_rows)
+        await conn.exec_driver_sql(sql.tally, tally_rows)
     return made
 
 
 async def write_rollups(conn: AsyncConnection, rollups: Sequence[tuple[str, RunStats, datetime]]) -> None:
     """Store runs' final `RunStats` (``(run_id, stats, ended_at)`` each): they are no longer running."""
-    clean = _text_cleaner(conn)
-    await conn.execute(
-        _ROLLUP,
+    sql = statements(conn)
+    clean = sql.text
+    await conn.exec_driver_sql(
+        sql.rollup,
         [
-            {
-                "b_run_id": run_id,
-                "b_status": stats.status.value,
-                "b_output": clean(stats.output),
-                "b_error": clean(stats.error),
-                "b_steps": stats.steps,
-                "b_tool_calls": stats.tool_calls,
-                "b_runtime_seconds": stats.runtime_seconds,
-                "b_input_tokens": stats.input_tokens,
-                "b_output_tokens": stats.output_tokens,
-                "b_thinking_tokens": stats.thinking_tokens,
-                "b_ended_at": ended_at,
-            }
+            (
+                stats.status.value,
+                clean(stats.output),
+                clean(stats.error),
+                stats.steps,
+                stats.tool_calls,
+                stats.runtime_seconds,
+                stats.input_tokens,
+                stats.output_tokens,
+                stats.thinking_tokens,
+                sql.time(ended_at),
+                run_id,
+            )
             for run_id, stats, ended_at in rollups
         ],
     )
@@ -279,11 +358,7 @@ async def write_transcripts(
     attempt of the same run stored."""
     if not transcripts:
         return
-    statement = _insert(conn, TRANSCRIPTS)
-    statement = statement.on_conflict_do_update(
-        index_elements=[TRANSCRIPTS.c.run_id],
-        set_={"messages": statement.excluded.messages, "at": statement.excluded.at},
-    )
+    statement = _transcript_upsert(conn.dialect.name)
     rows = {
         run_id: {"run_id": run_id, "messages": messages, "at": at} for run_id, messages, at in transcripts
     }
@@ -296,12 +371,6 @@ def _keep(value: str | None) -> str | None:
 
 def _no_nul(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
-
-
-def _text_cleaner(conn: AsyncConnection) -> Any:
-    """PostgreSQL refuses the NUL character in text: it is stored as U+FFFD there (a tool's binary
-    output must never make a batch fail for every run in it)."""
-    return _no_nul if conn.dialect.name == "postgresql" else _keep
 
 
 def _live_after(state: RunState, registration: Registration) -> dict[str, int]:

@@ -29,6 +29,7 @@ from executus_core.errors import ConfigError
 __all__ = [
     "create_engine",
     "db_epoch",
+    "is_driver_outage",
     "is_outage",
     "resolve_url",
     "safe_url",
@@ -103,9 +104,17 @@ def _dumps(value: Any) -> str:
 
 
 def create_engine(
-    url: URL, *, db_schema: str | None, connect_timeout: float, busy_timeout: float
+    url: URL,
+    *,
+    db_schema: str | None,
+    connect_timeout: float,
+    busy_timeout: float,
+    pool: dict[str, Any] | None = None,
 ) -> AsyncEngine:
-    """An engine for ``url`` with this battery's connection settings (no I/O until first used)."""
+    """An engine for ``url`` with this battery's connection settings (no I/O until first used).
+
+    ``pool`` sizes the connection pool (``pool_size``, ``max_overflow``, ``pool_timeout``).
+    """
     backend = url.get_backend_name()
     kwargs: dict[str, Any] = {
         "json_serializer": _dumps,
@@ -114,6 +123,7 @@ def create_engine(
         # database restart fails one save (a warning; the next save catches up) and SQLAlchemy then
         # replaces every connection of the pool.
         "pool_pre_ping": False,
+        **(pool or {}),
     }
     connect_args: dict[str, Any] = {}
     if backend == "sqlite":
@@ -159,3 +169,29 @@ def is_outage(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
         return bool(exc.connection_invalidated) or isinstance(exc, OperationalError | InterfaceError)
     return isinstance(exc, OSError | ConnectionError | TimeoutError)
+
+
+def is_driver_outage(exc: BaseException) -> bool:
+    """`is_outage` for an error straight from a driver (sqlite3, psycopg, asyncpg), as the
+    group-commit writer gets them."""
+    if is_outage(exc):
+        return True
+    import sqlite3
+
+    if isinstance(exc, sqlite3.OperationalError):
+        return True  # locked past busy_timeout, or the file cannot be opened
+    module = type(exc).__module__
+    if module.startswith("psycopg"):
+        import psycopg
+
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    if module.startswith("asyncpg"):
+        from asyncpg import exceptions
+
+        return isinstance(
+            exc,
+            exceptions.PostgresConnectionError
+            | exceptions.InterfaceError
+            | exceptions.OperatorInterventionError,
+        )
+    return False

@@ -9,6 +9,7 @@ data directory. In production, point ``url`` at PostgreSQL and name each worker 
     worker_id = "web-1"            # shown in `executus checkpoints list`
     lease_seconds = 60             # how soon another worker takes over a dead worker's runs
     max_resume_attempts = 5        # failed resumes before a run is given up as failed
+    pool_size = 10                 # connections for starting, ending and claiming runs
 
 The same from the environment: ``EXECUTUS_CHECKPOINT_SQL__URL=...``; in code:
 ``Executor(settings={"checkpoint_sql": {"url": ...}})``.
@@ -113,6 +114,28 @@ class CheckpointSqlSettings(BaseModel):
         3600.0, ge=0, description="The longest wait between two resumes of a run that keeps failing."
     )
     connect_timeout: float = Field(5.0, gt=0, description="PostgreSQL: longest wait for a connection.")
+    pool_size: int = Field(
+        10,
+        ge=1,
+        description="Connections the store keeps open (PostgreSQL; on SQLite, aiosqlite's threads) for "
+        "starting, ending and claiming runs and the heartbeat. Saves do not use them: they share the "
+        "group-commit writer's own connection.",
+    )
+    max_overflow: int = Field(
+        20, ge=0, description="Connections opened beyond pool_size under load, closed when returned."
+    )
+    pool_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Longest wait for a pool connection; a call waits its turn meanwhile (the core's "
+        "port_timeout bounds the run's own wait).",
+    )
+    save_batch: int = Field(
+        1000,
+        ge=1,
+        description="Most saves one group commit writes in one transaction; saves of concurrent runs "
+        "queue while a batch commits and go together in the next.",
+    )
     busy_timeout: float = Field(
         5.0, ge=0, description="SQLite: longest wait for another process's write lock."
     )

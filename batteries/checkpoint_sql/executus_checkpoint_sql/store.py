@@ -25,8 +25,10 @@ Who holds a run (see docs/durability.md for the whole picture):
 - ``aclose()`` (called by `Executor.shutdown`) releases this store's runs, so another worker picks
   them up at once instead of waiting for their leases to lapse.
 
-What a save writes: the run row's counters and lease (one ``UPDATE`` by primary key) and the new
-messages (one ``INSERT`` of the new rows) in one transaction; earlier rows are never rewritten.
+What a save writes: the run row's counters and lease and the new messages; earlier rows are never
+rewritten. Saves are group-committed (`executus_checkpoint_sql.writer`): the saves of all the
+store's runs queue, and one writer writes each batch in one transaction, straight on the driver; a
+save returns once its batch is committed.
 Saves of one checkpointer run one at a time, in the order they were called, so the saves of
 parallel tool results, each at the next offset, land in order. A save retried at an offset already
 saved replaces the rows from that offset on, so a save whose outcome was unknown (a timeout) and is
@@ -53,7 +55,15 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from executus_checkpoint_sql.engine import create_engine, db_epoch, is_outage, resolve_url, safe_url
+from executus_checkpoint_sql.engine import (
+    create_engine,
+    db_epoch,
+    is_driver_outage,
+    is_outage,
+    resolve_url,
+    safe_url,
+    sqlite_path,
+)
 from executus_checkpoint_sql.errors import (
     CheckpointSqlError,
     DatabaseUnavailable,
@@ -78,6 +88,7 @@ from executus_checkpoint_sql.settings import (
     default_worker_id,
     new_owner_id,
 )
+from executus_checkpoint_sql.writer import GroupCommit, PendingSave, PostgresBatch, SqliteBatch
 from executus_core.config import Settings, default_data_dir
 from executus_core.errors import ConfigError
 from executus_core.types import (
@@ -231,15 +242,6 @@ class SqlCheckpointer:
             raise ValueError(f"the checkpointer of run {self.run_id} was given a state of run {state.run_id}")
         async with self._lock:
             offset = state.offset
-            rows = [
-                {
-                    "run_id": self.run_id,
-                    "position": offset + index,
-                    "message": message.model_dump(mode="json", exclude_defaults=True),
-                }
-                for index, message in enumerate(state.messages)
-            ]
-            end = offset + len(rows)
             attempts = None
             if state.attempts:
                 merged = {**self._attempts, **state.attempts}
@@ -247,12 +249,38 @@ class SqlCheckpointer:
                     attempts = merged
             known, self._saved = self._saved, None
             try:
-                await self._write(state, rows, known, attempts)
+                if self._epoch is not None and known == offset:
+                    # The usual save: appended in the store's next group commit.
+                    await self.store._save_batched(
+                        PendingSave(
+                            run_id=self.run_id,
+                            epoch=self._epoch,
+                            offset=offset,
+                            iteration=state.iteration,
+                            tool_calls=state.tool_calls,
+                            usage=state.usage.model_dump_json(),
+                            attempts=None if attempts is None else orjson.dumps(attempts).decode(),
+                            messages=[m.model_dump_json(exclude_defaults=True) for m in state.messages],
+                            future=asyncio.get_running_loop().create_future(),
+                        )
+                    )
+                else:
+                    # The first save after an outage (the run's row is written first), or a save
+                    # after one whose outcome is unknown: a transaction of its own.
+                    rows = [
+                        {
+                            "run_id": self.run_id,
+                            "position": offset + index,
+                            "message": message.model_dump(mode="json", exclude_defaults=True),
+                        }
+                        for index, message in enumerate(state.messages)
+                    ]
+                    await self._write(state, rows, known, attempts)
             except DatabaseUnavailable as exc:
                 raise DatabaseUnavailable(
                     f"{exc}; the run goes on, and its next save sends these messages again"
                 ) from (exc.__cause__)
-            self._saved = end
+            self._saved = offset + len(state.messages)
             if attempts is not None:
                 self._attempts = attempts
 
@@ -412,6 +440,15 @@ class SqlCheckpointStore:
         # Runs whose complete/fail could not reach the database: the heartbeat writes them later,
         # fenced by the epoch their checkpointer held.
         self._pending_ends: dict[str, tuple[str, str | None, int]] = {}
+        # Group commit: saves queue here and one writer writes them, batch after batch.
+        self._group: GroupCommit | None = None
+        self._sqlite_batch: SqliteBatch | None = None
+        self._pg_batch: PostgresBatch | None = None
+        self._writer_conn: AsyncConnection | None = None
+        self._writer_driver: Any = None
+        # SQLite has one writer at a time: this process's transactions take turns here (first come,
+        # first served) instead of racing for the file's lock through busy_timeout.
+        self._sqlite_lock = asyncio.Lock() if self.dialect == "sqlite" else None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqlCheckpointStore | None:
@@ -444,6 +481,11 @@ class SqlCheckpointStore:
                     db_schema=self.config.db_schema,
                     connect_timeout=self.config.connect_timeout,
                     busy_timeout=self.config.busy_timeout,
+                    pool={
+                        "pool_size": self.config.pool_size,
+                        "max_overflow": self.config.max_overflow,
+                        "pool_timeout": self.config.pool_timeout,
+                    },
                 )
             if not self._ready:
                 key = (self.url.render_as_string(hide_password=False), self.config.db_schema)
@@ -492,7 +534,7 @@ class SqlCheckpointStore:
             raise DatabaseUnavailable(self._down_message)
         try:
             engine = await self._ensure_ready()
-            async with engine.begin() as conn:
+            async with self._sqlite_lock or contextlib.nullcontext(), engine.begin() as conn:
                 yield conn
         except CheckpointSqlError:
             raise
@@ -502,6 +544,106 @@ class SqlCheckpointStore:
                 raise DatabaseUnavailable(self._down_message) from exc
             raise
         self._down_until = 0.0
+
+    # -- group commit ----------------------------------------------------------------------------
+
+    async def _save_batched(self, item: PendingSave) -> None:
+        """Queue one save for the next group commit and wait until it is committed (or refused)."""
+        if self._closed:
+            raise CheckpointSqlError(f"{self!r} is closed")
+        if self._down_until and time.monotonic() < self._down_until:
+            raise DatabaseUnavailable(self._down_message)
+        if self._group is None:
+            self._group = GroupCommit(
+                self._flush_saves,
+                max_batch=self.config.save_batch,
+                name=f"executus-checkpoint-sql writer ({self.owner})",
+            )
+        await self._group.submit(item)
+
+    async def _write_batch(self, batch: Sequence[PendingSave]) -> set[str]:
+        """Write ``batch`` in one transaction on the writer's own connection; the run ids saved."""
+        now = utcnow()
+        if self.dialect == "sqlite":
+            if self._sqlite_batch is None:
+                path = sqlite_path(self.url)
+                assert path is not None  # resolve_url refuses in-memory databases
+                self._sqlite_batch = SqliteBatch(
+                    path,
+                    busy_timeout=self.config.busy_timeout,
+                    lease_seconds=self.lease_seconds,
+                    name="executus-checkpoint-sql-writer",
+                )
+            assert self._sqlite_lock is not None
+            async with self._sqlite_lock:
+                return await self._sqlite_batch.write(batch, now)
+        if self._writer_driver is None:
+            engine = await self._ensure_ready()
+            conn = await engine.connect()
+            try:
+                # One statement per batch, in autocommit: it is its own transaction.
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                raw = await conn.get_raw_connection()
+            except BaseException:
+                await conn.close()
+                raise
+            self._writer_conn, self._writer_driver = conn, raw.driver_connection
+            self._pg_batch = PostgresBatch(self.url.get_driver_name(), self.lease_seconds)
+        assert self._pg_batch is not None
+        return await self._pg_batch.write(self._writer_driver, batch, now)
+
+    async def _drop_writer_connection(self) -> None:
+        conn, self._writer_conn, self._writer_driver = self._writer_conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _flush_saves(self, batch: Sequence[PendingSave]) -> None:
+        """Write one batch and resolve each save: committed, refused (why), or failed (the error)."""
+        if self._down_until and time.monotonic() < self._down_until:
+            error: BaseException = DatabaseUnavailable(self._down_message)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        try:
+            saved = await self._write_batch(batch)
+        except Exception as exc:
+            if is_driver_outage(exc):
+                await self._drop_writer_connection()
+                self._mark_down(exc)
+                for item in batch:
+                    if not item.future.done():
+                        unavailable = DatabaseUnavailable(self._down_message)
+                        unavailable.__cause__ = exc
+                        item.future.set_exception(unavailable)
+                return
+            if len(batch) > 1:
+                # One save the database refuses must not fail the others: each alone.
+                for item in batch:
+                    await self._flush_saves([item])
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        self._down_until = 0.0
+        for item in batch:
+            if item.future.done():
+                continue
+            if item.run_id in saved:
+                item.future.set_result(None)
+                continue
+            try:
+                async with self._transaction() as conn:
+                    refusal: BaseException = await self._refusal(
+                        conn, item.run_id, item.epoch, "save", offset=item.offset
+                    )
+            except Exception as exc:
+                refusal = exc
+            if not item.future.done():
+                item.future.set_exception(refusal)
 
     def _fence(self, run_id: str, epoch: int | None) -> ColumnElement[bool]:
         """The run is live and still at ``epoch``: the condition of every write of a checkpointer."""
@@ -1157,7 +1299,13 @@ class SqlCheckpointStore:
                     _first_line(exc),
                     self.lease_seconds,
                 )
-        self._closed = True
+        self._closed = True  # from here on a save is refused; the ones queued are written
+        if self._group is not None:
+            await self._group.aclose()
+        await self._drop_writer_connection()
+        if self._sqlite_batch is not None:
+            await self._sqlite_batch.aclose()
+            self._sqlite_batch = None
         if self._engine is not None:
             await self._engine.dispose()
 

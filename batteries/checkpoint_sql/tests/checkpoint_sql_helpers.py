@@ -196,6 +196,10 @@ async def abandon(store: SqlCheckpointStore) -> None:
         store._heartbeat.cancel()
         await asyncio.gather(store._heartbeat, return_exceptions=True)
     store._closed = True
+    await store._drop_writer_connection()  # the group-commit writer's connection goes with the pool
+    if store._sqlite_batch is not None:
+        await store._sqlite_batch.aclose()
+        store._sqlite_batch = None
     if store._engine is not None:
         await store._engine.dispose()
 

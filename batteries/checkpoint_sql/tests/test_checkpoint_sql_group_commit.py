@@ -1,0 +1,152 @@
+"""Group commit (issue 17, found case 2): concurrent runs' saves share a transaction, a refused or
+failing save does not fail the others in its batch, and on SQLite this process's writers take turns
+instead of racing for the file's lock (the heartbeat said "database is locked" at 5,000 runs)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from checkpoint_sql_helpers import Backend
+from executus_checkpoint_sql import DatabaseUnavailable, RunTakenOver, SqlCheckpointStore
+
+from executus_core import Agent, CheckpointState, Message
+from executus_core.testing.conformance import make_info
+
+AGENT = Agent(name="group-commit-test", model="scripted:none")
+
+
+def _state(run_id: str, offset: int, *texts: str) -> CheckpointState:
+    return CheckpointState(
+        run_id=run_id, iteration=offset // 2 + 1, offset=offset, messages=[Message.user(t) for t in texts]
+    )
+
+
+async def _started(store: SqlCheckpointStore, runs: int, first: int = 0) -> list:
+    return list(
+        await asyncio.gather(
+            *(store.for_run(make_info(first + n, caller_id="group"), AGENT) for n in range(runs))
+        )
+    )
+
+
+async def test_concurrent_saves_share_transactions_and_all_land(backend: Backend) -> None:
+    store = backend.store(worker_id="grouped")
+    try:
+        checkpointers = await _started(store, 200)
+        for step in range(3):
+            await asyncio.gather(
+                *(
+                    cp.save(
+                        _state(cp.run_id, 2 * step, f"{cp.run_id} asks {step}", f"{cp.run_id} hears {step}")
+                    )
+                    for cp in checkpointers
+                )
+            )
+        assert store._group is not None
+        # 600 saves; each step's 200 saves went in a few transactions, not 200 (a run whose for_run
+        # found no free connection on a busy server writes its first save alone)
+        assert store._group.saves >= 500 and store._group.batches <= 30, store._group.batches
+        for cp in checkpointers[::50]:
+            saved = [m.content for m in await store.transcript(cp.run_id)]
+            assert saved == [f"{cp.run_id} {verb} {step}" for step in range(3) for verb in ("asks", "hears")]
+            row = await store.run_row(cp.run_id)
+            assert row is not None and row["message_count"] == 6 and row["iteration"] == 3
+    finally:
+        await store.aclose()
+
+
+async def test_a_refused_run_does_not_fail_the_others_in_its_batch(backend: Backend) -> None:
+    store = backend.store(worker_id="grouped")
+    try:
+        checkpointers = await _started(store, 20)
+        lost = checkpointers[7]
+        assert await store.release([lost.run_id]) == 1  # its epoch moved on: its writes are fenced off
+        outcomes = await asyncio.gather(
+            *(cp.save(_state(cp.run_id, 0, "hello")) for cp in checkpointers), return_exceptions=True
+        )
+        assert isinstance(outcomes[7], RunTakenOver) and "released" in str(outcomes[7])
+        assert [o for n, o in enumerate(outcomes) if n != 7] == [None] * 19
+        assert store._group is not None and store._group.batches <= 3
+        assert await store.transcript(lost.run_id) == []  # the refused run's message was never written
+        for cp in checkpointers[:7] + checkpointers[8:]:
+            assert [m.content for m in await store.transcript(cp.run_id)] == ["hello"]
+    finally:
+        await store.aclose()
+
+
+async def test_a_save_the_database_rejects_fails_alone(backend: Backend) -> None:
+    """A save that breaks its batch's statement is written again alone: only it fails."""
+    store = backend.store(worker_id="grouped")
+    try:
+        checkpointers = await _started(store, 10)
+        broken = checkpointers[3]
+        # Its next save lands at offset 0 again while the database holds a message there: the
+        # insert of its batch hits the primary key (a state only a hand edit or a bug can make).
+        await broken.save(_state(broken.run_id, 0, "first"))
+        broken._saved = 0
+        outcomes = await asyncio.gather(
+            *(cp.save(_state(cp.run_id, 0, "hello")) for cp in checkpointers),
+            return_exceptions=True,
+        )
+        assert outcomes[3] is not None and not isinstance(outcomes[3], RunTakenOver | DatabaseUnavailable)
+        assert [o for n, o in enumerate(outcomes) if n != 3] == [None] * 9
+        for cp in checkpointers[:3] + checkpointers[4:]:
+            assert [m.content for m in await store.transcript(cp.run_id)] == ["hello"]
+    finally:
+        await store.aclose()
+
+
+async def test_back_pressure_a_save_waits_its_turn(backend: Backend) -> None:
+    """More saves than one batch holds: they queue and every one lands, none times out."""
+    store = backend.store(worker_id="grouped", save_batch=7)
+    try:
+        checkpointers = await _started(store, 100)
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(cp.save(_state(cp.run_id, 0, "queued")) for cp in checkpointers))
+        assert store._group is not None and store._group.batches >= 100 // 7
+        for cp in checkpointers[::10]:
+            assert [m.content for m in await store.transcript(cp.run_id)] == ["queued"]
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_writers_of_one_process_take_turns(tmp_path) -> None:
+    """Runs starting, saving, ending and a heartbeat all at once on one SQLite file: with a short
+    busy_timeout they raced for the file's write lock and lost ("database is locked")."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'busy.db'}"
+    store = SqlCheckpointStore(url, worker_id="busy", busy_timeout=0.05, heartbeat_seconds=0)
+    try:
+        await store.renew_leases()  # creates the tables
+
+        async def one(n: int) -> None:
+            cp = await store.for_run(make_info(n, caller_id="busy"), AGENT)
+            for step in range(3):
+                await cp.save(_state(cp.run_id, step, f"step {step}"))
+            await cp.complete()
+
+        async def beat() -> None:
+            for _ in range(20):
+                await store.renew_leases()
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(one(n) for n in range(150)), beat())
+        finished = await store.list_runs(include_finished=True, limit=1000)
+        assert len(finished) == 150 and {run.status for run in finished} == {"completed"}
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.postgres
+async def test_postgres_saves_use_one_connection(pg_url: str, pg_schema: str) -> None:
+    """The saves of 100 concurrent runs do not each take a pool connection."""
+    from checkpoint_sql_helpers import driver_url
+
+    store = SqlCheckpointStore(driver_url(pg_url), db_schema=pg_schema, pool_size=2, max_overflow=0)
+    try:
+        checkpointers = await _started(store, 100)
+        await asyncio.gather(*(cp.save(_state(cp.run_id, 0, "one connection")) for cp in checkpointers))
+        assert store._engine is not None
+        assert store._engine.pool.checkedout() == 1  # the writer's own; the rest went back
+    finally:
+        await store.aclose()

@@ -30,11 +30,11 @@ def executus(*args: str):  # type: ignore[no-untyped-def]
 def test_db_upgrade_creates_the_tables_once(backend: Backend) -> None:
     first = executus("db", "upgrade", *cli_settings(backend))
     assert first.exit_code == 0, first.output
-    assert "✓ checkpoint_sql:" in first.stdout and "upgraded from no tables to 0003" in first.stdout
+    assert "✓ checkpoint_sql:" in first.stdout and "upgraded from no tables to 0004" in first.stdout
     again = executus("db", "upgrade", "checkpoint_sql", "--json", *cli_settings(backend))
     assert again.exit_code == 0, again.output
     report = json.loads(again.stdout)["upgraded"]["checkpoint_sql"]
-    assert report["ok"] is True and "already at 0003" in report["message"]
+    assert report["ok"] is True and "already at 0004" in report["message"]
     assert "executus_checkpoint_sql_version" in report["message"]
 
 

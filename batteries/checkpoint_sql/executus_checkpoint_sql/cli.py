@@ -4,6 +4,8 @@
 
     executus recover [--agent AGENT ...] [--json] [-q]     resume every interrupted run, show each one's end
     executus checkpoints list [--all] [--limit N] [--json] the live runs: who holds them, what waits and why
+    executus checkpoints prune [--older-than DAYS] [--dry-run] [--yes] [--json]
+                                                          delete ended runs' rows older than retention_days
     executus db upgrade [NAME ...] [--json]               create or migrate every SQL battery's tables
 
 Every command takes ``-s key=value`` settings like ``executus run`` (``-s checkpoint_sql.url=...``).
@@ -32,7 +34,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from executus_checkpoint_sql.settings import SECTION
-from executus_core.cli.helpers import db_upgraders, load_agent, parse_settings, print_table, short_id
+from executus_core.cli.helpers import (
+    DryRunOption,
+    YesOption,
+    confirm,
+    db_upgraders,
+    load_agent,
+    parse_settings,
+    print_table,
+    short_id,
+)
 from executus_core.config import Settings, load_settings
 from executus_core.errors import ConfigError, ExecutusError, PluginError
 from executus_core.types import Result, RunEvent, RunStatus
@@ -542,16 +553,79 @@ def list_command(
 
 
 # -------------------------------------------------------------------------------------------------
+# executus checkpoints prune
+# -------------------------------------------------------------------------------------------------
+
+
+async def _prune(store: SqlCheckpointStore, days: float, *, dry_run: bool) -> int:
+    try:
+        return await store.prune(days, dry_run=dry_run)
+    finally:
+        await store.aclose()
+
+
+def prune_command(
+    older_than: Annotated[
+        float | None,
+        typer.Option("--older-than", min=0, help="Days; default: retention_days from the settings."),
+    ] = None,
+    dry_run: DryRunOption = False,
+    yes: YesOption = False,
+    setting: SettingOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete the rows of ended runs (completed, failed, quarantined) that ended more than
+    --older-than days ago. Live and paused runs are never touched.
+
+    It counts them first and asks before deleting (--yes: do not ask); --dry-run only counts.
+    """
+    store = _store(setting)
+    days = older_than if older_than is not None else store.config.retention_days
+    if not days:
+        raise _fail(
+            f"say how old: --older-than DAYS (retention_days = 0 in [tool.executus.{SECTION}] keeps "
+            "ended runs for ever)",
+            EXIT_CANNOT_START,
+        )
+    where = store.database
+    noun = f"ended run{{}} older than {days:g} days in {where}"
+    try:
+        found = asyncio.run(_prune(store, days, dry_run=True))  # closes this store: deleting opens its own
+    except Exception as exc:
+        raise _fail(f"cannot read the checkpoints in {where}: {type(exc).__name__}: {exc}") from None
+    if dry_run or not found:
+        if as_json:
+            typer.echo(json.dumps({"deleted": 0, "would_delete": found, "older_than_days": days}))
+        elif dry_run:
+            Console().print(f"would delete {found} {noun.format('s' * (found != 1))}", highlight=False)
+        else:
+            Console().print(f"deleted 0 runs older than {days:g} days", highlight=False)
+        return
+    confirm(f"Delete {found} {noun.format('s' * (found != 1))}?", yes=yes)
+    try:
+        deleted = asyncio.run(_prune(_store(setting), days, dry_run=False))
+    except Exception as exc:
+        raise _fail(f"cannot prune the checkpoints in {where}: {type(exc).__name__}: {exc}") from None
+    if as_json:
+        typer.echo(json.dumps({"deleted": deleted, "older_than_days": days}))
+    else:
+        Console().print(
+            f"deleted {deleted} run{'s' * (deleted != 1)} older than {days:g} days", highlight=False
+        )
+
+
+# -------------------------------------------------------------------------------------------------
 # Registration
 # -------------------------------------------------------------------------------------------------
 
 
 def register_commands(cli: typer.Typer) -> None:
-    """Add ``executus recover``, ``executus checkpoints list`` and this battery's ``db upgrade`` step."""
+    """Add ``executus recover``, ``executus checkpoints list`` / ``prune`` and this battery's ``db upgrade`` step."""
     db_upgraders(cli)[SECTION] = upgrade_step
     cli.command("recover")(recover_command)
     checkpoints = typer.Typer(
         help="The runs executus-checkpoint-sql keeps for recovery.", no_args_is_help=True
     )
     checkpoints.command("list")(list_command)
+    checkpoints.command("prune")(prune_command)
     cli.add_typer(checkpoints, name="checkpoints")

@@ -10,6 +10,7 @@ data directory. In production, point ``url`` at PostgreSQL and name each worker 
     lease_seconds = 60             # how soon another worker takes over a dead worker's runs
     max_resume_attempts = 5        # failed resumes before a run is given up as failed
     pool_size = 10                 # connections for starting, ending and claiming runs
+    retention_days = 7             # ended runs' rows are deleted after this (0: kept for ever)
 
 The same from the environment: ``EXECUTUS_CHECKPOINT_SQL__URL=...``; in code:
 ``Executor(settings={"checkpoint_sql": {"url": ...}})``.
@@ -129,6 +130,12 @@ class CheckpointSqlSettings(BaseModel):
         gt=0,
         description="Longest wait for a pool connection; a call waits its turn meanwhile (the core's "
         "port_timeout bounds the run's own wait).",
+    )
+    retention_days: float = Field(
+        7.0,
+        ge=0,
+        description="Ended runs (completed, failed, quarantined) whose row is older than this are "
+        "deleted, hourly by the heartbeat and with `executus checkpoints prune`; 0 keeps them for ever.",
     )
     save_batch: int = Field(
         1000,

@@ -43,12 +43,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Table, Text, and_, case, delete, insert, literal, or_, select, update
+from sqlalchemy import Table, Text, and_, case, delete, func, insert, literal, or_, select, update
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -111,6 +111,7 @@ MESSAGES = cast(Table, CheckpointMessage.__table__)
 
 _CHUNK = 500  # ids per IN (...) list
 _ERROR_LIMIT = 10_000  # characters of a failure kept in the run row
+_PRUNE_EVERY = 3600.0  # seconds between two retention passes of one store
 
 # (url, schema) pairs this process has already upgraded: one upgrade per database per process.
 _upgraded: set[tuple[str, str | None]] = set()
@@ -440,6 +441,7 @@ class SqlCheckpointStore:
         # Runs whose complete/fail could not reach the database: the heartbeat writes them later,
         # fenced by the epoch their checkpointer held.
         self._pending_ends: dict[str, tuple[str, str | None, int]] = {}
+        self._pruned_at: float | None = None  # monotonic time of the last retention pass
         # Group commit: saves queue here and one writer writes them, batch after batch.
         self._group: GroupCommit | None = None
         self._sqlite_batch: SqliteBatch | None = None
@@ -826,6 +828,7 @@ class SqlCheckpointStore:
                 if self._heartbeat_failing:
                     log.warning("checkpoint heartbeat of %s works again (%d runs)", self.owner, renewed)
                 self._heartbeat_failing = False
+                await self._prune_by_retention()
 
     # -- the port ------------------------------------------------------------------------------
 
@@ -1223,6 +1226,45 @@ class SqlCheckpointStore:
                 f"{self.config.heartbeat_interval:g}s while this process runs)"
             ) from exc
         self._pending_ends.pop(run_id, None)
+
+    async def prune(self, older_than_days: float, *, dry_run: bool = False) -> int:
+        """Delete the rows of ended runs (``completed``, ``failed``, ``corrupt``) that ended more than
+        ``older_than_days`` ago, with any messages they kept. Live and paused runs are never touched.
+
+        Returns how many runs were deleted, or with ``dry_run`` how many would be. Deletes in chunks
+        of a few hundred, each its own transaction, so saves never wait long behind it.
+        """
+        cutoff = utcnow() - timedelta(days=older_than_days)
+        ended = and_(RUNS.c.status.in_([COMPLETED, FAILED, CORRUPT]), RUNS.c.updated_at < cutoff)
+        if dry_run:
+            async with self._transaction() as conn:
+                counted = await conn.execute(select(func.count()).select_from(RUNS).where(ended))
+                return int(counted.scalar_one())
+        deleted = 0
+        while True:
+            async with self._transaction() as conn:
+                ids = (await conn.execute(select(RUNS.c.run_id).where(ended).limit(_CHUNK))).scalars().all()
+                if ids:
+                    await conn.execute(delete(MESSAGES).where(MESSAGES.c.run_id.in_(ids)))
+                    await conn.execute(delete(RUNS).where(RUNS.c.run_id.in_(ids), ended))
+            deleted += len(ids)
+            if len(ids) < _CHUNK:
+                return deleted
+
+    async def _prune_by_retention(self) -> None:
+        """The heartbeat's hourly pass: `prune` by ``retention_days`` (errors are logged, not raised)."""
+        days = self.config.retention_days
+        now = time.monotonic()
+        if not days or (self._pruned_at is not None and now - self._pruned_at < _PRUNE_EVERY):
+            return
+        self._pruned_at = now
+        try:
+            deleted = await self.prune(days)
+        except Exception as exc:
+            log.warning("pruning ended checkpoint runs older than %g days failed: %s", days, _first_line(exc))
+        else:
+            if deleted:
+                log.info("pruned %d ended checkpoint runs older than %g days", deleted, days)
 
     async def renew_leases(self) -> int:
         """Write the run ends that are waiting for the database, then renew the lease of every run

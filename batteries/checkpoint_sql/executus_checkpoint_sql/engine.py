@@ -13,7 +13,6 @@ Only async drivers may be used, since every call runs on the host's event loop:
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, Operationa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from executus_core.errors import ConfigError
+from executus_checkpoint_sql.urls import check_url
 
 __all__ = [
     "create_engine",
@@ -35,15 +34,6 @@ __all__ = [
     "safe_url",
     "sqlite_path",
 ]
-
-# dialect+driver -> the module that must be importable, and the extra that installs it
-_ASYNC_DRIVERS = {
-    "sqlite+aiosqlite": ("aiosqlite", None),
-    "postgresql+psycopg": ("psycopg", None),
-    "postgresql+psycopg_async": ("psycopg", None),
-    "postgresql+asyncpg": ("asyncpg", "executus-checkpoint-sql[asyncpg]"),
-}
-_DEFAULT_DRIVER = {"sqlite": "aiosqlite", "postgresql": "psycopg", "postgres": "psycopg"}
 
 
 def safe_url(url: URL | str) -> str:
@@ -56,39 +46,9 @@ def safe_url(url: URL | str) -> str:
 
 
 def resolve_url(raw: str, *, where: str = "[tool.executus.checkpoint_sql] url") -> URL:
-    """Parse ``raw`` and give it an async driver; raise `ConfigError` saying what to write instead."""
-    try:
-        url = make_url(raw)
-    except ArgumentError as exc:
-        raise ConfigError(f"{where}: {exc}; write e.g. sqlite+aiosqlite:///path/checkpoints.db") from None
-    backend, _, driver = url.drivername.partition("+")
-    if backend == "postgres":
-        backend = "postgresql"
-    if backend not in _DEFAULT_DRIVER:
-        raise ConfigError(
-            f"{where} {safe_url(url)!r}: executus-checkpoint-sql works with SQLite and PostgreSQL, "
-            f"not {backend!r}"
-        )
-    drivername = f"{backend}+{driver or _DEFAULT_DRIVER[backend]}"
-    if drivername not in _ASYNC_DRIVERS:
-        asyncs = ", ".join(d for d in _ASYNC_DRIVERS if d.startswith(backend) and not d.endswith("_async"))
-        raise ConfigError(
-            f"{where} {safe_url(url)!r}: {drivername} is not an async driver, and checkpoints are written "
-            f"on the event loop; use {asyncs}"
-        )
-    module, extra = _ASYNC_DRIVERS[drivername]
-    if importlib.util.find_spec(module) is None:
-        install = f"pip install {extra}" if extra else f"pip install {module}"
-        raise ConfigError(f"{where} {safe_url(url)!r} needs the {module} driver: {install}")
-    url = url.set(drivername=drivername)
-    if backend == "sqlite":
-        database = url.database or ""
-        if database in ("", ":memory:") or database.startswith("file::memory:"):
-            raise ConfigError(
-                f"{where} {safe_url(url)!r}: an in-memory SQLite database lives and dies with one "
-                "connection, so checkpoints could never be recovered; give a file path"
-            )
-    return url
+    """Parse ``raw`` and give it an async driver; raise `ConfigError` saying what to write instead
+    (the checks are `executus_checkpoint_sql.urls.check_url`'s)."""
+    return make_url(check_url(raw, where=where).url)
 
 
 def sqlite_path(url: URL) -> Path | None:

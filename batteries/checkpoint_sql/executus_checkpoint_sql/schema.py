@@ -23,6 +23,8 @@ from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, MetaDa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from executus_checkpoint_sql.status import COMPLETED, CORRUPT, FAILED, LIVE, PAUSED
+
 __all__ = [
     "COMPLETED",
     "CORRUPT",
@@ -39,20 +41,6 @@ __all__ = [
 
 RUNS_TABLE = "executus_checkpoint_runs"
 MESSAGES_TABLE = "executus_checkpoint_messages"
-
-LIVE = "live"
-"""A run that may still be resumed: running, interrupted, or handed out to a recover."""
-PAUSED = "paused"
-"""A run that waits for approval (``pending`` lists its calls, ``paused_at`` since when): kept, held by
-nobody, never handed out by ``interrupted()``; ``load(run_id)`` (for `Executor.resume`) takes it."""
-COMPLETED = "completed"
-"""The run ended (ok, error, timeout, cancelled): its messages are gone."""
-FAILED = "failed"
-"""The run failed for good, ``error`` says why: its messages are gone, except for a run given up
-after ``max_resume_attempts`` failed resumes, whose transcript is kept for a person to look at."""
-CORRUPT = "corrupt"
-"""Quarantined: its saved checkpoint could not be read back (``error`` names what). Never handed out
-again; the rows are kept for a person to look at."""
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 """JSON on SQLite, JSONB on PostgreSQL (queryable with its operators)."""

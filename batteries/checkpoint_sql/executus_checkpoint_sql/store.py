@@ -45,41 +45,16 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
-from sqlalchemy import Table, Text, and_, case, delete, func, insert, literal, or_, select, update
-from sqlalchemy import cast as sql_cast
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.elements import ColumnElement
 
-from executus_checkpoint_sql.engine import (
-    create_engine,
-    db_epoch,
-    is_driver_outage,
-    is_outage,
-    resolve_url,
-    safe_url,
-    sqlite_path,
-)
 from executus_checkpoint_sql.errors import (
     CheckpointSqlError,
     DatabaseUnavailable,
     RunTakenOver,
     SaveGap,
     SchemaOutOfDate,
-)
-from executus_checkpoint_sql.migrate import current_revision, head_revision, upgrade_url
-from executus_checkpoint_sql.schema import (
-    COMPLETED,
-    CORRUPT,
-    FAILED,
-    LIVE,
-    PAUSED,
-    CheckpointMessage,
-    CheckpointRun,
 )
 from executus_checkpoint_sql.settings import (
     SECTION,
@@ -88,6 +63,8 @@ from executus_checkpoint_sql.settings import (
     default_worker_id,
     new_owner_id,
 )
+from executus_checkpoint_sql.status import COMPLETED, CORRUPT, ENDED, FAILED, LIVE, PAUSED
+from executus_checkpoint_sql.urls import check_url, hide_password
 from executus_checkpoint_sql.writer import GroupCommit, PendingSave, PostgresBatch, SqliteBatch
 from executus_core.config import Settings, default_data_dir
 from executus_core.errors import ConfigError
@@ -102,12 +79,71 @@ from executus_core.types import (
     utcnow,
 )
 
+if TYPE_CHECKING:
+    from sqlalchemy import Table, Text, and_, case, delete, func, insert, literal, or_, select, update
+    from sqlalchemy import cast as sql_cast
+    from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from sqlalchemy.sql.elements import ColumnElement
+
+    from executus_checkpoint_sql.engine import (
+        create_engine,
+        db_epoch,
+        is_driver_outage,
+        is_outage,
+        sqlite_path,
+    )
+    from executus_checkpoint_sql.migrate import current_revision, head_revision, upgrade_url
+
+    RUNS: Table
+    MESSAGES: Table
+else:
+    RUNS = MESSAGES = None  # the two tables: set by _load_sqlalchemy() before any statement is built
+
 __all__ = ["CheckpointListing", "SqlCheckpointStore", "SqlCheckpointer"]
 
 log = logging.getLogger("executus.checkpoint_sql")
 
-RUNS = cast(Table, CheckpointRun.__table__)
-MESSAGES = cast(Table, CheckpointMessage.__table__)
+
+_sqlalchemy_loaded = False
+
+
+def _load_sqlalchemy() -> None:
+    """Import SQLAlchemy, and this battery's modules built on it, into this module: once, on a
+    store's first call that builds a statement.
+
+    So building a store (every `Executor()` does, and ``executus plugins``) costs no SQLAlchemy,
+    aiosqlite or Alembic; the names are the ones imported under ``TYPE_CHECKING`` above.
+    """
+    global _sqlalchemy_loaded
+    if _sqlalchemy_loaded:
+        return
+    import sqlalchemy
+    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.engine import make_url
+
+    from executus_checkpoint_sql import engine, migrate
+    from executus_checkpoint_sql.schema import CheckpointMessage, CheckpointRun
+
+    names: dict[str, Any] = {
+        name: getattr(sqlalchemy, name)
+        for name in ("Text", "and_", "case", "delete", "func", "insert", "literal", "or_", "select", "update")
+    }
+    names["sql_cast"] = sqlalchemy.cast
+    names["postgresql_insert"] = postgresql.insert
+    names["sqlite_insert"] = sqlite.insert
+    names["make_url"] = make_url
+    for name in ("create_engine", "db_epoch", "is_driver_outage", "is_outage", "sqlite_path"):
+        names[name] = getattr(engine, name)
+    for name in ("current_revision", "head_revision", "upgrade_url"):
+        names[name] = getattr(migrate, name)
+    names["RUNS"] = cast("Table", CheckpointRun.__table__)
+    names["MESSAGES"] = cast("Table", CheckpointMessage.__table__)
+    globals().update(names)
+    _sqlalchemy_loaded = True
+
 
 _CHUNK = 500  # ids per IN (...) list
 _ERROR_LIMIT = 10_000  # characters of a failure kept in the run row
@@ -420,11 +456,13 @@ class SqlCheckpointStore:
         except ValueError as exc:
             raise ConfigError(f"SqlCheckpointStore: {exc}") from None
         raw_url = self.config.url or default_url(Path(data_dir) if data_dir else default_data_dir())
-        self.url = resolve_url(raw_url)
-        self.dialect = self.url.get_backend_name()
+        # Checked here without SQLAlchemy (a bad URL stops Executor() at once); parsed by it on first use.
+        self._checked = check_url(raw_url)
+        self._url: URL | None = None
+        self.dialect = self._checked.backend
         if self.config.db_schema and self.dialect != "postgresql":
             raise ConfigError(
-                f"[tool.executus.{SECTION}] db_schema is for PostgreSQL; {safe_url(self.url)} is {self.dialect}"
+                f"[tool.executus.{SECTION}] db_schema is for PostgreSQL; {self._checked.safe} is {self.dialect}"
             )
         self.worker_id = self.config.worker_id or default_worker_id()
         # This store's own identity: nothing is shared with another store, even in this process.
@@ -461,12 +499,20 @@ class SqlCheckpointStore:
         return cls(config=config, data_dir=settings.core.data_dir)
 
     def __repr__(self) -> str:
-        return f"SqlCheckpointStore({safe_url(self.url)!r}, owner={self.owner!r})"
+        return f"SqlCheckpointStore({self.database!r}, owner={self.owner!r})"
+
+    @property
+    def url(self) -> URL:
+        """The database URL (a SQLAlchemy `URL`, with its async driver)."""
+        if self._url is None:
+            _load_sqlalchemy()
+            self._url = make_url(self._checked.url)
+        return self._url
 
     @property
     def database(self) -> str:
         """The database URL, password hidden."""
-        return safe_url(self.url)
+        return hide_password(self._checked.url)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -474,6 +520,7 @@ class SqlCheckpointStore:
         """The engine, with the tables created or checked (once per store)."""
         if self._ready and self._engine is not None:
             return self._engine
+        _load_sqlalchemy()
         async with self._ready_lock:
             if self._closed:
                 raise CheckpointSqlError(f"{self!r} is closed")
@@ -566,10 +613,11 @@ class SqlCheckpointStore:
     async def _write_batch(self, batch: Sequence[PendingSave]) -> set[str]:
         """Write ``batch`` in one transaction on the writer's own connection; the run ids saved."""
         now = utcnow()
+        _load_sqlalchemy()
         if self.dialect == "sqlite":
             if self._sqlite_batch is None:
                 path = sqlite_path(self.url)
-                assert path is not None  # resolve_url refuses in-memory databases
+                assert path is not None  # check_url refuses in-memory databases
                 self._sqlite_batch = SqliteBatch(
                     path,
                     busy_timeout=self.config.busy_timeout,
@@ -870,6 +918,7 @@ class SqlCheckpointStore:
         A run whose checkpoint cannot be read back is quarantined (``corrupt``, the error kept) and
         left out; this never raises for one bad run.
         """
+        _load_sqlalchemy()
         self._ensure_heartbeat()
         if limit is None:
             limit = self.config.claim_limit
@@ -1027,6 +1076,7 @@ class SqlCheckpointStore:
         elsewhere: one approval goes to one process), and `ValueError` when its checkpoint does not
         read back (it is then quarantined).
         """
+        _load_sqlalchemy()
         self._ensure_heartbeat()
         now = db_epoch(self.dialect)
         claimable = and_(
@@ -1234,8 +1284,9 @@ class SqlCheckpointStore:
         Returns how many runs were deleted, or with ``dry_run`` how many would be. Deletes in chunks
         of a few hundred, each its own transaction, so saves never wait long behind it.
         """
+        _load_sqlalchemy()
         cutoff = utcnow() - timedelta(days=older_than_days)
-        ended = and_(RUNS.c.status.in_([COMPLETED, FAILED, CORRUPT]), RUNS.c.updated_at < cutoff)
+        ended = and_(RUNS.c.status.in_(ENDED), RUNS.c.updated_at < cutoff)
         if dry_run:
             async with self._transaction() as conn:
                 counted = await conn.execute(select(func.count()).select_from(RUNS).where(ended))
@@ -1357,6 +1408,7 @@ class SqlCheckpointStore:
         """The live and quarantined runs (and, with ``include_finished``, the ended ones), most
         recently updated first. Reads only: nothing is claimed.
         """
+        _load_sqlalchemy()
         now = db_epoch(self.dialect).label("now")
         columns = [c for c in RUNS.c if c.name not in ("info", "agent", "usage", "attempts", "pending")]
         query = (

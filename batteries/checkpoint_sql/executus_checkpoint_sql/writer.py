@@ -29,16 +29,18 @@ import asyncio
 import contextlib
 import dataclasses
 import re
-import sqlite3
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    import sqlite3
 
 __all__ = ["GroupCommit", "PendingSave", "PostgresBatch", "SqliteBatch"]
 
@@ -259,6 +261,8 @@ class SqliteBatch:
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            import sqlite3  # here: a store that never writes SQLite never pays for the module
+
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
             )
@@ -305,7 +309,7 @@ class SqliteBatch:
                         )
             conn.execute("COMMIT")
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(Exception):
                 conn.execute("ROLLBACK")
             raise
         return saved
@@ -317,7 +321,7 @@ class SqliteBatch:
 
     def _close(self) -> None:
         for conn in self._connections:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(Exception):
                 conn.close()
         self._connections.clear()
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from checkpoint_sql_helpers import Backend, cli_settings, eventually, other_plugins
 from executus_checkpoint_sql import SqlCheckpointStore
-from executus_checkpoint_sql.store import RUNS
+from executus_checkpoint_sql.schema import CheckpointRun
 from sqlalchemy import update
 from typer.testing import CliRunner
 
@@ -50,8 +50,8 @@ async def _seed(store: SqlCheckpointStore) -> dict[str, str]:
     for label, days in (("new-completed", 1), *((k, 10) for k in ids if k.startswith("old"))):
         async with store._transaction() as conn:
             await conn.execute(
-                update(RUNS)
-                .where(RUNS.c.run_id == ids[label])
+                update(CheckpointRun)
+                .where(CheckpointRun.run_id == ids[label])
                 .values(updated_at=utcnow() - timedelta(days=days))
             )
     return ids

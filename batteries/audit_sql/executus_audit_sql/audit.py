@@ -21,11 +21,11 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Connection, Engine, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from executus_audit_sql import trail as reads
-from executus_audit_sql.database import make_async_engine
+from executus_audit_sql.database import make_async_engine, make_writer_engine
 from executus_audit_sql.migrate import ensure_schema
 from executus_audit_sql.recorder import SqlRecorder
 from executus_audit_sql.settings import AuditSqlSettings, public_url, resolve_url
@@ -60,7 +60,8 @@ class SqlAudit:
         url: shorthand for ``settings.url``.
         data_dir: where the default SQLite file and the spill directory go (default: the core's).
         port_timeout: the core's ``port_timeout``; ``write_timeout`` defaults to half of it, at most 5 s,
-            so ``close`` always answers before the core stops waiting.
+            and a ``close`` waiting its turn behind other runs' writes answers within ``close_timeout``
+            (``port_timeout`` less 20%, at most 2 s less), before the core stops waiting.
 
     Raises:
         ConfigError: ``db_schema`` set for a database that is not PostgreSQL.
@@ -86,9 +87,13 @@ class SqlAudit:
         self.backend = self.url.get_backend_name()
         self.auto_upgrade = settings.auto_upgrade
         self.write_timeout = settings.write_timeout or min(5.0, port_timeout / 2)
+        # A close waits its turn while the writer makes progress, but answers before the core's own
+        # port_timeout runs out (then its rows go to a spill file, not to the floor).
+        self.close_timeout = max(self.write_timeout, port_timeout - min(2.0, port_timeout / 5))
         self.skip_events = frozenset(settings.skip_events)
         self.spill_dir = settings.spill_dir or base / SPILL_DIR_NAME
         self._engine = self._make_engine()  # fails now on a driver that is not installed
+        self._writer_engine: Engine | None = None  # the sync engine the writer's thread uses, made with it
         self._writer: BatchWriter | None = None
         self._schema_ready = False
         self._schema_lock: asyncio.Lock | None = None  # made with the writer, in its loop
@@ -120,13 +125,20 @@ class SqlAudit:
             return writer
         if writer is not None:
             # The loop the engine's connections belong to is gone or another: start afresh here.
+            writer.release()
             self._engine.sync_engine.dispose(close=False)
             self._engine = self._make_engine()
+        if self._writer_engine is None:
+            self._writer_engine = make_writer_engine(
+                self.url, connect_timeout=self.settings.connect_timeout, db_schema=self.db_schema
+            )
         self._schema_lock = asyncio.Lock()
         self._writer = BatchWriter(
-            self._engine,
+            self._writer_engine,
+            where=self.describe_database(),
             prepare=self.ensure_schema,
             batch_size=self.settings.batch_size,
+            max_rows=self.settings.max_write_rows,
             flush_interval=self.settings.flush_interval,
             write_timeout=self.write_timeout,
             maintain=self._prune_by_retention if self.settings.retention_days else None,
@@ -193,6 +205,7 @@ class SqlAudit:
         except RuntimeError:
             running = None
         if running is not writer.loop:
+            writer.release()
             self._engine.sync_engine.dispose(close=False)  # that loop is gone: nothing to await there
             return
         await writer.stop(self.write_timeout)
@@ -201,6 +214,8 @@ class SqlAudit:
             with contextlib.suppress(Exception):
                 self.spill(recorder.state, rows, None, None)
         await self._engine.dispose()
+        if self._writer_engine is not None:
+            await asyncio.to_thread(self._writer_engine.dispose)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -317,13 +332,18 @@ class SqlAudit:
         """
         spilled = await asyncio.to_thread(read_spill, path)
         async with self._read() as conn:
-            state = spilled.state
-            await write_trail(conn, [(state, spilled.rows, spilled.stats is None)])
-            if spilled.stats is not None:
-                ended_at = spilled.ended_at or utcnow()
-                await write_rollups(conn, [(state.info.run_id, spilled.stats, ended_at)])
-                if state.transcript is not None:
-                    await write_transcripts(conn, [(state.info.run_id, state.transcript, ended_at)])
+            await conn.run_sync(_store_spilled, spilled)
             await conn.commit()
         await asyncio.to_thread(path.unlink)
         return spilled
+
+
+def _store_spilled(conn: Connection, spilled: Spilled) -> None:
+    """Write a spill file's run, rows, roll-up and transcript on ``conn`` (in its transaction)."""
+    state = spilled.state
+    write_trail(conn, [(state, spilled.rows, spilled.stats is None)])
+    if spilled.stats is not None:
+        ended_at = spilled.ended_at or utcnow()
+        write_rollups(conn, [(state.info.run_id, spilled.stats, ended_at)])
+        if state.transcript is not None:
+            write_transcripts(conn, [(state.info.run_id, state.transcript, ended_at)])

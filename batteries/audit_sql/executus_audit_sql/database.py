@@ -25,6 +25,7 @@ __all__ = [
     "engine_options",
     "make_async_engine",
     "make_sync_engine",
+    "make_writer_engine",
     "sqlite_path",
 ]
 
@@ -126,6 +127,23 @@ def make_sync_engine(url: URL, *, connect_timeout: float, db_schema: str | None)
         path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         sync, poolclass=NullPool, **engine_options(sync, connect_timeout=connect_timeout, db_schema=db_schema)
+    )
+    if sync.get_backend_name() == "sqlite":
+        _sqlite_pragmas(engine)
+    return engine
+
+
+def make_writer_engine(url: URL, *, connect_timeout: float, db_schema: str | None) -> Engine:
+    """The batch writer's engine: the sync driver (its writes run in a thread of their own), one
+    connection kept open between writes (PostgreSQL's is tested before each use), one more while a
+    given-up write is still rolling back."""
+    sync = sync_url(url)
+    path = sqlite_path(sync)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    options = engine_options(sync, connect_timeout=connect_timeout, db_schema=db_schema)
+    engine = create_engine(
+        sync, poolclass=QueuePool, pool_size=1, max_overflow=1, pool_timeout=connect_timeout, **options
     )
     if sync.get_backend_name() == "sqlite":
         _sqlite_pragmas(engine)

@@ -190,10 +190,12 @@ class SqlRecorder:
         """Write what is buffered and the roll-up; on failure save them to a spill file and raise.
 
         The writer writes them with its next transaction, at once (runs that end together share it).
+        When many runs close at once, each waits its turn as long as the writer keeps finishing writes
+        (at most ``close_timeout`` of the audit, under the core's ``port_timeout``).
 
         Raises:
-            AuditWriteError: the database did not take the rows within ``write_timeout``; the
-                message names the spill file that holds them.
+            AuditWriteError: the database did not take the rows (no write finished within
+                ``write_timeout``, or the write failed); the message names the spill file that holds them.
         """
         if self.closing:
             raise RuntimeError(f"audit_sql recorder of run {self.run_id}: close() called twice")
@@ -201,7 +203,7 @@ class SqlRecorder:
         audit, writer = self._audit, self._writer
         writer.forget(self)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + audit.write_timeout
+        limit = loop.time() + audit.close_timeout  # the core stops waiting at port_timeout: answer before
         ended_at = utcnow()
         final = None
         try:
@@ -211,20 +213,34 @@ class SqlRecorder:
                 self._messages = None
             if not self._idle.is_set():
                 # The writer's batch holding our rows must end first: if it fails, they come back.
+                # (The writer gives up a write after write_timeout itself.)
                 try:
-                    async with asyncio.timeout(audit.write_timeout / 2):
+                    async with asyncio.timeout_at(min(limit, loop.time() + audit.write_timeout)):
                         await self._idle.wait()
                 except TimeoutError:
-                    await writer.abort_inflight(max(0.0, deadline - loop.time()))
+                    await writer.abort_inflight(min(ABORT_WAIT, audit.write_timeout / 4))
             final = writer.submit_final(self.state, list(self._rows), stats, ended_at)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await asyncio.shield(final.done)
-            except TimeoutError:
-                if not final.done.done():
+            submitted = loop.time()
+            while True:
+                # Back-pressure: while the writer keeps finishing writes, this close waits its turn
+                # (a thousand runs ending at once queue up); it gives up when no write has finished
+                # for write_timeout (the database does not answer), or at its limit.
+                stalled_at = max(writer.progress_at, submitted) + audit.write_timeout
+                try:
+                    async with asyncio.timeout_at(min(limit, stalled_at)):
+                        await asyncio.shield(final.done)
+                    break
+                except TimeoutError:
+                    if final.done.done():
+                        final.done.result()  # written, or the write's own error
+                        break
+                    now = loop.time()
+                    if now < limit and now < max(writer.progress_at, submitted) + audit.write_timeout:
+                        continue  # a write finished meanwhile: the queue moves
                     await writer.withdraw(final, min(ABORT_WAIT, audit.write_timeout / 4))
-                if not final.done.done() or final.done.cancelled() or final.done.exception() is not None:
-                    raise TimeoutError from None
+                    if not final.done.done() or final.done.cancelled() or final.done.exception() is not None:
+                        raise TimeoutError from None
+                    break
             self._rows.clear()
         except asyncio.CancelledError as exc:
             if final is not None:

@@ -73,6 +73,12 @@ class AuditSqlSettings(BaseModel):
     )
     batch_size: int = Field(500, ge=1, description="Buffered rows that make the writer flush at once.")
     flush_interval: float = Field(0.5, gt=0, description="Longest a buffered row waits to be written.")
+    max_write_rows: int = Field(
+        20_000,
+        ge=1,
+        description="Most rows one transaction takes (closing runs first); what is left goes with the next, "
+        "at once. The writes run in a thread of their own, so a big one never holds the event loop.",
+    )
     write_timeout: float | None = Field(
         None,
         gt=0,

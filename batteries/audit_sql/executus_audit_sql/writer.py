@@ -2,9 +2,15 @@
 
 Recorders only append to their buffers and call `BatchWriter.added`, which is O(1). The writer's task
 wakes every ``flush_interval`` seconds, or at once when ``batch_size`` rows are waiting or a run
-closes, takes the buffered rows of every recorder (at most four batches' worth) and the last rows and
-roll-ups of every run that is closing, and writes them all in one transaction: runs that end together
-share one commit.
+closes, takes the last rows and roll-ups of the runs that are closing (first come, first served) and
+the buffered rows of every recorder, at most ``max_write_rows`` in all, and writes them in one
+transaction: runs that end together share one commit. What did not fit goes with the next write, at
+once, so a thousand runs ending together make several short transactions, not one long one.
+
+Each transaction runs in the writer's own thread over the synchronous driver: the event loop awaits
+one future per write, so a loop busy with thousands of runs does not stretch a write by one loop
+turn per round trip (the reason closes once timed out under load with the database healthy). A write
+given up (``write_timeout``, or a close cancelled) is interrupted in the driver and rolled back.
 
 When a write fails (the database is down, a lock, a timeout) the rows go back to their recorders, the
 writer logs the failure once and waits a growing pause (up to 5 s) before it tries again on its own;
@@ -14,18 +20,28 @@ a closing run makes it try at once. Nothing is dropped, and the runs go on.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import queue
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Engine
 
 from executus_audit_sql.errors import describe_error
-from executus_audit_sql.writes import Row, RunState, write_rollups, write_trail, write_transcripts
+from executus_audit_sql.writes import (
+    Registration,
+    Row,
+    RunState,
+    write_rollups,
+    write_trail,
+    write_transcripts,
+)
 from executus_core.types import RunStats
 
 if TYPE_CHECKING:
@@ -67,33 +83,69 @@ class _Final:
     abandoned: bool = False  # its close gave up: the writer no longer reports to it
 
 
+class _WriteThread:
+    """One daemon thread that runs the writer's transactions in order (a daemon: a write hung on a
+    dead server never keeps the process from exiting)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="executus-audit-sql writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put((done, fn, args))
+        return done
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            done, fn, args = job
+            if not done.set_running_or_notify_cancel():
+                continue
+            try:
+                done.set_result(fn(*args))
+            except BaseException as exc:
+                done.set_exception(exc)
+
+
 class BatchWriter:
     """Writes what every recorder of one audit buffered, in batches, from a task of its own.
 
     Args:
-        engine: the async engine (bound to the running loop).
+        engine: the synchronous engine the writes use (in the writer's thread).
         prepare: awaited before a write until it succeeds once (makes sure the tables exist).
         batch_size: waiting rows that trigger a write at once.
+        max_rows: most rows one transaction takes (closing runs' first).
         flush_interval: longest a row waits, in seconds.
         write_timeout: longest one write may take, in seconds.
         maintain: awaited after writes, at most hourly (retention); errors are logged.
+        where: the database, for messages (no password).
     """
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Engine,
         *,
         prepare: Callable[[], Awaitable[None]],
         batch_size: int,
+        max_rows: int,
         flush_interval: float,
         write_timeout: float,
         maintain: Callable[[], Awaitable[object]] | None = None,
+        where: str = "the audit database",
     ) -> None:
         self.engine = engine
+        self._where = where
+        self._thread = _WriteThread()
+        self._job: concurrent.futures.Future[Any] | None = None  # the write in the thread
+        self._driver_connection: Any = None  # the driver connection of that write (to interrupt it)
         self.stats = WriterStats()
         self._prepare = prepare
         self._batch_size = batch_size
-        self._max_rows = batch_size * 4
+        self._max_rows = max(max_rows, 1)
         self._flush_interval = flush_interval
         self._write_timeout = write_timeout
         self._maintain = maintain
@@ -108,6 +160,7 @@ class BatchWriter:
         self._flush_lock = asyncio.Lock()  # one write at a time (the task's, or a flush() call's)
         self._failing = False
         self.loop = asyncio.get_running_loop()
+        self.progress_at = self.loop.time()  # when a write last succeeded (closes wait while it moves)
         self._task = self.loop.create_task(self._run(), name="executus-audit-sql writer")
 
     # -- called by recorders ------------------------------------------------------------------
@@ -200,10 +253,21 @@ class BatchWriter:
             finally:
                 self._flush_task = None
 
+    def _take_finals(self) -> list[_Final]:
+        """The closing runs for this write, oldest first: as many as ``_max_rows`` rows hold (at least one)."""
+        taken, room = 0, self._max_rows
+        for final in self._finals:
+            if taken and len(final.rows) > room:
+                break
+            taken += 1
+            room -= len(final.rows)
+        finals, self._finals = self._finals[:taken], self._finals[taken:]
+        return finals
+
     async def _flush(self) -> bool:
-        finals, self._finals = self._finals, []
+        finals = self._take_finals()
         batch: list[tuple[SqlRecorder, list[Row]]] = []
-        room = self._max_rows
+        room = self._max_rows - sum(len(f.rows) for f in finals)
         for recorder in list(self._dirty):
             if room <= 0:
                 break
@@ -216,33 +280,37 @@ class BatchWriter:
             if rows:
                 batch.append((recorder, rows))
                 room -= len(rows)
-        self._pending = 0
+        self._pending = sum(r.waiting for r in self._dirty) if self._dirty else 0
         if not batch and not finals:
             return True
         written = False
         failure: BaseException | None = None
         items = [(r.state, rows, True) for r, rows in batch] + [(f.state, f.rows, False) for f in finals]
+        rollups = [(f.state.info.run_id, f.stats, f.ended_at) for f in finals]
+        transcripts = [
+            (f.state.info.run_id, f.state.transcript, f.ended_at)
+            for f in finals
+            if f.state.transcript is not None
+        ]
+        abort = threading.Event()
+        job: concurrent.futures.Future[Any] | None = None
+        made: dict[int, Registration] = {}
         try:
-            async with asyncio.timeout(self._write_timeout):
-                await self._prepare()
-                async with self.engine.begin() as conn:
-                    made = await write_trail(conn, items)
-                    if finals:
-                        await write_rollups(
-                            conn, [(f.state.info.run_id, f.stats, f.ended_at) for f in finals]
-                        )
-                        await write_transcripts(
-                            conn,
-                            [
-                                (f.state.info.run_id, f.state.transcript, f.ended_at)
-                                for f in finals
-                                if f.state.transcript is not None
-                            ],
-                        )
+            try:
+                async with asyncio.timeout(self._write_timeout):
+                    await self._prepare()
+                    await self._previous_write_ended()
+                    job = self._job = self._thread.submit(self._write, items, rollups, transcripts, abort)
+                    made = await asyncio.wrap_future(job)
+            except BaseException:
+                if job is not None and job.done() and not job.cancelled() and job.exception() is None:
+                    made = job.result()  # it committed before it was given up: it counts
+                    written = True
+                else:
+                    self._abort(abort)
+                raise
             written = True
-            for state, _, _ in items:
-                if id(state) in made:
-                    made[id(state)].apply(state)
+            self.progress_at = self.loop.time()
             self.stats.batches += 1
             self.stats.rows_written += sum(len(rows) for _, rows, _ in items)
             if self._failing:
@@ -253,6 +321,8 @@ class BatchWriter:
             failure = WriteAborted("the write was cancelled before it finished")
             raise
         except Exception as exc:
+            if written:
+                return True
             failure = exc
             self.stats.failures += 1
             self.stats.last_error = (
@@ -270,6 +340,10 @@ class BatchWriter:
                 )
             return False
         finally:
+            if written:
+                for state, _, _ in items:
+                    if id(state) in made:
+                        made[id(state)].apply(state)
             for recorder, rows in batch:
                 recorder.settle(rows, written=written)
                 if not written and not recorder.closing:
@@ -282,8 +356,61 @@ class BatchWriter:
                 else:
                     final.done.set_exception(failure or WriteAborted("the write failed"))
 
+    def _write(
+        self,
+        items: list[tuple[RunState, list[Row], bool]],
+        rollups: list[tuple[str, RunStats, datetime]],
+        transcripts: list[tuple[str, Any, datetime]],
+        abort: threading.Event,
+    ) -> dict[int, Registration]:
+        """One transaction, in the writer's thread; rolled back if it was given up before its commit."""
+        if abort.is_set():
+            raise WriteAborted("the write was given up before it started")
+        with self.engine.connect() as conn:
+            self._driver_connection = conn.connection.dbapi_connection
+            try:
+                with conn.begin():
+                    made = write_trail(conn, items)
+                    if rollups:
+                        write_rollups(conn, rollups)
+                    if transcripts:
+                        write_transcripts(conn, transcripts)
+                    if abort.is_set():
+                        raise WriteAborted("the write was given up before it committed")
+            finally:
+                self._driver_connection = None
+        return made
+
+    def _abort(self, abort: threading.Event) -> None:
+        """Give up the write in the thread: it rolls back, and a statement waiting in the driver is
+        interrupted (sqlite3's ``interrupt``, psycopg's cancel request, sent from a thread of its own)."""
+        abort.set()
+        connection = self._driver_connection
+        if connection is None:
+            return
+        interrupt = getattr(connection, "interrupt", None)
+        if interrupt is not None:
+            with contextlib.suppress(Exception):
+                interrupt()
+            return
+        cancel = getattr(connection, "cancel_safe", None) or getattr(connection, "cancel", None)
+        if cancel is not None:
+
+            def send() -> None:
+                with contextlib.suppress(Exception):
+                    cancel()
+
+            threading.Thread(target=send, name="executus-audit-sql cancel", daemon=True).start()
+
+    async def _previous_write_ended(self) -> None:
+        """A write given up may still be ending in the thread (rolling back): the next one waits for it."""
+        job = self._job
+        if job is not None and not job.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.wrap_future(job))
+
     def _describe(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+        return self._where
 
     async def _maybe_maintain(self) -> None:
         assert self._maintain is not None
@@ -314,6 +441,13 @@ class BatchWriter:
         except (TimeoutError, asyncio.CancelledError):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        finally:
+            self._thread.stop()
+
+    def release(self) -> None:
+        """End the writer's thread without writing (its event loop is gone: nothing can be awaited)."""
+        self._task.cancel()
+        self._thread.stop()
 
     def leftovers(self) -> list[SqlRecorder]:
         """Recorders never closed whose rows are still buffered (after `stop`)."""

@@ -11,18 +11,22 @@ The statements on the per-row path (the trail rows, the live tally, the roll-ups
 built once per dialect (`Statements`) and sent with the driver's ``executemany`` through
 ``exec_driver_sql``: SQLAlchemy neither builds nor compiles them per write, and the parameters are
 plain tuples this module makes (JSON text, UTC timestamps), with no type processing per value.
+
+The functions are synchronous, on a SQLAlchemy `Connection`: the batch writer runs them in its own
+thread (so a busy event loop never stretches a write), and ``executus runs import`` through
+``AsyncConnection.run_sync``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Table
+from sqlalchemy.engine import Connection
 
 from executus_audit_sql.database import dumps, dumps_postgres
 from executus_audit_sql.schema import RunEventRow, RunRow, RunTranscriptRow
@@ -43,9 +47,9 @@ RUNS: Table = RunRow.__table__  # type: ignore[assignment]
 EVENTS: Table = RunEventRow.__table__  # type: ignore[assignment]
 TRANSCRIPTS: Table = RunTranscriptRow.__table__  # type: ignore[assignment]
 
-CHUNK_ROWS = 500
-"""Rows per INSERT statement: SQLAlchemy prepares a statement's parameters on the event loop, so a
-big batch is sent as several statements, each a short burst of CPU."""
+CHUNK_ROWS = 1000
+"""Rows per INSERT statement (one ``executemany``): a big batch is sent as several, so the tuples of
+one are made while the database works on the one before."""
 
 Row = tuple[int, str, str | None, int | None, str | None, str | None, Any, datetime]
 """A buffered trail row: (local seq, kind, name, iteration, call id, text, data, at)."""
@@ -132,81 +136,51 @@ def _transcript_upsert(dialect: str) -> Any:
     )
 
 
-@functools.cache
-def _register_statements(dialect: str) -> tuple[Any, Any, Any]:
-    """The statements `register` runs, built once per dialect: the upsert of the runs' rows, and the
-    reads of their highest ``seq`` and stored tally (each takes the run ids as ``ids``)."""
-    upsert = _insert(dialect, RUNS).on_conflict_do_update(
-        index_elements=[RUNS.c.run_id],
-        set_={
-            "attempts": RUNS.c.attempts + 1,
-            "status": None,
-            "output": None,
-            "error": None,
-            "runtime_seconds": None,
-            "ended_at": None,
-        },
-    )
-    ids: Any = bindparam("ids", expanding=True)
-    bases = (
-        select(EVENTS.c.run_id, func.max(EVENTS.c.seq))
-        .where(EVENTS.c.run_id.in_(ids))
-        .group_by(EVENTS.c.run_id)
-    )
-    counters = select(
-        RUNS.c.run_id,
-        RUNS.c.steps,
-        RUNS.c.tool_calls,
-        RUNS.c.input_tokens,
-        RUNS.c.output_tokens,
-        RUNS.c.thinking_tokens,
-    ).where(RUNS.c.run_id.in_(ids))
-    return upsert, bases, counters
-
-
-def _run_values(info: RunInfo, clean: Any) -> dict[str, Any]:
-    return {
-        "run_id": info.run_id,
-        "subject_id": clean(info.subject_id),
-        "name": clean(info.name),
-        "caller_id": clean(info.caller_id),
-        "channel_id": clean(info.channel_id),
-        "parent_run_id": info.parent_run_id,
-        "inputs": info.inputs,
-        "started_at": info.started_at,
-        "attempts": 1,
-        "conversation_id": clean(info.conversation_id),
-    }
-
-
-async def register(conn: AsyncConnection, infos: Sequence[RunInfo]) -> dict[str, Registration]:
-    """Upsert the runs' rows (a run id seen before counts one more attempt and is running again) and
-    find each one's base seq and the tally an earlier attempt stored: three statements for any number."""
-    clean = statements(conn).text
-    upsert, bases_of, counters_of = _register_statements(conn.dialect.name)
-    await conn.execute(upsert, [_run_values(info, clean) for info in infos])
-    ids = {"ids": [info.run_id for info in infos]}
-    bases = {row[0]: row[1] for row in await conn.execute(bases_of, ids)}
-    return {
-        row[0]: Registration(int(bases.get(row[0]) or 0), *(int(v or 0) for v in row[1:]))
-        for row in await conn.execute(counters_of, ids)
-    }
-
-
-_EVENT_COLUMNS = ("run_id", "seq", "kind", "name", "iteration", "call_id", "text", "data", "at")
-_TALLY_COLUMNS = ("steps", "tool_calls", "input_tokens", "output_tokens", "thinking_tokens")
-_ROLLUP_COLUMNS = (
-    "status",
-    "output",
-    "error",
-    "steps",
-    "tool_calls",
-    "runtime_seconds",
-    "input_tokens",
-    "output_tokens",
-    "thinking_tokens",
-    "ended_at",
+_RUN_COLUMNS = (
+    ("run_id", "text"),
+    ("subject_id", "text"),
+    ("name", "text"),
+    ("caller_id", "text"),
+    ("channel_id", "text"),
+    ("parent_run_id", "text"),
+    ("inputs", "json"),
+    ("started_at", "timestamptz"),
+    ("attempts", "integer"),
+    ("conversation_id", "text"),
 )
+_EVENT_COLUMNS = (
+    ("run_id", "text"),
+    ("seq", "integer"),
+    ("kind", "text"),
+    ("name", "text"),
+    ("iteration", "integer"),
+    ("call_id", "text"),
+    ("text", "text"),
+    ("data", "json"),
+    ("at", "timestamptz"),
+)
+_TALLY_COLUMNS = (
+    ("run_id", "text"),
+    ("steps", "integer"),
+    ("tool_calls", "integer"),
+    ("input_tokens", "bigint"),
+    ("output_tokens", "bigint"),
+    ("thinking_tokens", "bigint"),
+)
+_ROLLUP_COLUMNS = (
+    ("run_id", "text"),
+    ("status", "text"),
+    ("output", "text"),
+    ("error", "text"),
+    ("steps", "integer"),
+    ("tool_calls", "integer"),
+    ("runtime_seconds", "double precision"),
+    ("input_tokens", "bigint"),
+    ("output_tokens", "bigint"),
+    ("thinking_tokens", "bigint"),
+    ("ended_at", "timestamptz"),
+)
+_RESET = ("status", "output", "error", "runtime_seconds", "ended_at")
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -216,66 +190,176 @@ def _sqlite_time(value: datetime) -> str:
     return value.isoformat(" ", "microseconds")[:26]
 
 
-def _keep_time(value: datetime) -> datetime:
+def _aware_time(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _rows_sql(postgres: bool, mark: str, columns: Sequence[tuple[str, str]]) -> str:
+    """A SELECT of the rows held in one JSON parameter (an array of arrays, columns in order)."""
+    picked = []
+    for index, (name, kind) in enumerate(columns):
+        if postgres:
+            if kind == "json":
+                value = f"NULLIF(r->{index}, 'null'::jsonb)"
+            elif kind == "text":
+                value = f"r->>{index}"
+            else:
+                value = f"CAST(r->>{index} AS {kind})"
+        else:
+            value = f"NULLIF(value->{index}, 'null')" if kind == "json" else f"value->>{index}"
+        picked.append(f"{value} AS {name}")
+    if postgres:
+        return f"SELECT {', '.join(picked)} FROM jsonb_array_elements(CAST({mark} AS jsonb)) AS r"
+    return f"SELECT {', '.join(picked)} FROM json_each({mark}) WHERE true"
+
+
+def _update_sql(postgres: bool, mark: str, columns: Sequence[tuple[str, str]]) -> str:
+    """An UPDATE of the runs' rows from one JSON parameter (``run_id`` first)."""
+    sets = ", ".join(f"{name} = v.{name}" for name, _ in columns[1:])
+    rows = _rows_sql(postgres, mark, columns)
+    return f"UPDATE {RUNS.name} SET {sets} FROM ({rows}) AS v WHERE {RUNS.name}.run_id = v.run_id"
+
+
+def _one_by_one_sql(table: str, columns: Sequence[tuple[str, str]], suffix: str, update: bool) -> str:
+    """SQLite's statement for one row a time (``?`` each, ``run_id`` last for an UPDATE)."""
+    names = [name for name, _ in columns]
+    if update:
+        sets = ", ".join(f"{name} = ?" for name in names[1:])
+        return f"UPDATE {table} SET {sets} WHERE run_id = ?"
+    return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) {suffix}"
+
+
+_KINDS: dict[str, tuple[str, Sequence[tuple[str, str]], bool]] = {
+    "upsert_runs": (RUNS.name, _RUN_COLUMNS, False),
+    "events": (EVENTS.name, _EVENT_COLUMNS, False),
+    "tally": (RUNS.name, _TALLY_COLUMNS, True),
+    "rollup": (RUNS.name, _ROLLUP_COLUMNS, True),
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Statements:
-    """The per-row statements of one dialect as the driver's SQL, and how values are made for it.
-
-    ``events``, ``tally`` and ``rollup`` take tuples in the order of their columns; ``text`` cleans
-    a text value, ``json`` makes a JSON column's text, ``time`` a timestamp column's value.
+    """The statements of one dialect as the driver's SQL: each takes *one* parameter, a JSON array
+    of rows, and the database unpacks it (``json_each`` on SQLite, ``jsonb_array_elements`` on
+    PostgreSQL). A write is then a handful of statements, each one round trip, whatever its rows:
+    the client encodes them with one orjson call, and the writer's thread gives up the GIL a few
+    times per write instead of once per row.
     """
 
+    postgres: bool
+    upsert_runs: str
+    bases: str
+    counters: str
     events: str
     tally: str
     rollup: str
-    text: Callable[[str | None], str | None]
-    json: Callable[[Any], str]
-    time: Callable[[datetime], Any]
+    upsert_suffix: str
 
     @staticmethod
     @functools.cache
     def for_dialect(name: str, paramstyle: str) -> Statements:
         """Built once per dialect and driver parameter style (``qmark``, ``format``/``pyformat``,
         ``numeric_dollar``)."""
-        counter = iter(range(1, 100))
-
-        def mark(cast: str = "") -> str:
-            if paramstyle == "qmark":
-                return "?"
-            if paramstyle in ("format", "pyformat"):
-                return "%s" + cast
-            if paramstyle == "numeric_dollar":
-                return f"${next(counter)}{cast}"
-            raise NotImplementedError(f"executus-audit-sql does not support the parameter style {paramstyle}")
-
-        postgres = name == "postgresql"
         if name not in ("postgresql", "sqlite"):
             raise NotImplementedError(f"executus-audit-sql does not support {name}")
-        jsonb = "::jsonb" if postgres else ""
-        values = ", ".join(mark(jsonb if c == "data" else "") for c in _EVENT_COLUMNS)
-        events = f"INSERT INTO {EVENTS.name} ({', '.join(_EVENT_COLUMNS)}) VALUES ({values}) ON CONFLICT DO NOTHING"
-        counter = iter(range(1, 100))
-        sets = ", ".join(f"{c} = {mark()}" for c in _TALLY_COLUMNS)
-        tally = f"UPDATE {RUNS.name} SET {sets} WHERE run_id = {mark()}"
-        counter = iter(range(1, 100))
-        sets = ", ".join(f"{c} = {mark()}" for c in _ROLLUP_COLUMNS)
-        rollup = f"UPDATE {RUNS.name} SET {sets} WHERE run_id = {mark()}"
-        if postgres:
-            return Statements(events, tally, rollup, _no_nul, dumps_postgres, _keep_time)
-        return Statements(events, tally, rollup, _keep, dumps, _sqlite_time)
+        marks = {"qmark": "?", "format": "%s", "pyformat": "%s", "numeric_dollar": "$1"}
+        if paramstyle not in marks:
+            raise NotImplementedError(f"executus-audit-sql does not support the parameter style {paramstyle}")
+        mark, postgres = marks[paramstyle], name == "postgresql"
+        ids = (
+            f"SELECT jsonb_array_elements_text(CAST({mark} AS jsonb))"
+            if postgres
+            else f"SELECT value FROM json_each({mark})"
+        )
+        run_names = ", ".join(n for n, _ in _RUN_COLUMNS)
+        reset = ", ".join(f"{c} = NULL" for c in _RESET)
+        upsert_suffix = f"ON CONFLICT (run_id) DO UPDATE SET attempts = {RUNS.name}.attempts + 1, {reset}"
+        upsert_runs = (
+            f"INSERT INTO {RUNS.name} ({run_names}) {_rows_sql(postgres, mark, _RUN_COLUMNS)} {upsert_suffix}"
+        )
+        bases = f"SELECT run_id, max(seq) FROM {EVENTS.name} WHERE run_id IN ({ids}) GROUP BY run_id"
+        counters = (
+            f"SELECT run_id, steps, tool_calls, input_tokens, output_tokens, thinking_tokens "
+            f"FROM {RUNS.name} WHERE run_id IN ({ids})"
+        )
+        events = (
+            f"INSERT INTO {EVENTS.name} ({', '.join(n for n, _ in _EVENT_COLUMNS)}) "
+            f"{_rows_sql(postgres, mark, _EVENT_COLUMNS)} ON CONFLICT DO NOTHING"
+        )
+        tally = _update_sql(postgres, mark, _TALLY_COLUMNS)
+        rollup = _update_sql(postgres, mark, _ROLLUP_COLUMNS)
+        return Statements(postgres, upsert_runs, bases, counters, events, tally, rollup, upsert_suffix)
+
+    def time(self, value: datetime) -> Any:
+        """A timestamp as this dialect's JSON rows carry it."""
+        return _aware_time(value) if self.postgres else _sqlite_time(value)
+
+    def rows(self, rows: Sequence[Any]) -> tuple[str]:
+        """The one parameter of a statement: ``rows`` as a JSON array (on PostgreSQL without the NUL
+        character, which its text and JSONB refuse: it becomes U+FFFD)."""
+        return (dumps_postgres(rows) if self.postgres else dumps(rows),)
+
+    def run(self, conn: Connection, kind: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Write ``rows`` with the statement ``kind`` (``upsert_runs``, ``events``, ``tally``, ``rollup``).
+
+        SQLite's JSON functions end a text at a NUL character, so rows holding one (a tool's binary
+        output) go one by one, with plain parameters, instead.
+        """
+        (blob,) = self.rows(rows)
+        if self.postgres or "\\u0000" not in blob:
+            conn.exec_driver_sql(getattr(self, kind), (blob,))
+            return
+        table, columns, update = _KINDS[kind]
+        sql = _one_by_one_sql(
+            table, columns, "ON CONFLICT DO NOTHING" if kind == "events" else self.upsert_suffix, update
+        )
+        json_at = [index for index, (_, type_) in enumerate(columns) if type_ == "json"]
+        plain = []
+        for row in rows:
+            values = list(row)
+            for index in json_at:
+                if values[index] is not None:
+                    values[index] = dumps(values[index])
+            plain.append(tuple(values[1:] + values[:1]) if update else tuple(values))
+        conn.exec_driver_sql(sql, plain)
 
 
-def statements(conn: AsyncConnection) -> Statements:
+def statements(conn: Connection) -> Statements:
     """The `Statements` of ``conn``'s dialect."""
     dialect = conn.dialect
     return Statements.for_dialect(dialect.name, dialect.paramstyle)
 
 
-async def write_trail(
-    conn: AsyncConnection, items: Sequence[tuple[RunState, Sequence[Row], bool]]
+def register(conn: Connection, infos: Sequence[RunInfo]) -> dict[str, Registration]:
+    """Upsert the runs' rows (a run id seen before counts one more attempt and is running again) and
+    find each one's base seq and the tally an earlier attempt stored: three statements for any number."""
+    sql = statements(conn)
+    runs = [
+        (
+            info.run_id,
+            info.subject_id,
+            info.name,
+            info.caller_id,
+            info.channel_id,
+            info.parent_run_id,
+            info.inputs,
+            sql.time(info.started_at),
+            1,
+            info.conversation_id,
+        )
+        for info in infos
+    ]
+    sql.run(conn, "upsert_runs", runs)
+    ids = sql.rows([info.run_id for info in infos])
+    bases = {row[0]: row[1] for row in conn.exec_driver_sql(sql.bases, ids)}
+    return {
+        row[0]: Registration(int(bases.get(row[0]) or 0), *(int(v or 0) for v in row[1:]))
+        for row in conn.exec_driver_sql(sql.counters, ids)
+    }
+
+
+def write_trail(
+    conn: Connection, items: Sequence[tuple[RunState, Sequence[Row], bool]]
 ) -> dict[int, Registration]:
     """Write the rows of several runs in ``conn``'s transaction, registering runs seen for the first time.
 
@@ -288,10 +372,10 @@ async def write_trail(
     new = [state for state, _, _ in items if not state.registered]
     if new:
         # One row per run id (a VALUES list must not hold a key twice)
-        found = await register(conn, list({state.info.run_id: state.info for state in new}.values()))
+        found = register(conn, list({state.info.run_id: state.info for state in new}.values()))
         made = {id(state): found[state.info.run_id] for state in new}
     sql = statements(conn)
-    clean, json, time = sql.text, sql.json, sql.time
+    time = sql.time
     event_rows: list[tuple[Any, ...]] = []
     tally_rows: list[tuple[Any, ...]] = []
     for state, rows, live in items:
@@ -299,61 +383,43 @@ async def write_trail(
         base = registration.base if registration is not None else state.base
         run_id = state.info.run_id
         for local, kind, name, iteration, call_id, text, data, at in rows:
-            event_rows.append(
-                (
-                    run_id,
-                    base + local,
-                    kind,
-                    clean(name),
-                    iteration,
-                    clean(call_id),
-                    clean(text),
-                    None if data is None else json(data),
-                    time(at),
-                )
-            )
+            event_rows.append((run_id, base + local, kind, name, iteration, call_id, text, data, time(at)))
             if len(event_rows) >= CHUNK_ROWS:
-                # Each statement's parameters are made on the event loop: keep each burst short.
-                await conn.exec_driver_sql(sql.events, event_rows)
+                sql.run(conn, "events", event_rows)
                 event_rows = []
         if live:
             tally = state.live() if registration is None else _live_after(state, registration)
-            tally_rows.append((*(tally[c] for c in _TALLY_COLUMNS), run_id))
+            tally_rows.append((run_id, *tally.values()))
     if event_rows:
-        await conn.exec_driver_sql(sql.events, event_rows)
+        sql.run(conn, "events", event_rows)
     if tally_rows:
-        await conn.exec_driver_sql(sql.tally, tally_rows)
+        sql.run(conn, "tally", tally_rows)
     return made
 
 
-async def write_rollups(conn: AsyncConnection, rollups: Sequence[tuple[str, RunStats, datetime]]) -> None:
+def write_rollups(conn: Connection, rollups: Sequence[tuple[str, RunStats, datetime]]) -> None:
     """Store runs' final `RunStats` (``(run_id, stats, ended_at)`` each): they are no longer running."""
     sql = statements(conn)
-    clean = sql.text
-    await conn.exec_driver_sql(
-        sql.rollup,
-        [
-            (
-                stats.status.value,
-                clean(stats.output),
-                clean(stats.error),
-                stats.steps,
-                stats.tool_calls,
-                stats.runtime_seconds,
-                stats.input_tokens,
-                stats.output_tokens,
-                stats.thinking_tokens,
-                sql.time(ended_at),
-                run_id,
-            )
-            for run_id, stats, ended_at in rollups
-        ],
-    )
+    rows = [
+        (
+            run_id,
+            stats.status.value,
+            stats.output,
+            stats.error,
+            stats.steps,
+            stats.tool_calls,
+            stats.runtime_seconds,
+            stats.input_tokens,
+            stats.output_tokens,
+            stats.thinking_tokens,
+            sql.time(ended_at),
+        )
+        for run_id, stats, ended_at in rollups
+    ]
+    sql.run(conn, "rollup", rows)
 
 
-async def write_transcripts(
-    conn: AsyncConnection, transcripts: Sequence[tuple[str, list[Any], datetime]]
-) -> None:
+def write_transcripts(conn: Connection, transcripts: Sequence[tuple[str, list[Any], datetime]]) -> None:
     """Store the messages runs ended with (``(run_id, messages, at)`` each), replacing what an earlier
     attempt of the same run stored."""
     if not transcripts:
@@ -362,15 +428,7 @@ async def write_transcripts(
     rows = {
         run_id: {"run_id": run_id, "messages": messages, "at": at} for run_id, messages, at in transcripts
     }
-    await conn.execute(statement, list(rows.values()))
-
-
-def _keep(value: str | None) -> str | None:
-    return value
-
-
-def _no_nul(value: str | None) -> str | None:
-    return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
+    conn.execute(statement, list(rows.values()))
 
 
 def _live_after(state: RunState, registration: Registration) -> dict[str, int]:

@@ -1,12 +1,14 @@
 """The per-row statements are built once: trail rows, live tallies and roll-ups go to the driver as
-SQL text made once per dialect, with plain parameter tuples — SQLAlchemy compiles nothing for them and
-processes no value (issue 17: client CPU per recorded step). What they store reads back exactly."""
+SQL text made once per dialect, all rows of a write in one JSON parameter — SQLAlchemy compiles nothing
+for them and processes no value, and a batch is one statement, not one per row (issue 17: client CPU
+per recorded step, and writes that a busy process does not stretch). What they store reads back exactly."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 import pytest
 from audit_sql_helpers import Backend
 from executus_audit_sql import AuditSqlSettings, SqlAudit
@@ -16,16 +18,16 @@ from executus_core.testing.conformance import make_info
 from executus_core.types import ModelResponse, RunStats, RunStatus, ToolCall, Usage
 
 
-def _watch(audit: SqlAudit) -> list[tuple[str, bool, Any]]:
-    """(SQL, executemany, compiled) of every statement the audit's engine sends."""
-    seen: list[tuple[str, bool, Any]] = []
+def _watch(audit: SqlAudit) -> list[tuple[str, Any, Any]]:
+    """(SQL, parameters, compiled) of every statement the audit's engines send."""
+    seen: list[tuple[str, Any, Any]] = []
 
-    def before(
-        _conn: Any, _cursor: Any, statement: str, _params: Any, context: Any, executemany: bool
-    ) -> None:
-        seen.append((statement, executemany, context.compiled if context is not None else None))
+    def before(_conn: Any, _cursor: Any, statement: str, params: Any, context: Any, _many: bool) -> None:
+        seen.append((statement, params, context.compiled if context is not None else None))
 
     event.listen(audit._engine.sync_engine, "before_cursor_execute", before)
+    assert audit._writer_engine is not None, "the writer's engine is made with the writer"
+    event.listen(audit._writer_engine, "before_cursor_execute", before)
     return seen
 
 
@@ -47,18 +49,15 @@ async def test_rows_tallies_and_rollups_are_sent_as_driver_sql(backend: Backend)
         await _record(audit, "warm", 1)  # the schema, the first registration
         seen = _watch(audit)
         await _record(audit, "watched", 20)
-        writes = [
-            (sql, many, compiled)
-            for sql, many, compiled in seen
-            if not sql.lstrip().upper().startswith("SELECT")
-        ]
+        writes = [(sql, params, compiled) for sql, params, compiled in seen if not sql.startswith("SELECT")]
         inserts = [w for w in writes if "INSERT INTO executus_run_events" in w[0]]
         updates = [w for w in writes if w[0].startswith("UPDATE executus_runs")]
         assert inserts and updates, writes
         for sql, _, compiled in inserts + updates:
             assert compiled is None, f"compiled by SQLAlchemy: {sql}"
-        # the 60 rows of the flushed batch: one statement (executemany), not one per row
-        assert len(inserts) == 1 and inserts[0][1]
+        # the 60 rows of the flushed batch: one statement with one parameter, not one per row
+        [(_, params, _)] = inserts
+        assert len(params) == 1 and len(orjson.loads(params[0])) == 60
     finally:
         await audit.aclose()
 

@@ -16,34 +16,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import importlib.util
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, delete, func, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
-from executus_audit_sql import trail as reads
-from executus_audit_sql.database import make_async_engine, make_writer_engine
-from executus_audit_sql.migrate import ensure_schema
 from executus_audit_sql.recorder import SqlRecorder
-from executus_audit_sql.settings import AuditSqlSettings, public_url, resolve_url
+from executus_audit_sql.settings import AuditSqlSettings, async_url, driver_module, public_url, resolve_url
 from executus_audit_sql.spill import Spilled, read_spill, spill_files, write_spill
-from executus_audit_sql.trail import RunRecord, ThreadTurn, TrailEntry
-from executus_audit_sql.writer import BatchWriter, WriterStats
-from executus_audit_sql.writes import (
-    EVENTS,
-    RUNS,
-    TRANSCRIPTS,
-    Row,
-    RunState,
-    write_rollups,
-    write_trail,
-    write_transcripts,
-)
+from executus_audit_sql.state import Row, RunState
 from executus_core.config import default_data_dir
 from executus_core.types import RunInfo, RunStats, RunTranscript, utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+    from sqlalchemy.engine import URL
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from executus_audit_sql.trail import RunRecord, ThreadTurn, TrailEntry
+    from executus_audit_sql.writer import BatchWriter, WriterStats
+
+# What the first use of an audit imports, in a worker thread (so the event loop never waits on
+# SQLAlchemy's import); building an audit imports none of it (issue 17: cold commands).
+_HEAVY = (
+    "sqlalchemy.ext.asyncio",
+    "executus_audit_sql.database",
+    "executus_audit_sql.migrate",
+    "executus_audit_sql.trail",
+    "executus_audit_sql.writer",
+    "executus_audit_sql.writes",
+)
+
+
+def _import_heavy(driver: str) -> None:
+    for name in (*_HEAVY, driver):
+        importlib.import_module(name)
+
 
 __all__ = ["SqlAudit"]
 
@@ -82,9 +93,9 @@ class SqlAudit:
             settings = AuditSqlSettings.model_validate({**settings.model_dump(), "url": url})
         base = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
         self.settings = settings
-        self.url = resolve_url(settings, base)
+        self.url_text = resolve_url(settings, base)
         self.db_schema = settings.db_schema
-        self.backend = self.url.get_backend_name()
+        self.backend = "sqlite" if self.url_text.startswith("sqlite") else "postgresql"
         self.auto_upgrade = settings.auto_upgrade
         self.write_timeout = settings.write_timeout or min(5.0, port_timeout / 2)
         # A close waits its turn while the writer makes progress, but answers before the core's own
@@ -92,13 +103,37 @@ class SqlAudit:
         self.close_timeout = max(self.write_timeout, port_timeout - min(2.0, port_timeout / 5))
         self.skip_events = frozenset(settings.skip_events)
         self.spill_dir = settings.spill_dir or base / SPILL_DIR_NAME
-        self._engine = self._make_engine()  # fails now on a driver that is not installed
+        self._driver = driver_module(self.url_text)
+        if importlib.util.find_spec(self._driver) is None:  # fails now on a driver that is not installed
+            raise ImportError(f"No module named {self._driver!r}")
+        self._url: URL | None = None
+        self._engine_made: AsyncEngine | None = None  # made on first use (SQLAlchemy imported then)
         self._writer_engine: Engine | None = None  # the sync engine the writer's thread uses, made with it
         self._writer: BatchWriter | None = None
         self._schema_ready = False
         self._schema_lock: asyncio.Lock | None = None  # made with the writer, in its loop
 
+    @property
+    def url(self) -> URL:
+        """The database's SQLAlchemy `URL`, with the async driver (imports SQLAlchemy on first use)."""
+        if self._url is None:
+            self._url = async_url(self.url_text)
+        return self._url
+
+    @property
+    def _engine(self) -> AsyncEngine:
+        if self._engine_made is None:
+            self._engine_made = self._make_engine()
+        return self._engine_made
+
+    async def _load(self) -> None:
+        """Import SQLAlchemy, the driver and the writer in a worker thread, once per process."""
+        if self._engine_made is None:
+            await asyncio.to_thread(_import_heavy, self._driver)
+
     def _make_engine(self) -> AsyncEngine:
+        from executus_audit_sql.database import make_async_engine
+
         return make_async_engine(
             self.url,
             connect_timeout=self.settings.connect_timeout,
@@ -113,12 +148,15 @@ class SqlAudit:
 
     def describe_database(self) -> str:
         """The database for messages: its URL without the password, and the schema if one is set."""
-        where = public_url(self.url)
+        where = public_url(self.url_text)
         return f"{where} (schema {self.db_schema})" if self.db_schema else where
 
     # -- binding to the event loop ------------------------------------------------------------
 
     def _bind(self) -> BatchWriter:
+        from executus_audit_sql.database import make_writer_engine
+        from executus_audit_sql.writer import BatchWriter
+
         loop = asyncio.get_running_loop()
         writer = self._writer
         if writer is not None and writer.loop is loop:
@@ -127,7 +165,7 @@ class SqlAudit:
             # The loop the engine's connections belong to is gone or another: start afresh here.
             writer.release()
             self._engine.sync_engine.dispose(close=False)
-            self._engine = self._make_engine()
+            self._engine_made = self._make_engine()
         if self._writer_engine is None:
             self._writer_engine = make_writer_engine(
                 self.url, connect_timeout=self.settings.connect_timeout, db_schema=self.db_schema
@@ -153,10 +191,13 @@ class SqlAudit:
         """
         if self._schema_ready:
             return
+        await self._load()
         self._bind()
         assert self._schema_lock is not None
         async with self._schema_lock:  # the writer and a reader starting together migrate once
             if not self._schema_ready:
+                from executus_audit_sql.migrate import ensure_schema
+
                 await ensure_schema(
                     self.url,
                     db_schema=self.db_schema,
@@ -177,6 +218,7 @@ class SqlAudit:
 
         The same run id started again (a run resumed by `Executor.recover`) continues its trail.
         """
+        await self._load()
         return SqlRecorder(self, self._bind(), info)
 
     def spill(
@@ -189,6 +231,7 @@ class SqlAudit:
 
     async def flush(self) -> None:
         """Write what every open recorder buffered, now (a failure leaves it buffered)."""
+        await self._load()
         await self._bind().flush()
 
     async def aclose(self) -> None:
@@ -206,14 +249,16 @@ class SqlAudit:
             running = None
         if running is not writer.loop:
             writer.release()
-            self._engine.sync_engine.dispose(close=False)  # that loop is gone: nothing to await there
+            if self._engine_made is not None:  # that loop is gone: nothing to await there
+                self._engine_made.sync_engine.dispose(close=False)
             return
         await writer.stop(self.write_timeout)
         for recorder in writer.leftovers():
             rows = list(recorder.take(recorder.waiting))
             with contextlib.suppress(Exception):
                 self.spill(recorder.state, rows, None, None)
-        await self._engine.dispose()
+        if self._engine_made is not None:
+            await self._engine_made.dispose()
         if self._writer_engine is not None:
             await asyncio.to_thread(self._writer_engine.dispose)
 
@@ -241,7 +286,7 @@ class SqlAudit:
         paging); ``parent_run_id``: only the runs that run delegated to.
         """
         async with self._read() as conn:
-            return await reads.list_runs(
+            return await _reads().list_runs(
                 conn,
                 caller_id=caller_id,
                 status=status,
@@ -254,12 +299,12 @@ class SqlAudit:
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run with this id (its info and, once closed, its roll-up), or ``None``."""
         async with self._read() as conn:
-            return await reads.get_run(conn, run_id)
+            return await _reads().get_run(conn, run_id)
 
     async def find_runs(self, prefix: str, *, limit: int = 5) -> list[str]:
         """Ids of the runs whose id starts with ``prefix``."""
         async with self._read() as conn:
-            return await reads.find_runs(conn, prefix, limit=limit)
+            return await _reads().find_runs(conn, prefix, limit=limit)
 
     async def trail(
         self,
@@ -275,25 +320,25 @@ class SqlAudit:
         last n rows (what a run is doing now).
         """
         async with self._read() as conn:
-            return await reads.get_trail(conn, run_id, kinds=kinds, after=after, last=last)
+            return await _reads().get_trail(conn, run_id, kinds=kinds, after=after, last=last)
 
     async def tails(self, run_ids: Sequence[str], *, last: int = 20) -> dict[str, list[TrailEntry]]:
         """The last ``last`` rows of each run's trail, in order, read in one statement."""
         async with self._read() as conn:
-            return await reads.get_tails(conn, run_ids, last=last)
+            return await _reads().get_tails(conn, run_ids, last=last)
 
     async def transcript(self, run_id: str) -> RunTranscript | None:
         """The run's info, status (``None`` while running) and the messages it ended with, masked as
         the trail is (empty for a run recorded before transcripts were kept); ``None`` for an
         unknown run. What ``Executor.run(..., continue_run=run_id)`` reads."""
         async with self._read() as conn:
-            return await reads.get_transcript(conn, run_id)
+            return await _reads().get_transcript(conn, run_id)
 
     async def thread(self, conversation: str, *, limit: int = 100) -> list[ThreadTurn]:
         """The runs of a conversation, oldest first: those with this ``conversation_id`` and the run
         with this id (a first turn is named by its run id), each with its prompt, output and error."""
         async with self._read() as conn:
-            return await reads.get_thread(conn, conversation, limit=limit)
+            return await _reads().get_thread(conn, conversation, limit=limit)
 
     # -- upkeep -------------------------------------------------------------------------------
 
@@ -303,6 +348,10 @@ class SqlAudit:
         Runs still going (no roll-up yet) are kept. Returns how many runs were deleted — or, with
         ``dry_run``, how many would be, deleting nothing.
         """
+        from sqlalchemy import delete, func, select
+
+        from executus_audit_sql.writes import EVENTS, RUNS, TRANSCRIPTS
+
         cutoff = utcnow() - timedelta(days=older_than_days)
         old = select(RUNS.c.run_id).where(RUNS.c.started_at < cutoff, RUNS.c.status.is_not(None))
         if dry_run:
@@ -340,6 +389,8 @@ class SqlAudit:
 
 def _store_spilled(conn: Connection, spilled: Spilled) -> None:
     """Write a spill file's run, rows, roll-up and transcript on ``conn`` (in its transaction)."""
+    from executus_audit_sql.writes import write_rollups, write_trail, write_transcripts
+
     state = spilled.state
     write_trail(conn, [(state, spilled.rows, spilled.stats is None)])
     if spilled.stats is not None:
@@ -347,3 +398,10 @@ def _store_spilled(conn: Connection, spilled: Spilled) -> None:
         write_rollups(conn, [(state.info.run_id, spilled.stats, ended_at)])
         if state.transcript is not None:
             write_transcripts(conn, [(state.info.run_id, state.transcript, ended_at)])
+
+
+def _reads() -> Any:
+    """The module of the reads (SQLAlchemy's: imported on first use, by then in `SqlAudit._load`)."""
+    from executus_audit_sql import trail
+
+    return trail

@@ -23,7 +23,7 @@ import json
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich import box
@@ -34,9 +34,8 @@ from rich.tree import Tree
 
 from executus_audit_sql.audit import SqlAudit
 from executus_audit_sql.errors import AuditSqlError, describe_error
-from executus_audit_sql.migrate import upgrade
 from executus_audit_sql.settings import SECTION, AuditSqlSettings
-from executus_audit_sql.trail import RUNNING, RunRecord, ThreadTurn, TrailEntry, run_facts
+from executus_audit_sql.state import RUNNING
 from executus_core.cli.helpers import (
     DryRunOption,
     YesOption,
@@ -49,6 +48,9 @@ from executus_core.cli.helpers import (
 from executus_core.config import Settings, load_settings
 from executus_core.errors import ConfigError, ExecutusError
 from executus_core.types import RunStatus
+
+if TYPE_CHECKING:
+    from executus_audit_sql.trail import RunRecord, ThreadTurn, TrailEntry
 
 __all__ = ["register", "upgrade_step"]
 
@@ -93,6 +95,8 @@ def upgrade_step(settings: Settings) -> str:
     section = settings.section(SECTION, AuditSqlSettings, plugin=SECTION)
     audit = SqlAudit(section, data_dir=settings.core.data_dir)  # resolves the default URL
     try:
+        from executus_audit_sql.migrate import upgrade
+
         report = upgrade(audit.url, db_schema=audit.db_schema, connect_timeout=section.connect_timeout)
     except ExecutusError:
         raise
@@ -283,6 +287,8 @@ def _print_run(
     record: RunRecord, trail: Sequence[TrailEntry], *, show_all: bool, thread: Sequence[ThreadTurn] = ()
 ) -> None:
     out = Console()
+    from executus_audit_sql.trail import run_facts
+
     facts = run_facts(trail)
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
@@ -462,6 +468,8 @@ def register(cli: typer.Typer) -> None:
 
         record, trail, thread = _run(audit, work)
         if as_json:
+            from executus_audit_sql.trail import run_facts
+
             run = _record_json(record) | run_facts(trail).model_dump(mode="json")
             payload = {
                 "run": run,

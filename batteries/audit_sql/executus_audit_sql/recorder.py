@@ -20,8 +20,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from executus_audit_sql.errors import AuditWriteError, describe_error
-from executus_audit_sql.schema import EventKind
-from executus_audit_sql.writes import Row, RunState
+from executus_audit_sql.state import EventKind, Row, RunState
 from executus_core.secrets import mask_text, mask_value
 from executus_core.types import Message, ModelResponse, RunInfo, RunStats, ToolCall, utcnow
 

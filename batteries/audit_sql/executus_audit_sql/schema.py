@@ -34,6 +34,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from executus_audit_sql.state import EventKind
+
 __all__ = [
     "RUNS_TABLE",
     "VERSION_TABLE",
@@ -81,17 +83,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 # JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
 Json = JSON().with_variant(JSONB(), "postgresql")
-
-
-class EventKind:
-    """The ``kind`` of a trail row."""
-
-    STEP = "step"  # a model call finished: text, tool calls, usage
-    TOOL = "tool"  # a tool call finished: name, call id, arguments, result
-    EVENT = "event"  # a run event (run.start, tool.start, critic, ...): type and payload
-    ERROR = "error"  # an error the run survived, or the one that ended it
-
-    ALL = (STEP, TOOL, EVENT, ERROR)
 
 
 class Base(DeclarativeBase):

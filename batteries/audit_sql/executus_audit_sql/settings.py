@@ -18,19 +18,24 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
 
 from executus_core.errors import ConfigError
+from executus_core.secrets import mask_url
 
-__all__ = ["DEFAULT_DB_FILE", "AuditSqlSettings", "async_url", "public_url", "sync_url"]
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+__all__ = ["DEFAULT_DB_FILE", "AuditSqlSettings", "async_url", "check_url", "public_url", "sync_url"]
 
 SECTION = "audit_sql"
 DEFAULT_DB_FILE = "audit.db"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# The scheme and the rest of a URL, read without SQLAlchemy (which building an audit must not import).
+_SCHEME = re.compile(r"^(?P<driver>[\w+]+)://(?P<rest>.*)$", re.DOTALL)
 
 # The drivers this battery speaks, and the async / sync driver pair each URL scheme maps to. The sync
 # one runs migrations (in a worker thread, or in `executus db upgrade`).
@@ -130,32 +135,52 @@ class AuditSqlSettings(BaseModel):
     @classmethod
     def _url_parses(cls, value: str | None) -> str | None:
         if value is not None:
-            async_url(value)  # raises ValueError naming what is wrong
+            check_url(value)  # raises ValueError naming what is wrong
         return value
 
 
-def async_url(url: str | URL) -> URL:
-    """The URL with this battery's async driver: ``sqlite:///x.db`` becomes ``sqlite+aiosqlite:///x.db``,
-    ``postgresql://...`` becomes ``postgresql+psycopg://...``.
+def check_url(url: str) -> str:
+    """``url`` with this battery's async driver, checked without importing SQLAlchemy:
+    ``sqlite:///x.db`` becomes ``sqlite+aiosqlite:///x.db``, ``postgresql://...`` becomes
+    ``postgresql+psycopg://...``.
 
     Raises ``ValueError`` for a URL that does not parse, a database this battery does not speak, or
     an in-memory SQLite database (each connection would see a database of its own).
     """
-    try:
-        parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError as exc:
-        raise ValueError(f"not a database URL ({exc}); example: postgresql+psycopg://user@host/db") from None
-    driver = _ASYNC.get(parsed.drivername)
+    match = _SCHEME.match(url)
+    if match is None:
+        raise ValueError(
+            f"not a database URL (could not parse {public_url(url)!r}); example: postgresql+psycopg://user@host/db"
+        )
+    driver = _ASYNC.get(match["driver"])
     if driver is None:
         raise ValueError(
-            f"the driver {parsed.drivername!r} is not supported; use sqlite:///path.db, "
+            f"the driver {match['driver']!r} is not supported; use sqlite:///path.db, "
             "postgresql+psycopg://... or postgresql+asyncpg://..."
         )
-    if driver.startswith("sqlite") and parsed.database in (None, "", ":memory:"):
-        raise ValueError(
-            "an in-memory SQLite database cannot hold an audit trail; give a file: sqlite:///audit.db"
-        )
-    return parsed.set(drivername=driver)
+    rest = match["rest"]
+    if driver.startswith("sqlite"):
+        path = rest.partition("?")[0]
+        database = path[1:] if path.startswith("/") else ""
+        if database in ("", ":memory:"):
+            raise ValueError(
+                "an in-memory SQLite database cannot hold an audit trail; give a file: sqlite:///audit.db"
+            )
+    return f"{driver}://{rest}"
+
+
+def async_url(url: str | URL) -> URL:
+    """`check_url` as a SQLAlchemy `URL` (imports SQLAlchemy: for the engines and migrations)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not isinstance(url, str):
+        url = url.render_as_string(hide_password=False)
+    try:
+        parsed = make_url(check_url(url))
+    except ArgumentError as exc:
+        raise ValueError(f"not a database URL ({exc}); example: postgresql+psycopg://user@host/db") from None
+    return parsed
 
 
 def sync_url(url: str | URL) -> URL:
@@ -166,21 +191,26 @@ def sync_url(url: str | URL) -> URL:
 
 def public_url(url: str | URL) -> str:
     """The URL for messages: never the password."""
-    try:
-        parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError:
-        return "(a database URL)"
-    return parsed.render_as_string(hide_password=True)
+    if isinstance(url, str):
+        return mask_url(url)
+    return url.render_as_string(hide_password=True)
 
 
-def resolve_url(settings: AuditSqlSettings, data_dir: Path) -> URL:
-    """The async URL to use: the setting, or ``sqlite+aiosqlite:///<data_dir>/audit.db``."""
+def resolve_url(settings: AuditSqlSettings, data_dir: Path) -> str:
+    """The async URL to use, as text: the setting, or ``sqlite+aiosqlite:///<data_dir>/audit.db``
+    (`async_url` makes it a SQLAlchemy `URL` when an engine needs one)."""
     if settings.url is None:
-        return async_url(f"sqlite:///{Path(data_dir).expanduser() / DEFAULT_DB_FILE}")
-    url = async_url(settings.url)
-    if settings.db_schema is not None and not url.drivername.startswith("postgresql"):
+        return check_url(f"sqlite:///{Path(data_dir).expanduser() / DEFAULT_DB_FILE}")
+    url = check_url(settings.url)
+    if settings.db_schema is not None and not url.startswith("postgresql"):
         raise ConfigError(
             f"[tool.executus.audit_sql] db_schema: schemas are a PostgreSQL setting, but url is "
             f"{public_url(url)}; remove db_schema (plugin 'audit_sql')"
         )
     return url
+
+
+def driver_module(url: str) -> str:
+    """The module the driver of ``url`` (as `check_url` gives it) is imported from."""
+    driver = url.partition("://")[0]
+    return {"sqlite+aiosqlite": "aiosqlite", "postgresql+asyncpg": "asyncpg"}.get(driver, "psycopg")

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from executus_audit_sql.writes import Row, RunState
+from executus_audit_sql.state import Row, RunState
 from executus_core.types import RunInfo, RunStats, utcnow
 
 __all__ = ["FORMAT", "Spilled", "read_spill", "spill_files", "write_spill"]

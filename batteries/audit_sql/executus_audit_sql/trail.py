@@ -16,6 +16,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from executus_audit_sql.schema import RunEventRow, RunRow, RunTranscriptRow
+from executus_audit_sql.state import RUNNING
 from executus_core.types import Message, RunInfo, RunStats, RunStatus, RunTranscript, utcnow
 
 __all__ = [
@@ -37,9 +38,6 @@ __all__ = [
 RUNS: Table = RunRow.__table__  # type: ignore[assignment]
 EVENTS: Table = RunEventRow.__table__  # type: ignore[assignment]
 TRANSCRIPTS: Table = RunTranscriptRow.__table__  # type: ignore[assignment]
-
-RUNNING = "running"
-"""The status filter (and the status shown) for runs whose recorder is not closed yet."""
 
 
 class RunRecord(BaseModel):

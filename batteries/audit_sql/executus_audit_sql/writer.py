@@ -427,6 +427,8 @@ class BatchWriter:
 
     async def flush(self) -> None:
         """Write everything buffered now (a failure leaves the rows buffered; see ``stats``)."""
+        async with self._flush_lock:
+            pass  # the write in flight (rows taken already) ends first
         if self._dirty:
             await self._flush_once()
 

@@ -23,21 +23,24 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import importlib
 import logging
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 
 from executus_core.types import RunInfo
-from executus_otel.exporter import WarningExporter, build_tracer_provider
 from executus_otel.masking import Masker
 from executus_otel.recorder import OtelRecorder, live_parent, register
 from executus_otel.settings import OtelSettings, traces_url
+
+if TYPE_CHECKING:
+    from executus_otel.exporter import WarningExporter
 
 __all__ = ["OtelAudit", "host_tracer_provider"]
 
@@ -150,6 +153,13 @@ class OtelAudit:
                 self._tracer = provider.get_tracer(INSTRUMENTATION, _version())
             return self._tracer
 
+    def _builds_own(self) -> bool:
+        """Whether `_choose` would build a provider of our own (the SDK and the exporter needed)."""
+        mode = self.settings.tracer_provider
+        if mode == "global" or (mode == "auto" and host_tracer_provider() is not None):
+            return False
+        return not (mode == "auto" and not endpoint_configured(self.settings))
+
     def _choose(self) -> trace.TracerProvider | None:
         if self.provider is not None:
             return self.provider
@@ -160,6 +170,8 @@ class OtelAudit:
             return self.provider
         if mode == "auto" and not endpoint_configured(self.settings):
             return None
+        from executus_otel.exporter import build_tracer_provider  # the SDK and OTLP: only for our own
+
         self.provider, self.exporter = build_tracer_provider(self.settings)
         self.own_provider = True
         _own.add(self)
@@ -169,6 +181,9 @@ class OtelAudit:
         """Start the run's ``invoke_agent`` span (a child run's is kept until its parent's tool span ends)."""
         global _told_nowhere
         try:
+            if self.provider is None and "executus_otel.exporter" not in sys.modules and self._builds_own():
+                # The SDK and the OTLP exporter may be needed now: imported off the event loop.
+                await asyncio.to_thread(importlib.import_module, "executus_otel.exporter")
             if self.resolve() is None:
                 if not _told_nowhere:
                     _told_nowhere = True
@@ -222,21 +237,27 @@ class OtelAudit:
 
     async def force_flush(self, timeout: float = 5.0) -> bool:
         """Export what our own provider has queued (off the event loop); True when all went out."""
-        provider = self.provider
-        if not isinstance(provider, TracerProvider):
+        provider: Any = self.provider
+        if not _sdk_provider(provider):
             return True
         return await asyncio.to_thread(provider.force_flush, int(timeout * 1000))
+
+
+def _sdk_provider(provider: Any) -> bool:
+    """Whether ``provider`` is the SDK's `TracerProvider` (if the SDK was never imported, it is not)."""
+    sdk = sys.modules.get("opentelemetry.sdk.trace")
+    return sdk is not None and isinstance(provider, sdk.TracerProvider)
 
 
 def _shutdown(provider: Any, exporter: WarningExporter | None, timeout: float) -> None:
     """Send what is queued, then stop. (The SDK's flush exports in this thread and may retry past
     ``timeout``: callers run this in `_stop_in_thread` and shut the exporter down when they stop
     waiting, which ends the retry.)"""
-    if isinstance(provider, TracerProvider):
+    if _sdk_provider(provider):
         provider.force_flush(int(timeout * 1000))
     if exporter is not None:
         exporter.shutdown()
-    if isinstance(provider, TracerProvider):
+    if _sdk_provider(provider):
         provider.shutdown()
 
 

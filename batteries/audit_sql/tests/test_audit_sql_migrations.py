@@ -77,3 +77,35 @@ def test_the_migrations_refuse_to_run_from_the_alembic_command_line() -> None:
 
     with pytest.raises(RuntimeError, match="need a connection"):
         command.upgrade(alembic_config(None), "head")
+
+
+def test_the_head_read_from_the_files_is_alembics() -> None:
+    from executus_audit_sql.migrate import declared_head
+
+    assert declared_head() == head_revision()
+
+
+def test_a_database_at_head_is_used_without_importing_alembic(tmp_path: Path) -> None:
+    """Issue 17, found case 3: every process's first run imported Alembic (about 0.2 s, most of what
+    `executus run` still paid for the audit) to learn that the tables were already at head; one
+    SELECT of the version table tells it now. A database not at head still goes through Alembic."""
+    from executus_core.testing.imports import imported_after
+
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    upgrade(url)
+    code = (
+        "import asyncio\n"
+        "from executus_audit_sql import SqlAudit\n"
+        "from executus_core.testing.conformance import make_info\n"
+        "from executus_core.types import RunStats, RunStatus\n"
+        f"audit = SqlAudit(url={url!r}, data_dir={str(tmp_path)!r})\n"
+        "async def main():\n"
+        "    recorder = await audit.start_run(make_info())\n"
+        "    await recorder.close(RunStats(status=RunStatus.OK))\n"
+        "    assert (await audit.get_run(recorder.run_id)).shown_status == 'ok'\n"
+        "    await audit.aclose()\n"
+        "asyncio.run(main())\n"
+    )
+    assert imported_after(code, ["alembic"], tmp_path) == []
+    fresh = code.replace(str(tmp_path / "a.db"), str(tmp_path / "fresh.db"))
+    assert imported_after(fresh, ["alembic"], tmp_path) == ["alembic"]

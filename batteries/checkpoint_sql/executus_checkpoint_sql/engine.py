@@ -124,8 +124,19 @@ def db_epoch(dialect: str) -> ColumnElement[float]:
     return cast(func.extract("epoch", func.clock_timestamp()), Float)
 
 
+def _sqlstate(exc: BaseException) -> str:
+    inner = getattr(exc, "orig", None) or exc
+    return str(getattr(inner, "sqlstate", None) or getattr(inner, "pgcode", None) or "")
+
+
 def is_outage(exc: BaseException) -> bool:
-    """True when ``exc`` means the database could not be reached (or dropped the connection)."""
+    """True when ``exc`` means the database could not be reached (or dropped the connection).
+
+    A deadlock or serialization failure (SQLSTATE class 40) is not one: the database answered, and
+    the statement can be tried again at once.
+    """
+    if _sqlstate(exc).startswith("40"):
+        return False
     if isinstance(exc, DBAPIError):
         return bool(exc.connection_invalidated) or isinstance(exc, OperationalError | InterfaceError)
     return isinstance(exc, OSError | ConnectionError | TimeoutError)
@@ -134,6 +145,8 @@ def is_outage(exc: BaseException) -> bool:
 def is_driver_outage(exc: BaseException) -> bool:
     """`is_outage` for an error straight from a driver (sqlite3, psycopg, asyncpg), as the
     group-commit writer gets them."""
+    if _sqlstate(exc).startswith("40"):
+        return False
     if is_outage(exc):
         return True
     import sqlite3

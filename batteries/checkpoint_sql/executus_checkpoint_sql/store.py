@@ -65,7 +65,14 @@ from executus_checkpoint_sql.settings import (
 )
 from executus_checkpoint_sql.status import COMPLETED, CORRUPT, ENDED, FAILED, LIVE, PAUSED
 from executus_checkpoint_sql.urls import check_url, hide_password
-from executus_checkpoint_sql.writer import GroupCommit, PendingSave, PostgresBatch, SqliteBatch
+from executus_checkpoint_sql.writer import (
+    GroupCommit,
+    PendingEnd,
+    PendingSave,
+    PendingStart,
+    PostgresBatch,
+    SqliteBatch,
+)
 from executus_core.config import Settings, default_data_dir
 from executus_core.errors import ConfigError
 from executus_core.types import (
@@ -481,7 +488,10 @@ class SqlCheckpointStore:
         self._pending_ends: dict[str, tuple[str, str | None, int]] = {}
         self._pruned_at: float | None = None  # monotonic time of the last retention pass
         # Group commit: saves queue here and one writer writes them, batch after batch.
-        self._group: GroupCommit | None = None
+        self._group: GroupCommit[PendingSave] | None = None
+        # The starts and ends of runs are group-committed too, by the same writer.
+        self._starts: GroupCommit[PendingStart] | None = None
+        self._ends: GroupCommit[PendingEnd] | None = None
         self._sqlite_batch: SqliteBatch | None = None
         self._pg_batch: PostgresBatch | None = None
         self._writer_conn: AsyncConnection | None = None
@@ -613,34 +623,115 @@ class SqlCheckpointStore:
     async def _write_batch(self, batch: Sequence[PendingSave]) -> set[str]:
         """Write ``batch`` in one transaction on the writer's own connection; the run ids saved."""
         now = utcnow()
-        _load_sqlalchemy()
         if self.dialect == "sqlite":
-            if self._sqlite_batch is None:
-                path = sqlite_path(self.url)
-                assert path is not None  # check_url refuses in-memory databases
-                self._sqlite_batch = SqliteBatch(
-                    path,
-                    busy_timeout=self.config.busy_timeout,
-                    lease_seconds=self.lease_seconds,
-                    name="executus-checkpoint-sql-writer",
-                )
+            sqlite_batch = await self._sqlite_writer()
             assert self._sqlite_lock is not None
             async with self._sqlite_lock:
-                return await self._sqlite_batch.write(batch, now)
+                return await sqlite_batch.write(batch, now)
+        driver, pg_batch = await self._writer()
+        return await pg_batch.write(driver, batch, now)
+
+    async def _sqlite_writer(self) -> SqliteBatch:
+        """SQLite: the writer's thread and connection (the tables made or checked first)."""
+        await self._ensure_ready()
+        if self._sqlite_batch is None:
+            path = sqlite_path(self.url)
+            assert path is not None  # check_url refuses in-memory databases
+            self._sqlite_batch = SqliteBatch(
+                path,
+                busy_timeout=self.config.busy_timeout,
+                lease_seconds=self.lease_seconds,
+                owner=self.owner,
+                name="executus-checkpoint-sql-writer",
+            )
+        return self._sqlite_batch
+
+    async def _writer(self) -> tuple[Any, PostgresBatch]:
+        """PostgreSQL: the writer's driver connection (opened on first use, in autocommit: each
+        batch's one statement is its own transaction) and the statements it runs."""
         if self._writer_driver is None:
             engine = await self._ensure_ready()
             conn = await engine.connect()
             try:
-                # One statement per batch, in autocommit: it is its own transaction.
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
                 raw = await conn.get_raw_connection()
             except BaseException:
                 await conn.close()
                 raise
             self._writer_conn, self._writer_driver = conn, raw.driver_connection
-            self._pg_batch = PostgresBatch(self.url.get_driver_name(), self.lease_seconds)
-        assert self._pg_batch is not None
-        return await self._pg_batch.write(self._writer_driver, batch, now)
+        if self._pg_batch is None:
+            self._pg_batch = PostgresBatch(self.url.get_driver_name(), self.lease_seconds, self.owner)
+        return self._writer_driver, self._pg_batch
+
+    async def _batch_failed(self, batch: Sequence[Any], exc: Exception, alone: Any) -> None:
+        """A batch's statement raised: an outage fails every item (`DatabaseUnavailable`); any other
+        error has each item written alone (``alone([item])``), so only a bad one fails."""
+        if is_driver_outage(exc):
+            await self._drop_writer_connection()
+            self._mark_down(exc)
+            for item in batch:
+                if not item.future.done():
+                    unavailable = DatabaseUnavailable(self._down_message)
+                    unavailable.__cause__ = exc
+                    item.future.set_exception(unavailable)
+            return
+        if len(batch) > 1:
+            for item in batch:
+                await alone([item])
+            return
+        if not batch[0].future.done():
+            batch[0].future.set_exception(exc)
+
+    def _refuse_early(self, batch: Sequence[Any]) -> bool:
+        """Fail the whole batch at once while the database is known to be down; True if it did."""
+        if not (self._down_until and time.monotonic() < self._down_until):
+            return False
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(DatabaseUnavailable(self._down_message))
+        return True
+
+    async def _flush_starts(self, batch: Sequence[PendingStart]) -> None:
+        """Register a batch of runs; a run whose row is live or paused goes the one-by-one way."""
+        if self._refuse_early(batch):
+            return
+        try:
+            if self.dialect == "sqlite":
+                sqlite_batch = await self._sqlite_writer()
+                assert self._sqlite_lock is not None
+                async with self._sqlite_lock:
+                    started = await sqlite_batch.start(batch, utcnow())
+            else:
+                driver, pg_batch = await self._writer()
+                started = await pg_batch.start(driver, batch, utcnow())
+        except Exception as exc:
+            await self._batch_failed(batch, exc, self._flush_starts)
+            return
+        self._down_until = 0.0
+        for item in batch:
+            if not item.future.done():
+                item.future.set_result(started.get(item.run_id))
+
+    async def _flush_ends(self, batch: Sequence[PendingEnd]) -> None:
+        """End a batch of runs; each future says whether its end was written."""
+        if self._refuse_early(batch):
+            return
+        try:
+            if self.dialect == "sqlite":
+                sqlite_batch = await self._sqlite_writer()
+                assert self._sqlite_lock is not None
+                async with self._sqlite_lock:
+                    ended = await sqlite_batch.end(batch, utcnow())
+            else:
+                driver, pg_batch = await self._writer()
+                ended = await pg_batch.end(driver, batch, utcnow())
+        except Exception as exc:
+            await self._batch_failed(batch, exc, self._flush_ends)
+            return
+        self._down_until = 0.0
+        for item in batch:
+            if not item.future.done():
+                item.future.set_result(item.run_id in ended)
 
     async def _drop_writer_connection(self) -> None:
         conn, self._writer_conn, self._writer_driver = self._writer_conn, None, None
@@ -652,31 +743,12 @@ class SqlCheckpointStore:
 
     async def _flush_saves(self, batch: Sequence[PendingSave]) -> None:
         """Write one batch and resolve each save: committed, refused (why), or failed (the error)."""
-        if self._down_until and time.monotonic() < self._down_until:
-            error: BaseException = DatabaseUnavailable(self._down_message)
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
+        if self._refuse_early(batch):
             return
         try:
             saved = await self._write_batch(batch)
         except Exception as exc:
-            if is_driver_outage(exc):
-                await self._drop_writer_connection()
-                self._mark_down(exc)
-                for item in batch:
-                    if not item.future.done():
-                        unavailable = DatabaseUnavailable(self._down_message)
-                        unavailable.__cause__ = exc
-                        item.future.set_exception(unavailable)
-                return
-            if len(batch) > 1:
-                # One save the database refuses must not fail the others: each alone.
-                for item in batch:
-                    await self._flush_saves([item])
-                return
-            if not batch[0].future.done():
-                batch[0].future.set_exception(exc)
+            await self._batch_failed(batch, exc, self._flush_saves)
             return
         self._down_until = 0.0
         for item in batch:
@@ -890,12 +962,61 @@ class SqlCheckpointStore:
         spec = agent.spec()
         self._ensure_heartbeat()
         try:
-            async with self._transaction() as conn:
-                saved, epoch, attempts = await self._register(conn, info, spec)
+            saved, epoch, attempts = await self._register_batched(info, spec)
         except DatabaseUnavailable:
             return SqlCheckpointer(self, info, spec, saved=None, epoch=None)
         self._pending_ends.pop(info.run_id, None)
         return SqlCheckpointer(self, info, spec, saved=saved, epoch=epoch, attempts=attempts)
+
+    async def _register_batched(self, info: RunInfo, spec: dict[str, Any]) -> tuple[int, int, dict[str, int]]:
+        """`_register` through the group commit: a new run (or a new life of an ended
+        run id) is written with the batch; a run whose row is live or paused goes the one-by-one way
+        (resumed if this store may take it, else `RunTakenOver`)."""
+        if self._closed:
+            raise CheckpointSqlError(f"{self!r} is closed")
+        if self._starts is None:
+            self._starts = GroupCommit(
+                self._flush_starts,
+                max_batch=self.config.save_batch,
+                name=f"executus-checkpoint-sql starts ({self.owner})",
+            )
+        epoch = await self._starts.submit(
+            PendingStart(
+                run_id=info.run_id,
+                info=info.model_dump_json(),
+                agent=orjson.dumps(spec, default=str).decode(),
+                subject_id=info.subject_id[:255],
+                name=info.name[:255],
+                caller_id=info.caller_id[:255],
+                started_at=_utc(info.started_at),
+                future=asyncio.get_running_loop().create_future(),
+            )
+        )
+        if epoch is not None:
+            return 0, int(epoch), {}
+        async with self._transaction() as conn:
+            return await self._register(conn, info, spec)
+
+    async def _end_batched(self, run_id: str, epoch: int, status: str, error: str | None) -> None:
+        """`_finish`'s write through the group commit; `RunTakenOver` if refused."""
+        if self._closed:
+            raise CheckpointSqlError(f"{self!r} is closed")
+        if self._ends is None:
+            self._ends = GroupCommit(
+                self._flush_ends,
+                max_batch=self.config.save_batch,
+                name=f"executus-checkpoint-sql ends ({self.owner})",
+            )
+        item = PendingEnd(
+            run_id=run_id,
+            epoch=epoch,
+            status=status,
+            error=_clip(error),
+            future=asyncio.get_running_loop().create_future(),
+        )
+        if not await self._ends.submit(item):
+            async with self._transaction() as conn:
+                raise await self._refusal(conn, run_id, epoch, "complete" if status == COMPLETED else "fail")
 
     def _backoff(self, failures: int) -> float:
         """Seconds to wait before handing a run out again after its ``failures``-th failed resume."""
@@ -1245,27 +1366,7 @@ class SqlCheckpointStore:
         if epoch is None:
             return  # never reached the database: there is nothing to clear
         try:
-            async with self._transaction() as conn:
-                result = await conn.execute(
-                    update(RUNS)
-                    .where(self._fence(run_id, epoch))
-                    .values(
-                        status=status,
-                        error=_clip(error),
-                        message_count=0,
-                        lease_until=None,
-                        claimed_at=None,
-                        not_before=None,
-                        attempts=None,
-                        epoch=RUNS.c.epoch + 1,
-                        updated_at=utcnow(),
-                    )
-                )
-                if result.rowcount != 1:
-                    raise await self._refusal(
-                        conn, run_id, epoch, "complete" if status == COMPLETED else "fail"
-                    )
-                await conn.execute(delete(MESSAGES).where(MESSAGES.c.run_id == run_id))
+            await self._end_batched(run_id, epoch, status, error)
         except DatabaseUnavailable as exc:
             # Keep the lease (the heartbeat renews it) and write the end when the database is back,
             # or another worker would resume a run that already ended.
@@ -1330,14 +1431,21 @@ class SqlCheckpointStore:
                 self._pending_ends.pop(run_id, None)  # another worker holds it now: not ours to end
         async with self._transaction() as conn:
             now = db_epoch(self.dialect)
-            result = await conn.execute(
-                update(RUNS)
+            # SKIP LOCKED: a row a save is writing right now gets its lease from that save; waiting
+            # for it (rows locked in another order by a batch) could deadlock with the writer.
+            held = (
+                select(RUNS.c.run_id)
                 .where(
                     RUNS.c.owner == self.owner,
                     RUNS.c.status == LIVE,
                     RUNS.c.claimed_at.is_(None),
                     RUNS.c.lease_until.is_not(None),
                 )
+                .with_for_update(skip_locked=True)
+            )
+            result = await conn.execute(
+                update(RUNS)
+                .where(RUNS.c.run_id.in_(held.scalar_subquery()))
                 .values(lease_until=now + self.lease_seconds)
             )
         return int(result.rowcount)
@@ -1393,8 +1501,9 @@ class SqlCheckpointStore:
                     self.lease_seconds,
                 )
         self._closed = True  # from here on a save is refused; the ones queued are written
-        if self._group is not None:
-            await self._group.aclose()
+        for group in (self._starts, self._group, self._ends):
+            if group is not None:
+                await group.aclose()
         await self._drop_writer_connection()
         if self._sqlite_batch is not None:
             await self._sqlite_batch.aclose()

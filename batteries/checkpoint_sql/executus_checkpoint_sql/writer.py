@@ -33,11 +33,13 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import orjson
+
+from executus_core.types import Usage
 
 if TYPE_CHECKING:
     import sqlite3
@@ -65,25 +67,66 @@ class PendingSave:
         return self.offset + len(self.messages)
 
 
-Flush = Callable[[Sequence[PendingSave]], Awaitable[None]]
-"""Writes a batch and resolves each save's future (with None, or the error of that save)."""
+@dataclasses.dataclass(eq=False, slots=True)
+class PendingStart:
+    """One run to register: its row's fields (``info`` and ``agent`` as JSON text); the future gets
+    its epoch, or ``None`` when its row was there already, live or paused (the store then looks at
+    it itself: resumes it, or refuses)."""
+
+    run_id: str
+    info: str
+    agent: str
+    subject_id: str
+    name: str
+    caller_id: str
+    started_at: datetime
+    future: asyncio.Future[int | None]
 
 
-class GroupCommit:
-    """The queue of pending saves and the one task that writes them, batch after batch.
+@dataclasses.dataclass(eq=False, slots=True)
+class PendingEnd:
+    """One run to end (PostgreSQL): ``completed`` or ``failed`` with its error, fenced by its epoch;
+    the future gets whether the end was written (``False``: refused, the store says why)."""
+
+    run_id: str
+    epoch: int
+    status: str
+    error: str | None
+    future: asyncio.Future[bool]
+
+
+_USAGE = Usage().model_dump_json()
+
+
+class Pending(Protocol):
+    """What the queue needs of an item: its run, and the future its writer resolves."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def future(self) -> asyncio.Future[Any]: ...
+
+
+T = TypeVar("T", bound=Pending)
+T_out = TypeVar("T_out")
+
+
+class GroupCommit(Generic[T]):
+    """A queue of pending writes and the one task that writes them, batch after batch.
 
     ``flush`` writes one batch and resolves every future in it; it is called with at most
-    ``max_batch`` saves, never two of one run (a run's second save waits for the next batch, so
+    ``max_batch`` items, never two of one run (a run's second save waits for the next batch, so
     saves of one run land in order).
     """
 
-    def __init__(self, flush: Flush, *, max_batch: int, name: str) -> None:
+    def __init__(self, flush: Callable[[Sequence[T]], Awaitable[None]], *, max_batch: int, name: str) -> None:
         self._flush = flush
         self.max_batch = max_batch
         self._name = name
-        self._queue: deque[PendingSave] = deque()
+        self._queue: deque[T] = deque()
         self._task: asyncio.Task[None] | None = None
-        self._inflight: Sequence[PendingSave] = ()
+        self._inflight: Sequence[T] = ()
         self.batches = 0
         self.saves = 0
 
@@ -92,20 +135,20 @@ class GroupCommit:
         """Saves waiting for a batch (not counting the batch being written)."""
         return len(self._queue)
 
-    async def submit(self, item: PendingSave) -> None:
-        """Queue ``item`` and wait until its batch is committed; raises that save's error."""
+    async def submit(self, item: T) -> Any:
+        """Queue ``item`` and wait until its batch is committed: its future's value, or its error."""
         self._queue.append(item)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._drain(), name=self._name)
         # A caller that stops waiting (a timeout) cancels the future: a save not yet taken is left
         # out, one being written may still land. Either way its checkpointer holds the outcome as
         # unknown, and its next save replaces what follows the offset.
-        await item.future
+        return await item.future
 
-    def _take(self) -> list[PendingSave]:
-        batch: list[PendingSave] = []
+    def _take(self) -> list[T]:
+        batch: list[T] = []
         runs: set[str] = set()
-        deferred: list[PendingSave] = []
+        deferred: list[T] = []
         queue = self._queue
         while queue and len(batch) < self.max_batch:
             item = queue.popleft()
@@ -183,8 +226,69 @@ added AS (
 SELECT run_id FROM saved
 """
 
-_ORDER = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", _PG_SAVE)))
-_ASYNCPG_SAVE = re.sub(r"%\((\w+)\)s", lambda m: f"${_ORDER.index(m.group(1)) + 1}", _PG_SAVE)
+# A new run's row (or a new life of an ended run id: a higher epoch, its old messages gone). A run
+# whose row is live or paused is not touched here: the store resumes it, or refuses, one by one.
+_PG_START = """
+WITH v AS (
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS v(
+        run_id text, info jsonb, agent jsonb, subject_id text, name text, caller_id text,
+        started_at timestamptz
+    )
+),
+started AS (
+    INSERT INTO executus_checkpoint_runs AS r (
+        run_id, status, info, agent, subject_id, name, caller_id, started_at, iteration, tool_calls,
+        usage, message_count, owner, epoch, lease_until, claimed_at, held_since, not_before,
+        resume_failures, attempts, pending, paused_at, error, created_at, updated_at
+    )
+    SELECT v.run_id, 'live', v.info, v.agent, v.subject_id, v.name, v.caller_id, v.started_at, 0, 0,
+        %(usage)s::jsonb, 0, %(owner)s, 1, extract(epoch from clock_timestamp())::float8 + %(lease)s, NULL,
+        extract(epoch from clock_timestamp())::float8, NULL, 0, NULL, NULL, NULL, NULL, %(now)s, %(now)s
+    FROM v
+    ON CONFLICT (run_id) DO UPDATE SET
+        status = excluded.status, info = excluded.info, agent = excluded.agent,
+        subject_id = excluded.subject_id, name = excluded.name, caller_id = excluded.caller_id,
+        started_at = excluded.started_at, iteration = 0, tool_calls = 0, usage = excluded.usage,
+        message_count = 0, owner = excluded.owner, epoch = r.epoch + 1, lease_until = excluded.lease_until,
+        claimed_at = NULL, held_since = excluded.held_since, not_before = NULL, resume_failures = 0,
+        attempts = NULL, pending = NULL, paused_at = NULL, error = NULL, created_at = excluded.created_at,
+        updated_at = excluded.updated_at
+    WHERE r.status NOT IN ('live', 'paused')
+    RETURNING r.run_id, r.epoch
+),
+cleared AS (
+    DELETE FROM executus_checkpoint_messages WHERE run_id IN (SELECT run_id FROM started)
+)
+SELECT run_id, epoch FROM started
+"""
+
+# The end of runs (completed, or failed with an error), fenced by each run's epoch; their messages go.
+_PG_END = """
+WITH v AS (
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS v(run_id text, epoch int, status text, error text)
+),
+ended AS (
+    UPDATE executus_checkpoint_runs AS r
+    SET status = v.status, error = v.error, message_count = 0, lease_until = NULL, claimed_at = NULL,
+        not_before = NULL, attempts = NULL, epoch = r.epoch + 1, updated_at = %(now)s
+    FROM v
+    WHERE r.run_id = v.run_id AND r.status = 'live' AND r.epoch = v.epoch
+    RETURNING r.run_id
+),
+cleared AS (
+    DELETE FROM executus_checkpoint_messages WHERE run_id IN (SELECT run_id FROM ended)
+)
+SELECT run_id FROM ended
+"""
+
+
+def _for_asyncpg(sql: str) -> tuple[str, list[str]]:
+    """``sql`` with asyncpg's ``$n`` placeholders, and the parameter names in their order."""
+    order = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
+    return re.sub(r"%\((\w+)\)s", lambda m: f"${order.index(m.group(1)) + 1}", sql), order
+
+
+_ASYNCPG = {sql: _for_asyncpg(sql) for sql in (_PG_SAVE, _PG_START, _PG_END)}
 
 
 def batch_document(batch: Sequence[PendingSave]) -> str:
@@ -212,20 +316,57 @@ def batch_document(batch: Sequence[PendingSave]) -> str:
 
 
 class PostgresBatch:
-    """Writes a batch of saves in one statement on a driver connection (psycopg or asyncpg)."""
+    """Writes batches in one statement each on a driver connection (psycopg or asyncpg, in
+    autocommit): saves, starts and ends of runs. One batch at a time on the connection."""
 
-    def __init__(self, driver: str, lease_seconds: float) -> None:
+    def __init__(self, driver: str, lease_seconds: float, owner: str) -> None:
         self.driver = driver
         self.lease_seconds = lease_seconds
+        self.owner = owner
+        self.lock = asyncio.Lock()
+
+    async def _fetch(self, connection: Any, sql: str, params: dict[str, Any]) -> list[Any]:
+        async with self.lock:
+            if self.driver == "asyncpg":
+                statement, order = _ASYNCPG[sql]
+                return list(await connection.fetch(statement, *(params[name] for name in order)))
+            cursor = await connection.execute(sql, params, prepare=True)
+            return list(await cursor.fetchall())
 
     async def write(self, connection: Any, batch: Sequence[PendingSave], now: datetime) -> set[str]:
-        """Write ``batch`` on ``connection`` (a driver connection in autocommit); the run ids saved."""
+        """Write a batch of saves; the run ids saved (the others were refused)."""
         params = {"batch": batch_document(batch), "lease": float(self.lease_seconds), "now": now}
-        if self.driver == "asyncpg":
-            rows = await connection.fetch(_ASYNCPG_SAVE, *(params[name] for name in _ORDER))
-            return {row[0] for row in rows}
-        cursor = await connection.execute(_PG_SAVE, params, prepare=True)
-        return {row[0] for row in await cursor.fetchall()}
+        return {row[0] for row in await self._fetch(connection, _PG_SAVE, params)}
+
+    async def start(self, connection: Any, batch: Sequence[PendingStart], now: datetime) -> dict[str, int]:
+        """Register a batch of runs for this owner; run id -> epoch for those written (the others'
+        rows are live or paused: not touched)."""
+        rows = [
+            {
+                "run_id": i.run_id,
+                "info": orjson.Fragment(i.info),
+                "agent": orjson.Fragment(i.agent),
+                "subject_id": i.subject_id,
+                "name": i.name,
+                "caller_id": i.caller_id,
+                "started_at": i.started_at.isoformat(),
+            }
+            for i in batch
+        ]
+        params = {
+            "batch": orjson.dumps(rows).decode(),
+            "usage": _USAGE,
+            "owner": self.owner,
+            "lease": float(self.lease_seconds),
+            "now": now,
+        }
+        return {row[0]: int(row[1]) for row in await self._fetch(connection, _PG_START, params)}
+
+    async def end(self, connection: Any, batch: Sequence[PendingEnd], now: datetime) -> set[str]:
+        """End a batch of runs; the run ids ended (the others were refused)."""
+        rows = [{"run_id": i.run_id, "epoch": i.epoch, "status": i.status, "error": i.error} for i in batch]
+        params = {"batch": orjson.dumps(rows).decode(), "now": now}
+        return {row[0] for row in await self._fetch(connection, _PG_END, params)}
 
 
 # -- SQLite ------------------------------------------------------------------------------------------
@@ -237,11 +378,36 @@ _SQLITE_SAVE = (
     "WHERE run_id = ? AND status = 'live' AND epoch = ? AND message_count >= ?"
 )
 _SQLITE_ADD = "INSERT INTO executus_checkpoint_messages (run_id, position, message) VALUES (?, ?, ?)"
+_SQLITE_START = (
+    "INSERT INTO executus_checkpoint_runs (run_id, status, info, agent, subject_id, name, caller_id, "
+    "started_at, iteration, tool_calls, usage, message_count, owner, epoch, lease_until, claimed_at, "
+    "held_since, not_before, resume_failures, attempts, pending, paused_at, error, created_at, updated_at) "
+    f"VALUES (?, 'live', ?, ?, ?, ?, ?, ?, 0, 0, ?, 0, ?, 1, {_SQLITE_NOW} + ?, NULL, {_SQLITE_NOW}, NULL, 0, "
+    "NULL, NULL, NULL, NULL, ?, ?) "
+    "ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, info = excluded.info, "
+    "agent = excluded.agent, subject_id = excluded.subject_id, name = excluded.name, "
+    "caller_id = excluded.caller_id, started_at = excluded.started_at, iteration = 0, tool_calls = 0, "
+    "usage = excluded.usage, message_count = 0, owner = excluded.owner, "
+    "epoch = executus_checkpoint_runs.epoch + 1, lease_until = excluded.lease_until, claimed_at = NULL, "
+    "held_since = excluded.held_since, not_before = NULL, resume_failures = 0, attempts = NULL, "
+    "pending = NULL, paused_at = NULL, error = NULL, created_at = excluded.created_at, "
+    "updated_at = excluded.updated_at "
+    "WHERE executus_checkpoint_runs.status NOT IN ('live', 'paused') "
+    "RETURNING epoch"
+)
+_SQLITE_END = (
+    "UPDATE executus_checkpoint_runs SET status = ?, error = ?, message_count = 0, lease_until = NULL, "
+    "claimed_at = NULL, not_before = NULL, attempts = NULL, epoch = epoch + 1, updated_at = ? "
+    "WHERE run_id = ? AND status = 'live' AND epoch = ?"
+)
+_SQLITE_CLEAR = "DELETE FROM executus_checkpoint_messages WHERE run_id = ?"
 
 
-def _sqlite_stamp(now: datetime) -> str:
+def _sqlite_stamp(when: datetime) -> str:
     # The text SQLAlchemy's SQLite DateTime writes and reads back (naive UTC).
-    return now.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 class SqliteBatch:
@@ -250,8 +416,11 @@ class SqliteBatch:
     One hop to the thread per batch. ``busy_timeout`` bounds the wait for another process's write.
     """
 
-    def __init__(self, path: Path, *, busy_timeout: float, lease_seconds: float, name: str) -> None:
+    def __init__(
+        self, path: Path, *, busy_timeout: float, lease_seconds: float, owner: str, name: str
+    ) -> None:
         self.path = path
+        self.owner = owner
         self.busy_timeout = busy_timeout
         self.lease_seconds = lease_seconds
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
@@ -274,12 +443,23 @@ class SqliteBatch:
             self._connections.append(conn)
         return conn
 
-    def _write(self, batch: Sequence[PendingSave], stamp: str) -> set[str]:
+    def _in_transaction(self, write: Callable[[Any], T_out]) -> T_out:
         conn = self._connection()
-        saved: set[str] = set()
-        lease = float(self.lease_seconds)
         conn.execute("BEGIN IMMEDIATE")
         try:
+            done = write(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            raise
+        return done
+
+    def _write(self, batch: Sequence[PendingSave], stamp: str) -> set[str]:
+        lease = float(self.lease_seconds)
+
+        def write(conn: Any) -> set[str]:
+            saved: set[str] = set()
             for item in batch:
                 cursor = conn.execute(
                     _SQLITE_SAVE,
@@ -307,17 +487,65 @@ class SqliteBatch:
                                 for index, message in enumerate(item.messages)
                             ],
                         )
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.execute("ROLLBACK")
-            raise
-        return saved
+            return saved
+
+        return self._in_transaction(write)
+
+    def _start(self, batch: Sequence[PendingStart], stamp: str) -> dict[str, int]:
+        lease = float(self.lease_seconds)
+
+        def write(conn: Any) -> dict[str, int]:
+            started: dict[str, int] = {}
+            for i in batch:
+                row = conn.execute(
+                    _SQLITE_START,
+                    (
+                        i.run_id,
+                        i.info,
+                        i.agent,
+                        i.subject_id,
+                        i.name,
+                        i.caller_id,
+                        _sqlite_stamp(i.started_at),
+                        _USAGE,
+                        self.owner,
+                        lease,
+                        stamp,
+                        stamp,
+                    ),
+                ).fetchone()
+                if row is not None:
+                    started[i.run_id] = int(row[0])
+                    conn.execute(_SQLITE_CLEAR, (i.run_id,))  # an earlier life's rows, if any
+            return started
+
+        return self._in_transaction(write)
+
+    def _end(self, batch: Sequence[PendingEnd], stamp: str) -> set[str]:
+        def write(conn: Any) -> set[str]:
+            ended: set[str] = set()
+            for i in batch:
+                if conn.execute(_SQLITE_END, (i.status, i.error, stamp, i.run_id, i.epoch)).rowcount == 1:
+                    ended.add(i.run_id)
+                    conn.execute(_SQLITE_CLEAR, (i.run_id,))
+            return ended
+
+        return self._in_transaction(write)
 
     async def write(self, batch: Sequence[PendingSave], now: datetime) -> set[str]:
-        """Write ``batch`` in the writer's thread; the run ids saved."""
+        """Write a batch of saves in the writer's thread; the run ids saved."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._write, batch, _sqlite_stamp(now))
+
+    async def start(self, batch: Sequence[PendingStart], now: datetime) -> dict[str, int]:
+        """Register a batch of runs; run id -> epoch for those written (the others are live or paused)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._start, batch, _sqlite_stamp(now))
+
+    async def end(self, batch: Sequence[PendingEnd], now: datetime) -> set[str]:
+        """End a batch of runs; the run ids ended (the others were refused)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._end, batch, _sqlite_stamp(now))
 
     def _close(self) -> None:
         for conn in self._connections:

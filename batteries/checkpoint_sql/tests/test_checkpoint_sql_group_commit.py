@@ -150,3 +150,65 @@ async def test_postgres_saves_use_one_connection(pg_url: str, pg_schema: str) ->
         assert store._engine.pool.checkedout() == 1  # the writer's own; the rest went back
     finally:
         await store.aclose()
+
+
+async def test_runs_start_and_end_in_shared_transactions(backend: Backend) -> None:
+    """At 5,000 runs, each run's own for_run and complete transaction queued for the pool (PostgreSQL)
+    or for the file's lock (SQLite) and timed out; they are group-committed like saves now."""
+    store = backend.store(worker_id="grouped")
+    try:
+        checkpointers = await _started(store, 200)
+        assert store._starts is not None and store._starts.saves == 200 and store._starts.batches <= 20
+        await asyncio.gather(*(cp.save(_state(cp.run_id, 0, "one")) for cp in checkpointers))
+        await asyncio.gather(
+            *(cp.complete() if n % 2 else cp.fail("it broke") for n, cp in enumerate(checkpointers))
+        )
+        assert store._ends is not None and store._ends.saves == 200 and store._ends.batches <= 20
+        rows = {x.run_id: x for x in await store.list_runs(include_finished=True, limit=500)}
+        assert {rows[cp.run_id].status for cp in checkpointers[1::2]} == {"completed"}
+        assert {rows[cp.run_id].status for cp in checkpointers[::2]} == {"failed"}
+        assert {rows[cp.run_id].error for cp in checkpointers[::2]} == {"it broke"}
+        for cp in checkpointers[::40]:
+            assert await store.transcript(cp.run_id) == []
+        # an ended run's id run again starts a new life, empty, under a higher epoch
+        again = await store.for_run(make_info(0, caller_id="group", run_id=checkpointers[0].run_id), AGENT)
+        assert again.epoch is not None and checkpointers[0].epoch is not None
+        assert again.epoch > checkpointers[0].epoch
+        with pytest.raises(RunTakenOver):
+            await checkpointers[0].complete()  # the earlier life's checkpointer is fenced off
+    finally:
+        await store.aclose()
+
+
+def test_a_deadlock_is_not_an_outage() -> None:
+    """PostgreSQL aborts one side of a deadlock: the database answered, and a store that took that
+    for an outage failed every call for outage_backoff seconds."""
+    import psycopg
+    from executus_checkpoint_sql.engine import is_driver_outage
+
+    assert not is_driver_outage(psycopg.errors.DeadlockDetected("deadlock detected"))
+    assert not is_driver_outage(psycopg.errors.SerializationFailure("could not serialize"))
+    assert is_driver_outage(psycopg.OperationalError("connection refused"))
+
+
+@pytest.mark.postgres
+async def test_the_heartbeat_skips_a_row_being_written(pg_url: str, pg_schema: str) -> None:
+    """The heartbeat waited for rows a batch held, locked in another order: a deadlock at 5,000
+    runs. A row being written gets its lease from that write; the heartbeat takes the others."""
+    import psycopg
+    from checkpoint_sql_helpers import driver_url
+
+    store = SqlCheckpointStore(driver_url(pg_url), db_schema=pg_schema, heartbeat_seconds=0)
+    try:
+        checkpointers = await _started(store, 5)
+        with psycopg.connect(pg_url, options=f"-c search_path={pg_schema}") as other:
+            other.execute(
+                "SELECT run_id FROM executus_checkpoint_runs WHERE run_id = %s FOR UPDATE",
+                (checkpointers[2].run_id,),
+            )
+            async with asyncio.timeout(10):
+                assert await store.renew_leases() == 4
+            other.rollback()
+        assert await store.renew_leases() == 5
+    finally:
+        await store.aclose()

@@ -152,6 +152,13 @@ def _load_sqlalchemy() -> None:
     _sqlalchemy_loaded = True
 
 
+async def _sqlalchemy_ready() -> None:
+    """`_load_sqlalchemy` in a worker thread (a few hundred ms of imports would stall every run on
+    the loop); at once when it already ran."""
+    if not _sqlalchemy_loaded:
+        await asyncio.to_thread(_load_sqlalchemy)
+
+
 _CHUNK = 500  # ids per IN (...) list
 _ERROR_LIMIT = 10_000  # characters of a failure kept in the run row
 _PRUNE_EVERY = 3600.0  # seconds between two retention passes of one store
@@ -530,7 +537,7 @@ class SqlCheckpointStore:
         """The engine, with the tables created or checked (once per store)."""
         if self._ready and self._engine is not None:
             return self._engine
-        _load_sqlalchemy()
+        await _sqlalchemy_ready()
         async with self._ready_lock:
             if self._closed:
                 raise CheckpointSqlError(f"{self!r} is closed")
@@ -1039,7 +1046,7 @@ class SqlCheckpointStore:
         A run whose checkpoint cannot be read back is quarantined (``corrupt``, the error kept) and
         left out; this never raises for one bad run.
         """
-        _load_sqlalchemy()
+        await _sqlalchemy_ready()
         self._ensure_heartbeat()
         if limit is None:
             limit = self.config.claim_limit
@@ -1197,7 +1204,7 @@ class SqlCheckpointStore:
         elsewhere: one approval goes to one process), and `ValueError` when its checkpoint does not
         read back (it is then quarantined).
         """
-        _load_sqlalchemy()
+        await _sqlalchemy_ready()
         self._ensure_heartbeat()
         now = db_epoch(self.dialect)
         claimable = and_(
@@ -1385,7 +1392,7 @@ class SqlCheckpointStore:
         Returns how many runs were deleted, or with ``dry_run`` how many would be. Deletes in chunks
         of a few hundred, each its own transaction, so saves never wait long behind it.
         """
-        _load_sqlalchemy()
+        await _sqlalchemy_ready()
         cutoff = utcnow() - timedelta(days=older_than_days)
         ended = and_(RUNS.c.status.in_(ENDED), RUNS.c.updated_at < cutoff)
         if dry_run:
@@ -1517,7 +1524,7 @@ class SqlCheckpointStore:
         """The live and quarantined runs (and, with ``include_finished``, the ended ones), most
         recently updated first. Reads only: nothing is claimed.
         """
-        _load_sqlalchemy()
+        await _sqlalchemy_ready()
         now = db_epoch(self.dialect).label("now")
         columns = [c for c in RUNS.c if c.name not in ("info", "agent", "usage", "attempts", "pending")]
         query = (

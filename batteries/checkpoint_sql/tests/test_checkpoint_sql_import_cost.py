@@ -102,3 +102,25 @@ def test_the_first_migration_imports_alembic_off_the_event_loop(tmp_path) -> Non
         "assert seen == [False], seen\n"
     )
     assert imported_after(code, ["alembic"], tmp_path) == ["alembic"]
+
+
+def test_the_first_call_imports_sqlalchemy_off_the_event_loop(tmp_path) -> None:
+    # Imported on the loop's thread, SQLAlchemy (a few hundred ms) would stall every run of the process.
+    code = (
+        "import asyncio, sys, threading\n"
+        "seen = []\n"
+        "class Watch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'sqlalchemy': seen.append(threading.current_thread() is threading.main_thread())\n"
+        "sys.meta_path.insert(0, Watch())\n"
+        "from executus_checkpoint_sql import SqlCheckpointStore\n"
+        f"store = SqlCheckpointStore('sqlite:///{tmp_path}/c.db')\n"
+        "async def main():\n"
+        "    try:\n"
+        "        assert await store.list_runs() == []\n"
+        "    finally:\n"
+        "        await store.aclose()\n"
+        "asyncio.run(main())\n"
+        "assert seen == [False], seen\n"
+    )
+    assert imported_after(code, ["sqlalchemy"], tmp_path) == ["sqlalchemy"]

@@ -123,13 +123,28 @@ async def concurrent(
         gc.freeze()
     elif gc_mode == "off":
         gc.disable()
+    # CPU spent inside collections, timed by the collector's own callbacks.
+    gc_cpu = [0.0, 0.0]  # [total, start of the current collection]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_cpu[1] = time.thread_time()
+        else:
+            gc_cpu[0] += time.thread_time() - gc_cpu[1]
+
+    gc.callbacks.append(on_gc)
     collections_before = sum(stat["collections"] for stat in gc.get_stats())
+    collected_before = sum(stat["collected"] for stat in gc.get_stats())
+    full_before = gc.get_stats()[2]["collections"]
     rss_before = current_rss()
     before = client.counter.calls
     w0, c0 = time.perf_counter(), time.process_time()
     outcomes = await asyncio.gather(*(client.run(n) for _ in range(concurrency)), return_exceptions=True)
     c1, w1 = time.process_time(), time.perf_counter()
+    gc.callbacks.remove(on_gc)
     collections = sum(stat["collections"] for stat in gc.get_stats()) - collections_before
+    collected = sum(stat["collected"] for stat in gc.get_stats()) - collected_before
+    full = gc.get_stats()[2]["collections"] - full_before
     gc.enable()
     gc.unfreeze()
     peak = peak_rss()
@@ -150,6 +165,9 @@ async def concurrent(
             "concurrency": concurrency,
             "gc": gc_mode,
             "gc_collections": collections,
+            "gc_full_collections": full,
+            "gc_cpu_us_per_step": gc_cpu[0] / (concurrency * (n + 1)) * 1e6,
+            "gc_collected_per_step": collected / (concurrency * (n + 1)),
             "model_calls": steps,
             "errors": len(errors) + wrong,
             "first_error": None if first is None else f"{type(first).__name__}: {first}"[:500],

@@ -12,6 +12,8 @@ load average at its start and end next to its figures, as the machine is shared.
 - `measure_recovery`: `bench.recovery` (1,000 runs interrupted by a SIGKILL, then
   `Executor.recover()`; a save's cost at step 10 and step 500).
 - `measure_gc`: `bench.gcmodes` (the core and the bare loop at 5,000 runs, GC as is and frozen).
+- `measure_transport`: the core on the default httpx2 transport and on ``transport = "aiohttp"``,
+  beside the bare loop and the floor, in one section (the main comparison has the row too).
 
 `targets` turns the figures into the targets of the heavy host, each met or not.
 """
@@ -154,6 +156,56 @@ def measure_recovery(plan: Any, url: str, cpu: int | None) -> dict[str, Any]:
     return _end(out, started)
 
 
+TRANSPORT_CLIENTS = ("floor", "bare_httpx2", "executus", "executus_aiohttp")
+
+
+def measure_transport(plan: Any, url: str, cpu: int | None) -> dict[str, Any]:
+    """The two transports of the core beside the bare loop and the floor, interleaved."""
+    from bench.run import log, measure_clients
+
+    started, out = time.monotonic(), stamp()
+    sub = dataclasses.replace(plan, ns=plan.transport_ns, runs=plan.transport_runs)
+    log(f"transport: {', '.join(TRANSPORT_CLIENTS)}")
+    out["plan"] = {"ns": list(sub.ns), "runs": list(sub.runs), "concurrency": list(sub.concurrency)}
+    out["clients"] = measure_clients(sub, list(TRANSPORT_CLIENTS), url, cpu)
+    return _end(out, started)
+
+
+def transport_rows(section: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per step client CPU (x the bare loop) and throughput at once, per client."""
+    ns = [str(n) for n in section["plan"]["ns"]]
+    conc = [str(c) for c in section["plan"]["concurrency"]]
+    header = ["client"] + [f"{n}-step runs, CPU us/step" for n in ns]
+    header += [f"{c} at once, CPU us/step" for c in conc] + [f"{c} at once, steps/s" for c in conc]
+    labels = {
+        "floor": "floor (asyncio streams + orjson)",
+        "bare_httpx2": "bare httpx2 loop",
+        "executus": "executus, httpx2 transport (default)",
+        "executus_aiohttp": 'executus, transport = "aiohttp"',
+    }
+    rows = []
+    for name in TRANSPORT_CLIENTS:
+        entry = section["clients"].get(name)
+        if entry is None:
+            continue
+        if "sequential" not in entry:
+            why = entry.get("error") or entry.get("unavailable")
+            rows.append([labels[name], f"not measured: {why}"] + [""] * (len(header) - 2))
+            continue
+        row = [labels[name]]
+        for case, keys in (("sequential", ns), ("concurrent", conc)):
+            for key in keys:
+                ours, bare = _cpu(section, name, case, key), _cpu(section, "bare_httpx2", case, key)
+                row.append(
+                    "-" if ours is None else f"{ours:,.0f} ({ours / bare:.2f}x)" if bare else f"{ours:,.0f}"
+                )
+        for key in conc:
+            found = entry.get("concurrent", {}).get(key, {})
+            row.append(f"{found['steps_per_second']:,.0f}" if "steps_per_second" in found else "-")
+        rows.append(row)
+    return header, rows
+
+
 def measure_gc(plan: Any) -> dict[str, Any]:
     """``bench.gcmodes``: the core and the bare loop at ``gc_concurrency`` runs, per GC mode."""
     from bench import gcmodes
@@ -221,6 +273,7 @@ def durable_rows(section: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "runs ok",
         "runs with warnings",
         "lost saves",
+        "checkpoints not completed",
         "spill files",
         "wall s",
         "save p50 / p99 ms",
@@ -232,12 +285,13 @@ def durable_rows(section: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         head = [f"{case['concurrency']:,}", case["backend"]]
         load = f"{_loadtxt(case.get('load_average_before'))} / {_loadtxt(case.get('load_average_after'))}"
         if "error" in case:
-            rows.append([*head, f"failed: {case['error']}"[:200], "", "", "", "", "", "", load])
+            rows.append([*head, f"failed: {case['error']}"[:200], "", "", "", "", "", "", "", load])
             continue
         extras = case.get("extras") or {}
         saves = extras.get("saves") or {}
         warmup = (extras.get("runs") or case["concurrency"]) - case["concurrency"]
         ok = (extras.get("statuses") or {}).get("ok", 0) - warmup  # the warm-up batch is in the counts
+        # (its checkpoints and warnings are in the other counts too: 20 runs, all ended ok)
         p50, p99 = saves.get("p50_ms"), saves.get("p99_ms")
         rows.append(
             [
@@ -245,6 +299,7 @@ def durable_rows(section: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 f"{max(0, ok):,} of {case['concurrency']:,}",
                 f"{extras.get('runs_with_warnings', '?')}",
                 f"{extras.get('lost_saves', '?')}",
+                f"{extras.get('checkpoints_not_completed', '?')}",
                 f"{extras.get('spill_files', '?')}",
                 f"{case['wall_seconds']:.1f}",
                 f"{p50:,.1f} / {p99:,.1f}" if p50 is not None and p99 is not None else "-",
@@ -255,17 +310,28 @@ def durable_rows(section: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _shape(warning: str) -> str:
+    """A warning with its run ids, schema, paths and counts blanked, so alike ones read as one."""
+    import re
+
+    found = re.sub(r"[0-9a-f]{32}", "<run>", warning)
+    found = re.sub(r"bench_[0-9a-f]+", "<schema>", found)
+    found = re.sub(r"/tmp/\S+", "<file>", found)
+    found = re.sub(r"\b\d+ trail rows", "N trail rows", found)
+    return found[:200]
+
+
 def durable_warnings(section: dict[str, Any]) -> list[str]:
-    """The distinct warnings the runs got (the first few of each case)."""
+    """The kinds of warning the runs got (at most three per case), and what a save raised."""
     lines = []
     for case in section.get("cases", []):
         extras = case.get("extras") or {}
-        for warning in extras.get("first_warnings") or []:
-            lines.append(f"{case['backend']} at {case['concurrency']:,}: {warning[:240]}")
-        if extras.get("saves", {}).get("first_error"):
-            lines.append(
-                f"{case['backend']} at {case['concurrency']:,}: save raised {extras['saves']['first_error']}"
-            )
+        kinds = sorted({_shape(w) for w in extras.get("first_warnings") or []})
+        for warning in kinds[:3]:
+            lines.append(f"{case['backend']} at {case['concurrency']:,}: {warning}")
+        if extras.get("saves", {}).get("errors_by_type"):
+            raised = ", ".join(f"{k} x{v:,}" for k, v in extras["saves"]["errors_by_type"].items())
+            lines.append(f"{case['backend']} at {case['concurrency']:,}: saves that raised: {raised}")
     return lines
 
 
@@ -290,7 +356,9 @@ def gc_rows(section: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 f"{case['cpu_us_per_step']:,.0f}",
                 same,
                 default,
-                f"{case['gc_collections']:,.0f}",
+                f"{case['gc_cpu_us_per_step']:,.0f}" if "gc_cpu_us_per_step" in case else "-",
+                f"{case['gc_collections']:,.0f} ({case.get('gc_full_collections', 0):,.0f})",
+                f"{case.get('gc_collected_per_step', 0):,.1f}",
                 f"{case['memory_per_run_bytes'] / 1024:,.0f}",
                 str(case["errors"]),
             ]
@@ -356,14 +424,20 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         extras = case.get("extras") or {}
         saves_ = extras.get("saves") or {}
-        counts = (extras.get("runs_with_warnings"), extras.get("lost_saves"), extras.get("spill_files"))
-        met = None if None in counts else counts == (0, 0, 0) and case.get("errors", 1) == 0
+        counts = (
+            extras.get("runs_with_warnings"),
+            extras.get("lost_saves"),
+            extras.get("spill_files"),
+            extras.get("checkpoints_not_completed"),
+        )
+        met = None if None in counts else counts == (0, 0, 0, 0) and case.get("errors", 1) == 0
         p50, p99 = saves_.get("p50_ms"), saves_.get("p99_ms")
         add(
             name,
             met,
             f"{counts[0]} runs with warnings, {counts[1]} lost saves, {counts[2]} spill files, "
-            f"{case.get('errors')} errors; save p50 {p50 or 0:,.1f} ms, p99 {p99 or 0:,.1f} ms",
+            f"{counts[3]} checkpoints not completed, {case.get('errors')} runs not ok; "
+            f"save p50 {p50 or 0:,.1f} ms, p99 {p99 or 0:,.1f} ms",
         )
 
     gc = (results.get("gc") or {}).get("cases", {})
@@ -411,20 +485,52 @@ def _when(section: dict[str, Any]) -> str:
     )
 
 
+HEAVY_START = "<!-- bench:heavy:start -->"
+HEAVY_END = "<!-- bench:heavy:end -->"
+
+
+def update_docs(results: dict[str, Any], page: Path) -> bool:
+    """Fill the heavy host's generated block of ``page`` (between its markers); False without them."""
+    import re
+
+    content = page.read_text()
+    if HEAVY_START not in content or HEAVY_END not in content:
+        return False
+    block = f"{HEAVY_START}\n{text(results, markdown=True)}\n{HEAVY_END}"
+    pattern = re.escape(HEAVY_START) + ".*?" + re.escape(HEAVY_END)
+    page.write_text(re.sub(pattern, lambda _: block, content, flags=re.S))
+    return True
+
+
 def text(results: dict[str, Any], markdown: bool = False) -> str:
     """The heavy host's sections as printed tables (or Markdown for docs/performance.md)."""
     table = _md_table if markdown else _text_table
     parts: list[str] = []
+
+    def title(line: str) -> str:
+        return f"**{line}**:\n" if markdown else line
+
     batteries = results.get("batteries")
     if batteries and "clients" in batteries:
-        parts += [f"The SQL batteries, per step ({_when(batteries)})", table(*battery_rows(batteries)), ""]
+        parts += [
+            title(f"The SQL batteries, per step ({_when(batteries)})"),
+            table(*battery_rows(batteries)),
+            "",
+        ]
     durable = results.get("durable")
     if durable and durable.get("cases"):
-        parts += [f"Durable runs at scale: 10-step runs, audit + checkpoint, one process ({_when(durable)})"]
+        parts += [
+            title(f"Durable runs at scale: 10-step runs, audit + checkpoint, one process ({_when(durable)})")
+        ]
         parts += [table(*durable_rows(durable))]
         warnings = durable_warnings(durable)
         if warnings:
-            parts += ["warnings seen:", *(f"- {w}" for w in warnings)]
+            parts += (
+                ["", "Warnings seen (kinds), and what the saves raised:", ""]
+                if markdown
+                else ["warnings seen:"]
+            )
+            parts += [f"- {w}" for w in warnings]
         parts += [""]
     recovery = results.get("recovery")
     if recovery:
@@ -433,11 +539,18 @@ def text(results: dict[str, Any], markdown: bool = False) -> str:
         else:
             from bench.recovery import table as recovery_table
 
-            parts += [f"Recovery and the cost of a save ({_when(recovery)})", recovery_table(recovery), ""]
+            parts += [
+                title(f"Recovery and the cost of a save ({_when(recovery)})"),
+                recovery_table(recovery),
+                "",
+            ]
+    transport = results.get("transport")
+    if transport and "clients" in transport:
+        parts += [title(f"The transport ({_when(transport)})"), table(*transport_rows(transport)), ""]
     gc = results.get("gc")
     if gc and gc.get("cases"):
         parts += [
-            f"The cyclic GC at {gc['concurrency']:,} concurrent 10-step runs ({_when(gc)})",
+            title(f"The cyclic GC at {gc['concurrency']:,} concurrent 10-step runs ({_when(gc)})"),
             table(*gc_rows(gc)),
             "",
         ]
@@ -445,7 +558,7 @@ def text(results: dict[str, Any], markdown: bool = False) -> str:
     if found:
         mark = {True: "met", False: "MISSED", None: "not measured"}
         parts += [
-            "Targets of the heavy host",
+            title("Targets of the heavy host"),
             table(
                 ["target", "result", "figures"], [[t["target"], mark[t["met"]], t["detail"]] for t in found]
             ),

@@ -127,16 +127,21 @@ async def _recover(url: str, schema: str, runs: int, steps: int, concurrency: in
     statuses: dict[str, int] = {}
     rounds = 0
     try:
+        at_start = client.checkpoint_statuses()  # what the dead worker left: its live runs
+        interrupted = at_start.get("live", 0)
         c0, w0 = time.process_time(), time.perf_counter()
-        ended = 0
-        while ended < runs and rounds < 20:
+        ended = empty = 0
+        # Until every interrupted run ended, or three calls in a row found none (what is left is
+        # backing off after a failed resume, and is reported as not completed).
+        while ended < interrupted and empty < 3:
             rounds += 1
             results = await client.executor.recover(agents={agent.id: agent})
             for result in results:
                 statuses[result.status.value] = statuses.get(result.status.value, 0) + 1
             ended += len(results)
+            empty = 0 if results else empty + 1
             if not results:
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.5)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         reruns = client.counter.calls
     finally:
@@ -145,6 +150,8 @@ async def _recover(url: str, schema: str, runs: int, steps: int, concurrency: in
     return {
         "recovery_concurrency": concurrency,
         "runs": runs,
+        "checkpointed_at_kill": interrupted,
+        "runs_without_checkpoint": runs - sum(at_start.values()),
         "ended": ended,
         "statuses": statuses,
         "recover_calls": rounds,
@@ -278,16 +285,17 @@ def table(found: dict[str, Any]) -> str:
         f"child process SIGKILLed with every run blocked in its tool at step {found['block_at']}; "
         f"`Executor.recover()` once its {found['lease_seconds']:g} s leases lapsed):",
         "",
-        "| recovery_concurrency | runs ended ok | not completed | wall s | runs/s | CPU s | load before/after |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+        "| recovery_concurrency | interrupted (of runs started) | ended ok | not completed | wall s | runs/s | CPU s | load before/after |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in found.get("recovery", []):
         if "error" in r:
-            lines.append(f"| {r['recovery_concurrency']} | failed: {r['error']} | | | | | |")
+            lines.append(f"| {r['recovery_concurrency']} | failed: {r['error']} | | | | | | |")
             continue
         load = f"{(r['load_average_before'] or [0])[0]:.1f} / {(r['load_average_after'] or [0])[0]:.1f}"
         lines.append(
-            f"| {r['recovery_concurrency']} | {r['statuses'].get('ok', 0):,} of {r['ended']:,} | "
+            f"| {r['recovery_concurrency']} | {r.get('checkpointed_at_kill', '?')} of {r['runs']:,} | "
+            f"{r['statuses'].get('ok', 0):,} of {r['ended']:,} | "
             f"{r['not_completed']} | {r['wall_seconds']:.1f} | {r['runs_per_second']:.0f} | "
             f"{r['cpu_seconds']:.1f} | {load} |"
         )

@@ -283,6 +283,9 @@ def update_docs(results: dict[str, Any], page: Path) -> None:
         raise SystemExit(f"{page} has no {START} ... {END} block to fill")
     block = f"{START}\n{markdown(results)}\n{END}"
     page.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, content, flags=re.S))
+    from bench import heavy
+
+    heavy.update_docs(results, page)
 
 
 def plot(results: dict[str, Any], path: Path) -> str | None:

@@ -68,6 +68,8 @@ class Plan:
     gc_concurrency: int  # 0: no GC section
     gc_rounds: int
     gc_modes: tuple[str, ...]
+    transport_ns: tuple[int, ...]  # empty: no transport section (the main comparison has the row)
+    transport_runs: tuple[int, ...]
 
 
 FULL = Plan(
@@ -101,6 +103,8 @@ FULL = Plan(
     gc_concurrency=5000,
     gc_rounds=2,
     gc_modes=("default", "freeze"),
+    transport_ns=(10, 200),
+    transport_runs=(21, 3),
 )
 QUICK = Plan(
     name="quick",
@@ -134,8 +138,21 @@ QUICK = Plan(
     gc_concurrency=0,
     gc_rounds=0,
     gc_modes=(),
+    transport_ns=(),
+    transport_runs=(),
 )
-SECTIONS = ("clients", "profile", "imports", "coldstart", "budget", "batteries", "durable", "recovery", "gc")
+SECTIONS = (
+    "clients",
+    "profile",
+    "imports",
+    "coldstart",
+    "budget",
+    "transport",
+    "batteries",
+    "durable",
+    "recovery",
+    "gc",
+)
 """What one run measures, in order; ``--sections`` picks some (the others are kept from ``--output``)."""
 
 
@@ -681,7 +698,9 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault("sections_run", {})
     client_cpu, server_cpu = _cpus()
     results["pinning"] = {"client_cpu": client_cpu, "server_cpu": server_cpu}
-    on_server = [x for x in ("clients", "profile", "batteries", "durable", "recovery") if x in sections]
+    on_server = [
+        x for x in ("clients", "profile", "transport", "batteries", "durable", "recovery") if x in sections
+    ]
     if on_server:
         with Server(server_cpu, max_seconds=plan.case_timeout * 40 + plan.durable_timeout * 8) as server:
             log(
@@ -696,6 +715,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
             if "profile" in sections and not args.no_profile and "executus" in clients:
                 results["profile"] = measure_profile(plan, server.url, client_cpu)
+            if "transport" in sections and plan.transport_ns:
+                results["transport"] = heavy.measure_transport(plan, server.url, client_cpu)
             if "batteries" in sections and plan.battery_clients:
                 reuse = None if plan.battery_baseline else results.get("clients")
                 results["batteries"] = heavy.measure_batteries(plan, server.url, client_cpu, reuse)

@@ -266,13 +266,33 @@ class SqlClient:
             "runs": len(self.warnings),
             "statuses": dict(self.statuses),
             "runs_with_warnings": len(warned),
-            "first_warnings": sorted({w for ws in warned for w in ws})[:5],
+            "first_warnings": self._kinds(warned),
             "saves": saves,
             "checkpoint_rows": rows,
-            "lost_saves": saves["errors"] + sum(c for s, c in rows.items() if s != "completed"),
+            # A save that raised (or was cut off at port_timeout): the run went on without it.
+            "lost_saves": saves["errors"],
+            # Runs that ended ok but whose checkpoint row is not `completed` (or was never written).
+            "checkpoints_not_completed": (
+                max(0, self.statuses.get("ok", 0) - rows.get("completed", 0))
+                if "checkpoint" in self.parts
+                else 0
+            ),
             "spill_files": self.closed.get("spill_files", self.spill_files()),
             "closed_error": self.closed.get("error"),
         }
+
+    @staticmethod
+    def _kinds(warned: list[list[str]], most: int = 8) -> list[str]:
+        """One warning of each kind (alike but for run ids and counts), at most ``most``."""
+        import re
+
+        kinds: dict[str, str] = {}
+        for warning in (w for ws in warned for w in ws):
+            key = re.sub(r"[0-9a-f]{32}|\d+", "#", warning)[:120]
+            kinds.setdefault(key, warning[:400])
+            if len(kinds) >= most:
+                break
+        return list(kinds.values())
 
     def spill_files(self) -> int:
         """Files the audit saved rows to because it could not write them."""

@@ -317,7 +317,8 @@ class RunPorts:
         return False
 
     async def finish(self, stats: RunStats, messages: list[Message] | None = None) -> None:
-        """Close the recorders, commit the budgets and stop the critic (after `end_checkpoint`).
+        """Close the recorders, commit the budgets and stop the critic (before `end_checkpoint`:
+        a crash between them leaves the run to resume, not its end unrecorded).
 
         ``messages`` (the run's transcript) go to each recorder that has ``on_transcript`` first.
         Each step is bounded and none can raise.

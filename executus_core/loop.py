@@ -124,6 +124,9 @@ class AgentRun:
         self._attempts_unsaved: dict[str, int] = {}  # the part of attempts the store has not got yet
         self.output_schema: dict[str, Any] | None = None  # for a model with native structured output
         self._save_lock: asyncio.Lock | None = None
+        # Trail rows (recorder calls) waiting for the checkpoint to hold what they record:
+        # (transcript length that saves it, method, args)
+        self._held: list[tuple[int, str, tuple[Any, ...]]] = []
         self._store_ok = True  # the last save got through
         self._tool_slots: asyncio.Semaphore | None = None
         self.running_tools: dict[str, str] = {}  # call id -> tool name, while the tool runs
@@ -224,6 +227,8 @@ class AgentRun:
                     "prompt": request.prompt if request.resume is None else None,
                 },
             )
+            if request.resume is not None:
+                self._replay_to_recorders()
             await self._run_with_deadline()
         except asyncio.CancelledError:
             if self.stop_reason is None:
@@ -404,6 +409,8 @@ class AgentRun:
                 self.tool_specs.append(output.tool_spec())
 
     async def _steps(self) -> None:
+        if self.request.resume is not None and self._answered():
+            return
         paused_at = self.request.resume.paused_at if self.request.resume is not None else None
         if paused_at is not None and (utcnow() - paused_at).total_seconds() > self.settings.approval_timeout:
             self._end(
@@ -440,6 +447,8 @@ class AgentRun:
             if response is None:
                 return
             self.transcript.append(response.to_message())
+            if self.ports.recorders:
+                self._record("on_step", self.tally.steps, response)
             if self.plan is not None and self.plan.output is not None:
                 typed = await self._typed_answer(response, self.plan.output)
                 if typed is None:
@@ -517,6 +526,20 @@ class AgentRun:
             )
             return False
         self.emit("output.retry", {"problem": problem, "tries_left": output.tries_left})
+        return True
+
+    def _answered(self) -> bool:
+        """A resumed run whose answer was saved (a crash came between the save and the checkpoint's
+        completion) ends with that answer, asking the model nothing. True when it ended here."""
+        last = self.transcript[-1] if self.transcript else None
+        if last is None or last.role != "assistant" or last.tool_calls or self.tally.steps == 0:
+            return False
+        output = self.plan.output if self.plan is not None else None
+        value, problem = (last.content, None) if output is None else output.from_text(last.content or "")
+        if problem is not None:
+            return False
+        self.output, self.text = value, last.content
+        self._end(RunStatus.OK)
         return True
 
     def _count_attempt(self, call_id: str, attempt: int) -> None:
@@ -622,8 +645,6 @@ class AgentRun:
                     "seconds": round(time.monotonic() - started, 6),
                 },
             )
-            for link in self.ports.recorders:
-                link.pump.put("on_step", link.recorder.on_step, tally.steps, response)
         if self.ports.critic is not None:
             self.ports.critic_call("record_step", tally.steps)
         return response
@@ -733,6 +754,8 @@ class AgentRun:
         self.transcript.append(
             Message(role="tool", content=text, tool_call_id=call.id, name=call.name, is_error=is_error)
         )
+        if self.ports.recorders:
+            self._record("on_tool", call, text)
         if self._store_ok:
             await self._save()
 
@@ -765,8 +788,6 @@ class AgentRun:
                     "attempt": attempt,
                 },
             )
-            for link in self.ports.recorders:
-                link.pump.put("on_tool", link.recorder.on_tool, call, text)
         return text, is_error
 
     async def _tool_outcome(self, call: ToolCall, attempt: int) -> tuple[str, bool]:
@@ -876,6 +897,44 @@ class AgentRun:
                 self.saved_upto += len(state.messages)
                 if self._attempts_unsaved:
                     self._attempts_unsaved = {}
+            if self._held:
+                # a store that failed cannot confirm anything: the trail must not wait for it
+                self._release_held(self.saved_upto if self._store_ok else None)
+
+    # -- the trail -----------------------------------------------------------------------------
+
+    def _replay_to_recorders(self) -> None:
+        """Give each recorder that can take it (``on_resume``) the saved transcript of a resumed run,
+        so it can record what an earlier attempt saved but did not get to write (a worker killed
+        between the checkpoint's save and the audit's batch)."""
+        saved = tuple(self.transcript)
+        for link in self.ports.recorders:
+            on_resume = getattr(link.recorder, "on_resume", None)
+            if callable(on_resume):
+                link.pump.put("on_resume", on_resume, saved, self.tally.steps)
+
+    def _record(self, method: str, *args: Any) -> None:
+        """Hand a step or a tool result to the recorders once the checkpoint holds it.
+
+        Held until then, so the audit never shows a step or result that a resume does again, nor
+        one of a worker that has lost the run to another (`RunTakenOver` drops what is held).
+        """
+        if self.ports.checkpointer is None:
+            for link in self.ports.recorders:
+                link.pump.put(method, getattr(link.recorder, method), *args)
+        else:
+            self._held.append((len(self.transcript), method, args))
+
+    def _release_held(self, upto: int | None) -> None:
+        """Send the held rows the checkpoint holds (those up to ``upto`` messages; None: all)."""
+        held, sent = self._held, 0
+        for needs, method, args in held:
+            if upto is not None and needs > upto:
+                break
+            for link in self.ports.recorders:
+                link.pump.put(method, getattr(link.recorder, method), *args)
+            sent += 1
+        del held[:sent]
 
     # -- the end -----------------------------------------------------------------------------
 
@@ -915,20 +974,26 @@ class AgentRun:
         )
 
     async def _finish(self) -> Result:
-        """End the checkpoint, close, commit, stop, deliver: each step bounded, none can raise."""
+        """Save and record the end, commit, end the checkpoint, deliver: each step bounded, none can raise.
+
+        The order is the one a crash can stop anywhere: the answer is saved first (a run resumed
+        after a crash past this point ends with it, asking the model nothing), recorded and charged
+        next, and the checkpoint completed last, so no end is lost between the two stores.
+        """
         self.phase = "finishing"
-        if (
-            await self.ports.end_checkpoint(self.status, self.error, self.pending)
-            and self.status not in _NOT_DELIVERED
-        ):
-            self._end(
-                RunStatus.INTERRUPTED,
-                f"the run was taken over by another worker as it ended ({self.status.value} here); this "
-                "worker neither completed nor delivered it",
-            )
+        ports = self.ports
+        if self.status is RunStatus.OK and ports.checkpointer is not None and ports.taken_over is None:
+            try:
+                await self._save()
+            except RunTakenOver as taken:
+                self._end(RunStatus.INTERRUPTED, _taken_message(taken, "as it ended (ok here)"))
+        if ports.taken_over is None:
+            self._release_held(None)
+        else:
+            self._held.clear()  # the run is another worker's: its trail is theirs to write
         stats = self._stats()
         self.emit(
-            "run.end",
+            "run.end" if ports.taken_over is None else "run.taken_over",
             {
                 "status": self.status.value,
                 "error": self.error,
@@ -936,7 +1001,17 @@ class AgentRun:
                 "tool_calls": stats.tool_calls,
             },
         )
-        await self.ports.finish(stats, self.transcript)
+        await ports.finish(stats, self.transcript)
+        if (
+            await ports.end_checkpoint(self.status, self.error, self.pending)
+            and self.status not in _NOT_DELIVERED
+        ):
+            self._end(
+                RunStatus.INTERRUPTED,
+                f"the run was taken over by another worker as it ended ({self.status.value} here); this "
+                "worker neither completed nor delivered it",
+            )
+            stats = self._stats()
         result = self._result(stats)
         if self.status is RunStatus.AWAITING_APPROVAL:
             # kept here too, for Executor.resume in this process (the store, if it can load(), wins)

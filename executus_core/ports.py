@@ -115,6 +115,17 @@ class RunRecorder(Protocol):
     # last event and before ``close``, with the messages the run ended with (`Result.messages`: the
     # history it was given, its prompt, the model's answers and the tool results). The list is the
     # recorder's to keep; store it with the roll-up, for the audit's ``transcript(run_id)``.
+    #
+    # With a checkpoint store, ``on_step`` and ``on_tool`` come once the checkpoint holds the step
+    # or result (after its save): a recorder never sees one that a resume does again, nor one of a
+    # worker that lost the run to another (that worker's last event is ``run.taken_over``, not
+    # ``run.end``, and its ``close`` gets status ``interrupted``).
+    #
+    # Optional: ``on_resume(messages: Sequence[Message], iteration: int)``. Called first in a
+    # resumed run, with its saved transcript and model-call count: the steps (the last
+    # ``iteration`` assistant messages) and tool results an earlier attempt saved. A recorder that
+    # writes in batches records those it lacks (a worker killed between the checkpoint's save and
+    # its batch) and skips the rest.
 
 
 @runtime_checkable

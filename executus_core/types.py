@@ -310,8 +310,9 @@ class RunEvent:
     """Something that happened in a run: a step, a tool start or end, a retry, a streamed delta...
 
     ``type`` is one of ``run.start``, ``step``, ``tool.start``, ``tool.end``, ``model.retry``,
-    ``model.delta``, ``steer``, ``critic``, ``checkpoint``, ``child``, ``run.end`` and, as the last
-    event of `Executor.stream`, ``result`` (whose ``data["result"]`` is the `Result`).
+    ``model.delta``, ``steer``, ``critic``, ``checkpoint``, ``child``, ``run.end`` (or
+    ``run.taken_over`` when another worker took the run over) and, as the last event of
+    `Executor.stream`, ``result`` (whose ``data["result"]`` is the `Result`).
     """
 
     run_id: str

@@ -112,8 +112,8 @@ async def test_100_runs_at_once_do_not_interfere() -> None:
         assert critic.handles[result.run_id].steps == [1, 2, 3]
         assert [name for name, _ in critic.handles[result.run_id].tools] == ["double", "offset"]
         assert store.runs[result.run_id].state == "completed"
-        # the prompt, then each step's tool calls before they run and their results after
-        assert store.runs[result.run_id].saves == 5
+        # the prompt, then each step's tool calls before they run and their results after, and the answer
+        assert store.runs[result.run_id].saves == 6
 
     # each caller was charged for its own ten runs
     for caller in range(10):

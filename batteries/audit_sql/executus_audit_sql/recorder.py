@@ -16,7 +16,7 @@ spill file and raises `AuditWriteError` naming it: nothing accepted is dropped s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from executus_audit_sql.errors import AuditWriteError, describe_error
@@ -145,6 +145,42 @@ class SqlRecorder:
         self.state.tool_calls += 1
         arguments = mask_value(call.arguments)
         self._append(EventKind.TOOL, call.name, None, call.id, result, {"arguments": arguments})
+
+    def on_resume(self, messages: Sequence[Message], iteration: int) -> None:
+        """A resumed run's saved transcript: record its steps and tool results that an earlier
+        attempt saved but whose batch never reached the database (the worker died first).
+
+        The rows are marked ``replayed`` (no usage: the roll-up has the run's tokens); the writer
+        stores only those the trail lacks, so a run resumed after a clean stop gets none.
+        """
+        steps = [index for index, m in enumerate(messages) if m.role == "assistant"]
+        mine = steps[len(steps) - iteration :] if 0 < iteration <= len(steps) else []
+        if not mine:
+            return
+        calls: dict[str, ToolCall] = {}
+        number = 0
+        for message in messages[mine[0] :]:
+            if message.role == "assistant":
+                number += 1
+                data: dict[str, Any] = {"replayed": True}
+                if message.tool_calls:
+                    calls.update((c.id, c) for c in message.tool_calls)
+                    data["tool_calls"] = [
+                        {"id": c.id, "name": c.name, "arguments": mask_value(c.arguments)}
+                        for c in message.tool_calls
+                    ]
+                self._append(EventKind.STEP, None, number, None, message.content, data)
+            elif message.role == "tool" and message.tool_call_id:
+                call = calls.get(message.tool_call_id)
+                arguments = mask_value(call.arguments) if call is not None else None
+                self._append(
+                    EventKind.TOOL,
+                    message.name,
+                    None,
+                    message.tool_call_id,
+                    message.content,
+                    {"arguments": arguments, "replayed": True},
+                )
 
     def log_event(self, type: str, payload: Mapping[str, Any]) -> None:
         """Record a run event (types listed in ``skip_events`` are not stored)."""

@@ -38,6 +38,7 @@ from executus_audit_sql.writes import (
     Registration,
     Row,
     RunState,
+    attempt_of,
     write_rollups,
     write_trail,
     write_transcripts,
@@ -286,11 +287,9 @@ class BatchWriter:
         written = False
         failure: BaseException | None = None
         items = [(r.state, rows, True) for r, rows in batch] + [(f.state, f.rows, False) for f in finals]
-        rollups = [(f.state.info.run_id, f.stats, f.ended_at) for f in finals]
+        rollups = [(f.state, f.stats, f.ended_at) for f in finals]
         transcripts = [
-            (f.state.info.run_id, f.state.transcript, f.ended_at)
-            for f in finals
-            if f.state.transcript is not None
+            (f.state, f.state.transcript, f.ended_at) for f in finals if f.state.transcript is not None
         ]
         abort = threading.Event()
         job: concurrent.futures.Future[Any] | None = None
@@ -359,8 +358,8 @@ class BatchWriter:
     def _write(
         self,
         items: list[tuple[RunState, list[Row], bool]],
-        rollups: list[tuple[str, RunStats, datetime]],
-        transcripts: list[tuple[str, Any, datetime]],
+        rollups: list[tuple[RunState, RunStats, datetime]],
+        transcripts: list[tuple[RunState, Any, datetime]],
         abort: threading.Event,
     ) -> dict[int, Registration]:
         """One transaction, in the writer's thread; rolled back if it was given up before its commit."""
@@ -371,10 +370,15 @@ class BatchWriter:
             try:
                 with conn.begin():
                     made = write_trail(conn, items)
+                    # by the run's latest attempt only: known once registered, maybe in this transaction
                     if rollups:
-                        write_rollups(conn, rollups)
+                        write_rollups(
+                            conn, [(s.info.run_id, attempt_of(s, made), r, at) for s, r, at in rollups]
+                        )
                     if transcripts:
-                        write_transcripts(conn, transcripts)
+                        write_transcripts(
+                            conn, [(s.info.run_id, attempt_of(s, made), m, at) for s, m, at in transcripts]
+                        )
                     if abort.is_set():
                         raise WriteAborted("the write was given up before it committed")
             finally:

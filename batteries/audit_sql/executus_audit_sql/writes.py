@@ -12,6 +12,13 @@ built once per dialect (`Statements`) and sent with the driver's ``executemany``
 ``exec_driver_sql``: SQLAlchemy neither builds nor compiles them per write, and the parameters are
 plain tuples this module makes (JSON text, UTC timestamps), with no type processing per value.
 
+Registering also tells the recorder which attempt it is: a roll-up, a live tally and a transcript are
+stored only while their attempt is the run's latest, so a worker that lost the run to another cannot
+overwrite what the other wrote; and a resumed attempt's rows start `ATTEMPT_GAP` past the highest
+``seq`` stored, so two attempts writing at once never take each other's. Rows a resumed run
+*replays* from its checkpoint (``data["replayed"]``, see `SqlRecorder.on_resume`) are stored only
+where the trail lacks that step or tool result.
+
 The functions are synchronous, on a SQLAlchemy `Connection`: the batch writer runs them in its own
 thread (so a busy event loop never stretches a write), and ``executus runs import`` through
 ``AsyncConnection.run_sync``.
@@ -25,12 +32,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Integer, Table, bindparam, or_, select
 from sqlalchemy.engine import Connection
 
 from executus_audit_sql.database import dumps, dumps_postgres
 from executus_audit_sql.schema import RunEventRow, RunRow, RunTranscriptRow
-from executus_audit_sql.state import Registration, Row, RunState
+from executus_audit_sql.state import EventKind, Registration, Row, RunState
 from executus_core.types import RunInfo, RunStats
 
 __all__ = [
@@ -47,6 +54,11 @@ __all__ = [
 RUNS: Table = RunRow.__table__  # type: ignore[assignment]
 EVENTS: Table = RunEventRow.__table__  # type: ignore[assignment]
 TRANSCRIPTS: Table = RunTranscriptRow.__table__  # type: ignore[assignment]
+
+ATTEMPT_GAP = 100_000
+"""How far past the highest ``seq`` stored an attempt of a run that was recorded before starts: two
+attempts that write at once (a paused worker woken after another took its run over) never share a
+``seq``, so neither's rows are lost to the other's (rows of one attempt beyond this many would be)."""
 
 CHUNK_ROWS = 1000
 """Rows per INSERT statement (one ``executemany``): a big batch is sent as several, so the tuples of
@@ -71,9 +83,12 @@ def _insert(dialect: str, table: Table) -> Any:
 def _transcript_upsert(dialect: str) -> Any:
     """The upsert of the transcripts runs ended with, built once per dialect."""
     statement = _insert(dialect, TRANSCRIPTS)
+    attempt = bindparam("attempt", type_=Integer)
+    latest = select(RUNS.c.attempts).where(RUNS.c.run_id == bindparam("of_run")).scalar_subquery()
     return statement.on_conflict_do_update(
         index_elements=[TRANSCRIPTS.c.run_id],
         set_={"messages": statement.excluded.messages, "at": statement.excluded.at},
+        where=or_(attempt == 0, latest == attempt),
     )
 
 
@@ -107,6 +122,7 @@ _TALLY_COLUMNS = (
     ("input_tokens", "bigint"),
     ("output_tokens", "bigint"),
     ("thinking_tokens", "bigint"),
+    ("attempt", "integer"),
 )
 _ROLLUP_COLUMNS = (
     ("run_id", "text"),
@@ -120,7 +136,10 @@ _ROLLUP_COLUMNS = (
     ("output_tokens", "bigint"),
     ("thinking_tokens", "bigint"),
     ("ended_at", "timestamptz"),
+    ("attempt", "integer"),
 )
+"""The tally and the roll-up end with the writing attempt: stored only while it is the run's latest
+(0: not known, as for a spill file's rows)."""
 _RESET = ("status", "output", "error", "runtime_seconds", "ended_at")
 
 
@@ -155,18 +174,22 @@ def _rows_sql(postgres: bool, mark: str, columns: Sequence[tuple[str, str]]) -> 
 
 
 def _update_sql(postgres: bool, mark: str, columns: Sequence[tuple[str, str]]) -> str:
-    """An UPDATE of the runs' rows from one JSON parameter (``run_id`` first)."""
-    sets = ", ".join(f"{name} = v.{name}" for name, _ in columns[1:])
+    """An UPDATE of the runs' rows from one JSON parameter (``run_id`` first, ``attempt`` last)."""
+    sets = ", ".join(f"{name} = v.{name}" for name, _ in columns[1:-1])
     rows = _rows_sql(postgres, mark, columns)
-    return f"UPDATE {RUNS.name} SET {sets} FROM ({rows}) AS v WHERE {RUNS.name}.run_id = v.run_id"
+    return (
+        f"UPDATE {RUNS.name} SET {sets} FROM ({rows}) AS v WHERE {RUNS.name}.run_id = v.run_id "
+        f"AND (v.attempt = 0 OR {RUNS.name}.attempts = v.attempt)"
+    )
 
 
 def _one_by_one_sql(table: str, columns: Sequence[tuple[str, str]], suffix: str, update: bool) -> str:
-    """SQLite's statement for one row a time (``?`` each, ``run_id`` last for an UPDATE)."""
+    """SQLite's statement for one row a time (``?`` each; for an UPDATE the values, then ``run_id``
+    and the attempt twice)."""
     names = [name for name, _ in columns]
     if update:
-        sets = ", ".join(f"{name} = ?" for name in names[1:])
-        return f"UPDATE {table} SET {sets} WHERE run_id = ?"
+        sets = ", ".join(f"{name} = ?" for name in names[1:-1])
+        return f"UPDATE {table} SET {sets} WHERE run_id = ? AND (? = 0 OR attempts = ?)"
     return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) {suffix}"
 
 
@@ -195,6 +218,7 @@ class Statements:
     tally: str
     rollup: str
     upsert_suffix: str
+    recorded: str
 
     @staticmethod
     @functools.cache
@@ -220,8 +244,12 @@ class Statements:
         )
         bases = f"SELECT run_id, max(seq) FROM {EVENTS.name} WHERE run_id IN ({ids}) GROUP BY run_id"
         counters = (
-            f"SELECT run_id, steps, tool_calls, input_tokens, output_tokens, thinking_tokens "
+            f"SELECT run_id, attempts, steps, tool_calls, input_tokens, output_tokens, thinking_tokens "
             f"FROM {RUNS.name} WHERE run_id IN ({ids})"
+        )
+        recorded = (
+            f"SELECT run_id, kind, iteration, call_id FROM {EVENTS.name} WHERE run_id IN ({ids}) "
+            f"AND kind IN ('{EventKind.STEP}', '{EventKind.TOOL}')"
         )
         events = (
             f"INSERT INTO {EVENTS.name} ({', '.join(n for n, _ in _EVENT_COLUMNS)}) "
@@ -229,7 +257,9 @@ class Statements:
         )
         tally = _update_sql(postgres, mark, _TALLY_COLUMNS)
         rollup = _update_sql(postgres, mark, _ROLLUP_COLUMNS)
-        return Statements(postgres, upsert_runs, bases, counters, events, tally, rollup, upsert_suffix)
+        return Statements(
+            postgres, upsert_runs, bases, counters, events, tally, rollup, upsert_suffix, recorded
+        )
 
     def time(self, value: datetime) -> Any:
         """A timestamp as this dialect's JSON rows carry it."""
@@ -261,7 +291,9 @@ class Statements:
             for index in json_at:
                 if values[index] is not None:
                     values[index] = dumps(values[index])
-            plain.append(tuple(values[1:] + values[:1]) if update else tuple(values))
+            plain.append(
+                tuple([*values[1:-1], values[0], values[-1], values[-1]]) if update else tuple(values)
+            )
         conn.exec_driver_sql(sql, plain)
 
 
@@ -294,7 +326,10 @@ def register(conn: Connection, infos: Sequence[RunInfo]) -> dict[str, Registrati
     ids = sql.rows([info.run_id for info in infos])
     bases = {row[0]: row[1] for row in conn.exec_driver_sql(sql.bases, ids)}
     return {
-        row[0]: Registration(int(bases.get(row[0]) or 0), *(int(v or 0) for v in row[1:]))
+        row[0]: Registration(
+            0 if bases.get(row[0]) is None else int(bases[row[0]]) + ATTEMPT_GAP,
+            *(int(v or 0) for v in row[1:]),
+        )
         for row in conn.exec_driver_sql(sql.counters, ids)
     }
 
@@ -319,18 +354,24 @@ def write_trail(
     time = sql.time
     event_rows: list[tuple[Any, ...]] = []
     tally_rows: list[tuple[Any, ...]] = []
+    replaying = [state.info.run_id for state, rows, _ in items if any(map(_replayed, rows))]
+    recorded = _recorded(conn, sql, replaying) if replaying else set()
     for state, rows, live in items:
         registration = made.get(id(state))
         base = registration.base if registration is not None else state.base
         run_id = state.info.run_id
-        for local, kind, name, iteration, call_id, text, data, at in rows:
+        for row in rows:
+            local, kind, name, iteration, call_id, text, data, at = row
+            if recorded and _replayed(row) and (run_id, kind, iteration or call_id) in recorded:
+                continue  # the trail has it: an earlier attempt's batch got through
             event_rows.append((run_id, base + local, kind, name, iteration, call_id, text, data, time(at)))
             if len(event_rows) >= CHUNK_ROWS:
                 sql.run(conn, "events", event_rows)
                 event_rows = []
         if live:
             tally = state.live() if registration is None else _live_after(state, registration)
-            tally_rows.append((run_id, *tally.values()))
+            attempt = registration.attempt if registration is not None else state.attempt
+            tally_rows.append((run_id, *tally.values(), attempt))
     if event_rows:
         sql.run(conn, "events", event_rows)
     if tally_rows:
@@ -338,8 +379,26 @@ def write_trail(
     return made
 
 
-def write_rollups(conn: Connection, rollups: Sequence[tuple[str, RunStats, datetime]]) -> None:
-    """Store runs' final `RunStats` (``(run_id, stats, ended_at)`` each): they are no longer running."""
+def _replayed(row: Row) -> bool:
+    data = row[6]
+    return row[1] != EventKind.EVENT and type(data) is dict and data.get("replayed") is True
+
+
+def _recorded(conn: Connection, sql: Statements, run_ids: Sequence[str]) -> set[tuple[str, str, Any]]:
+    """The steps (by iteration) and tool results (by call id) the trails of ``run_ids`` hold."""
+    found = conn.exec_driver_sql(sql.recorded, sql.rows(run_ids))
+    return {(run_id, kind, iteration or call_id) for run_id, kind, iteration, call_id in found}
+
+
+def attempt_of(state: RunState, made: dict[int, Registration]) -> int:
+    """Which attempt of its run ``state`` records (registered in this transaction, or before)."""
+    registration = made.get(id(state))
+    return registration.attempt if registration is not None else state.attempt
+
+
+def write_rollups(conn: Connection, rollups: Sequence[tuple[str, int, RunStats, datetime]]) -> None:
+    """Store runs' final `RunStats` (``(run_id, attempt, stats, ended_at)`` each): they are no longer
+    running. A roll-up whose attempt is no longer the run's latest is not stored (attempt 0: always)."""
     sql = statements(conn)
     rows = [
         (
@@ -354,20 +413,22 @@ def write_rollups(conn: Connection, rollups: Sequence[tuple[str, RunStats, datet
             stats.output_tokens,
             stats.thinking_tokens,
             sql.time(ended_at),
+            attempt,
         )
-        for run_id, stats, ended_at in rollups
+        for run_id, attempt, stats, ended_at in rollups
     ]
     sql.run(conn, "rollup", rows)
 
 
-def write_transcripts(conn: Connection, transcripts: Sequence[tuple[str, list[Any], datetime]]) -> None:
-    """Store the messages runs ended with (``(run_id, messages, at)`` each), replacing what an earlier
-    attempt of the same run stored."""
+def write_transcripts(conn: Connection, transcripts: Sequence[tuple[str, int, list[Any], datetime]]) -> None:
+    """Store the messages runs ended with (``(run_id, attempt, messages, at)`` each), replacing what an
+    earlier attempt of the same run stored (not what a later one did; attempt 0: always)."""
     if not transcripts:
         return
     statement = _transcript_upsert(conn.dialect.name)
     rows = {
-        run_id: {"run_id": run_id, "messages": messages, "at": at} for run_id, messages, at in transcripts
+        run_id: {"run_id": run_id, "messages": messages, "at": at, "attempt": attempt, "of_run": run_id}
+        for run_id, attempt, messages, at in transcripts
     }
     conn.execute(statement, list(rows.values()))
 

@@ -14,7 +14,7 @@ from executus_audit_sql.settings import async_url, public_url
 from executus_audit_sql.spill import read_spill
 
 from executus_core.testing.conformance import make_info
-from executus_core.types import ModelResponse, RunStats, RunStatus, ToolCall, Usage
+from executus_core.types import Message, ModelResponse, RunStats, RunStatus, ToolCall, Usage
 
 
 async def test_the_per_step_methods_only_buffer(backend: Backend) -> None:
@@ -194,3 +194,30 @@ def test_write_timeout_leaves_room_inside_the_cores_port_timeout(tmp_path: Path)
     assert SqlAudit(data_dir=tmp_path, port_timeout=2).write_timeout == 1
     settings = AuditSqlSettings(write_timeout=0.5)
     assert SqlAudit(settings, data_dir=tmp_path, port_timeout=10).write_timeout == 0.5
+
+
+async def test_a_worker_that_lost_the_run_cannot_overwrite_the_end_another_wrote(backend: Backend) -> None:
+    """Attempt 1 (a paused worker) registered, attempt 2 (the worker that took the run over) ended it
+    ``ok``; attempt 1 then wakes and closes ``interrupted``: the run's row keeps attempt 2's end."""
+    audit = backend.audit(batch_size=1, flush_interval=0.05)
+    try:
+        info = make_info(caller_id="stale")
+        stale = await audit.start_run(info)
+        stale.on_step(1, ModelResponse(text="s"))
+        await wait_for(lambda: stale.state.registered, what="the first attempt registering")
+        owner = await audit.start_run(info)
+        owner.on_step(2, ModelResponse(text="s"))
+        owner.on_transcript([Message.user("go"), Message(role="assistant", content="done")])
+        await owner.close(RunStats(status=RunStatus.OK, output="done", steps=4, tool_calls=6))
+        stale.on_step(2, ModelResponse(text="late"))  # its batch carries its live tally too
+        stale.on_transcript([Message.user("go")])
+        await stale.close(RunStats(status=RunStatus.INTERRUPTED, error="taken over", steps=2))
+        record = await audit.get_run(info.run_id)
+        assert record is not None
+        # was: ("interrupted", None, 2, 0): the stale attempt's roll-up and live tally won
+        assert (record.status, record.output, record.steps, record.tool_calls) == ("ok", "done", 4, 6)
+        assert record.attempts == 2
+        kept = await audit.transcript(info.run_id)
+        assert kept is not None and [m.content for m in kept.messages] == ["go", "done"]
+    finally:
+        await audit.aclose()

@@ -3,13 +3,17 @@
 ``append_ledger`` is a tool with a side effect, written the way the durability docs ask a host to
 write one: the entry is keyed by ``ToolContext.idempotency_key``, so running the call again (a
 recovered run re-executes the call that was in flight at a crash, flagged with ``attempt`` > 1 and
-``resumed``) finds the entry instead of adding a second one. Every execution is also logged in
-``service_ledger_calls`` with its attempt and resumed flag, which is how the proof test sees what
-ran where and how often.
+``resumed``) finds the entry instead of adding a second one. ``ToolContext.attempt`` is its fencing
+token: a worker paused between the core's ownership check and the side effect (another worker took
+the run over and started the call again, with a higher attempt) is refused by the ledger, at the
+start and at the write. Every execution is also logged in ``service_ledger_calls`` with its attempt,
+resumed flag and whether it was fenced off, which is how the proof test sees what ran where and how
+often.
 
 Tables (PostgreSQL, created by `ensure_tables`):
 
 - ``service_ledger_entries``: one row per entry, primary key the idempotency key (the effect);
+- ``service_ledger_fences``: per idempotency key, the highest attempt that started (the fence);
 - ``service_ledger_calls``: one row per execution of the tool (no constraint: duplicates show);
 - ``service_results``: one row per run that ended, with its status and output or error; ``ends``
   counts the workers whose run ended there (1; 0 when the worker died before keeping the end and a
@@ -35,6 +39,7 @@ from executus_core.tools import Tool
 __all__ = [
     "REQUEST_CANCEL",
     "TABLES",
+    "StaleAttempt",
     "build_agents",
     "cancel_requested",
     "ensure_tables",
@@ -62,7 +67,13 @@ CREATE TABLE IF NOT EXISTS service_ledger_calls (
     account text NOT NULL,
     amount bigint NOT NULL,
     started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    finished_at timestamptz
+    finished_at timestamptz,
+    fenced boolean NOT NULL DEFAULT false
+);
+ALTER TABLE service_ledger_calls ADD COLUMN IF NOT EXISTS fenced boolean NOT NULL DEFAULT false;
+CREATE TABLE IF NOT EXISTS service_ledger_fences (
+    idempotency_key text PRIMARY KEY,
+    attempt integer NOT NULL
 );
 CREATE INDEX IF NOT EXISTS service_ledger_calls_run ON service_ledger_calls (run_id);
 CREATE TABLE IF NOT EXISTS service_results (
@@ -152,6 +163,15 @@ async def read_result(conn: AsyncConnection, run_id: str) -> dict[str, object] |
     return {"status": row[0], "output": row[1], "error": row[2], "ends": row[3]}
 
 
+class StaleAttempt(RuntimeError):
+    """A later attempt of this call has started (the run was taken over): this one must not write."""
+
+    def __init__(self, key: str, attempt: int) -> None:
+        super().__init__(
+            f"ledger call {key}: attempt {attempt} refused: a later attempt has started on another worker"
+        )
+
+
 def build_agents(pool: AsyncConnectionPool, *, model: str, tool_seconds: float) -> dict[str, Agent]:
     """The agents this service runs, by name; their tools write through ``pool``."""
 
@@ -159,44 +179,67 @@ def build_agents(pool: AsyncConnectionPool, *, model: str, tool_seconds: float) 
     async def append_ledger(account: str, amount: int, context: ToolContext) -> dict[str, object]:
         """Append a payment of ``amount`` to the ledger of ``account``; returns the entry and the balance."""
         me = worker_name()
-        key = context.idempotency_key
-        async with pool.connection() as conn:
+        key, attempt = context.idempotency_key, context.attempt
+        async with pool.connection() as conn, conn.transaction():
+            # The fence: this attempt goes on only if no later attempt of the call has started.
+            current = await (
+                await conn.execute(
+                    "INSERT INTO service_ledger_fences (idempotency_key, attempt) VALUES (%s, %s) "
+                    "ON CONFLICT (idempotency_key) DO UPDATE SET attempt = excluded.attempt "
+                    "WHERE service_ledger_fences.attempt <= excluded.attempt RETURNING attempt",
+                    (key, attempt),
+                )
+            ).fetchone()
             row = await (
                 await conn.execute(
                     "INSERT INTO service_ledger_calls "
-                    "(idempotency_key, run_id, call_id, attempt, resumed, worker, account, amount) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                    "(idempotency_key, run_id, call_id, attempt, resumed, worker, account, amount, fenced) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                     (
                         key,
                         context.info.run_id,
                         context.call_id,
-                        context.attempt,
+                        attempt,
                         context.resumed,
                         me,
                         account,
                         amount,
+                        current is None,
                     ),
                 )
             ).fetchone()
         assert row is not None
         call_row = row[0]
+        if current is None:
+            raise StaleAttempt(key, attempt)
         # The slow part of a real tool (a payment API): the window in which a crash leaves a call in flight.
         await asyncio.sleep(tool_seconds)
         async with pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO service_ledger_entries (idempotency_key, run_id, account, amount) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING",
-                (key, context.info.run_id, account, amount),
-            )
+            latest = await (
+                await conn.execute(
+                    "SELECT attempt FROM service_ledger_fences WHERE idempotency_key = %s FOR UPDATE", (key,)
+                )
+            ).fetchone()
+            if latest is None or latest[0] != attempt:
+                await conn.execute("UPDATE service_ledger_calls SET fenced = true WHERE id = %s", (call_row,))
+            else:
+                await conn.execute(
+                    "INSERT INTO service_ledger_entries (idempotency_key, run_id, account, amount) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING",
+                    (key, context.info.run_id, account, amount),
+                )
+                await conn.execute(
+                    "UPDATE service_ledger_calls SET finished_at = clock_timestamp() WHERE id = %s",
+                    (call_row,),
+                )
             balance = await (
                 await conn.execute(
                     "SELECT coalesce(sum(amount), 0) FROM service_ledger_entries WHERE account = %s",
                     (account,),
                 )
             ).fetchone()
-            await conn.execute(
-                "UPDATE service_ledger_calls SET finished_at = clock_timestamp() WHERE id = %s", (call_row,)
-            )
+        if latest is None or latest[0] != attempt:
+            raise StaleAttempt(key, attempt)
         return {
             "entry": key,
             "account": account,

@@ -12,6 +12,7 @@ from audit_sql_helpers import Backend, recorded, wait_for
 from executus_audit_sql import AuditSqlSettings, SqlAudit
 from executus_audit_sql.settings import async_url, public_url
 from executus_audit_sql.spill import read_spill
+from executus_audit_sql.writes import ATTEMPT_GAP
 
 from executus_core.testing.conformance import make_info
 from executus_core.types import Message, ModelResponse, RunStats, RunStatus, ToolCall, Usage
@@ -84,7 +85,9 @@ async def test_the_same_run_id_started_again_continues_its_trail(backend: Backen
 
         got = await recorded(audit, info.run_id)
         assert got.steps == [1, 2] and got.stats is not None and got.stats.status is RunStatus.OK
-        assert [e.seq for e in await audit.trail(info.run_id)] == [1, 2, 3]
+        # the second attempt's rows start ATTEMPT_GAP past the first's: two attempts writing at once
+        # (a paused worker woken after another took its run over) never take each other's seq
+        assert [e.seq for e in await audit.trail(info.run_id)] == [1, 2, 2 + ATTEMPT_GAP + 1]
     finally:
         await audit.aclose()
 
@@ -217,6 +220,10 @@ async def test_a_worker_that_lost_the_run_cannot_overwrite_the_end_another_wrote
         # was: ("interrupted", None, 2, 0): the stale attempt's roll-up and live tally won
         assert (record.status, record.output, record.steps, record.tool_calls) == ("ok", "done", 4, 6)
         assert record.attempts == 2
+        # both attempts' rows are kept: the paused one's registered first, the owner's after it
+        # (was: the woken worker's row took the seq of the owner's and was dropped)
+        texts = [e.text for e in await audit.trail(info.run_id) if e.kind == "step"]
+        assert sorted(texts) == ["late", "s", "s"]
         kept = await audit.transcript(info.run_id)
         assert kept is not None and [m.content for m in kept.messages] == ["go", "done"]
     finally:

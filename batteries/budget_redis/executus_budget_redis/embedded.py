@@ -388,9 +388,9 @@ class SQLiteBudget(StoreBudget):
         key = (self.config.key_prefix, limits.caller_id)
         rec = self._record(db, key, commit.run_id, now)
         state = rec[0] if rec is not None else None
-        if state in ("c", "v"):
-            return 0
         charged = int(rec[6]) if rec is not None else 0
+        if state == "v" or (state == "c" and commit.tokens <= charged):
+            return 0  # a replayed commit; a higher total is a later part of the run (see lua.COMMIT)
         delta = max(0, commit.tokens - charged)
         if delta > 0 or commit.millis > 0:
             for window in limits.windows:

@@ -178,17 +178,19 @@ return {1, in_flight + 1, hold, {}, now}
 # 4 release (1: the run never started, give back its count), 5 record ttl ms, 6 runs in the
 # average, 7 stats ttl ms, then one window ms per window key.
 # Returns {1, tokens charged now, now}, or {0, 0, now} when the run was already settled (a retried
-# or replayed commit: nothing is charged twice).
+# or replayed commit: nothing is charged twice). A settled run's commit with a higher total is a later
+# part of the run (a worker that took it over, committing after the paused one it took it from): it
+# is charged the difference, and its runtime.
 COMMIT = (
     _PRELUDE
     + """
 local run_id = ARGV[1]
 local state = redis.call('HMGET', rec, 's', 't', 'k', 'w')
 local s = state[1]
-if s == 'c' or s == 'v' then return {0, 0, now} end
-local windows = #KEYS - 4
 local charged = tonumber(state[2]) or 0
 local total = tonumber(ARGV[2])
+if s == 'v' or (s == 'c' and total <= charged) then return {0, 0, now} end
+local windows = #KEYS - 4
 local delta = total - charged
 if delta < 0 then delta = 0 end
 local ms = tonumber(ARGV[3])

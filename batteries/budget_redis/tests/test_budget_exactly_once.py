@@ -55,6 +55,26 @@ async def test_a_retried_commit_charges_nothing(make_store: Any) -> None:
         await budget.aclose()
 
 
+async def test_a_later_part_of_a_run_that_commits_after_an_earlier_one_settled_is_charged(
+    make_store: Any,
+) -> None:
+    """A paused worker loses its run to another; the paused one wakes and commits first (its part, 600
+    tokens), the new owner commits the run's total (1,000) after: the run is charged 1,000, once."""
+    budget = make_store(max_tokens=1_000_000)
+    who = caller()
+    try:
+        await budget.check(who, run_id="r1")  # the first worker
+        await budget.check(who, run_id="r1")  # the one that took it over
+        await budget.commit(who, 1.0, Usage(input_tokens=600), run_id="r1")  # the paused one, woken
+        await budget.commit(who, 2.0, Usage(input_tokens=1000), run_id="r1")  # the owner, at the end
+        await budget.commit(who, 2.0, Usage(input_tokens=1000), run_id="r1")  # a retry of it
+        window = (await budget.usage(who)).windows[0]
+        # was: (1, 600, 1.0): the owner's commit found the run settled and charged nothing
+        assert (window.runs, window.tokens, window.seconds) == (1, 1000, 3.0)
+    finally:
+        await budget.aclose()
+
+
 async def test_a_replayed_spool_entry_of_a_commit_the_store_took_charges_nothing(make_store: Any) -> None:
     # The commit reached the store, but its answer was lost: the spool replays it.
     budget = make_store()

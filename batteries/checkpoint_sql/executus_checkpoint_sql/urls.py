@@ -78,6 +78,12 @@ def check_url(raw: str, *, where: str = "[tool.executus.checkpoint_sql] url") ->
             f"{where}: could not parse {hide_password(raw)!r} as a database URL; write e.g. "
             "sqlite+aiosqlite:///path/checkpoints.db"
         )
+    port = found.group("port")
+    if port and not port.isdigit():
+        raise ConfigError(
+            f"{where} {hide_password(raw)!r}: the port {port!r} is not a number; write e.g. "
+            "postgresql+psycopg://app@db.internal:5432/app"
+        )
     backend, _, driver = found.group("name").partition("+")
     if backend == "postgres":
         backend = "postgresql"

@@ -56,10 +56,10 @@ SUBMIT_SECONDS = 24.0
 END_TIMEOUT = 100.0
 
 KNOWN_GAPS = (
-    "issue 15: the default seed passed on 2026-11-30 09:08 and seed 4242 did not (an attempt that "
-    "registers in the audit after the attempt that took its run over is taken for the latest; budgets "
-    "charged less than the runs recorded; a run claimed by a job's recover() that never resumed it); "
-    "not strict while the seeds disagree: make it strict, then remove it, when every seed passes"
+    "issue 15: on main of 2026-11-30 09:57 seed 20261130 found 2 problems and seed 4242 found 10, all one "
+    "kind: a tool result (or run.end) twice in a trail, when a resumed attempt backfills rows that the "
+    "attempt it took over, paused with them unwritten, writes when it wakes; every such call ran once. "
+    "Not strict while the seeds disagree: make it strict, then remove it, when every seed passes"
 )
 
 

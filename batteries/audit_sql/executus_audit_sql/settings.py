@@ -159,6 +159,14 @@ def check_url(url: str) -> str:
             "postgresql+psycopg://... or postgresql+asyncpg://..."
         )
     rest = match["rest"]
+    host = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    port = host.partition("]")[2] if host.startswith("[") else host.partition(":")[2]
+    port = port.removeprefix(":") if host.startswith("[") else port
+    if port and not port.isdigit():
+        raise ValueError(
+            f"not a database URL (the port {port!r} of {public_url(url)} is not a number); "
+            "example: postgresql+psycopg://user@host:5432/db"
+        )
     if driver.startswith("sqlite"):
         path = rest.partition("?")[0]
         database = path[1:] if path.startswith("/") else ""

@@ -65,7 +65,7 @@ def test_a_bad_url_or_a_missing_driver_still_stops_the_build(tmp_path) -> None:
     code = (
         "from executus_audit_sql import SqlAudit\n"
         "for url, says in [('mysql://x/y', \"driver 'mysql' is not supported\"), ('sqlite://', 'in-memory'),\n"
-        "                  ('not a url', 'not a database URL')]:\n"
+        "                  ('not a url', 'not a database URL'), ('postgresql://h:notaport/db', 'is not a number')]:\n"
         "    try:\n"
         "        SqlAudit(url=url)\n"
         "    except ValueError as exc:\n"

@@ -9,7 +9,7 @@ data directory. In production, point ``url`` at PostgreSQL and name each worker 
     worker_id = "web-1"            # shown in `executus checkpoints list`
     lease_seconds = 60             # how soon another worker takes over a dead worker's runs
     max_resume_attempts = 5        # failed resumes before a run is given up as failed
-    pool_size = 10                 # connections for starting, ending and claiming runs
+    pool_size = 5                  # connections for claiming and listing runs (saves have their own)
     retention_days = 7             # ended runs' rows are deleted after this (0: kept for ever)
 
 The same from the environment: ``EXECUTUS_CHECKPOINT_SQL__URL=...``; in code:
@@ -116,17 +116,17 @@ class CheckpointSqlSettings(BaseModel):
     )
     connect_timeout: float = Field(5.0, gt=0, description="PostgreSQL: longest wait for a connection.")
     pool_size: int = Field(
-        10,
+        5,
         ge=1,
         description="Connections the store keeps open (PostgreSQL; on SQLite, aiosqlite's threads) for "
-        "starting, ending and claiming runs and the heartbeat. Saves do not use them: they share the "
-        "group-commit writer's own connection.",
+        "claiming, loading, releasing and listing runs and the heartbeat. Starting, saving and ending "
+        "runs do not use them: the group-commit writer has a connection of its own.",
     )
     max_overflow: int = Field(
-        20, ge=0, description="Connections opened beyond pool_size under load, closed when returned."
+        10, ge=0, description="Connections opened beyond pool_size under load, closed when returned."
     )
     pool_timeout: float = Field(
-        60.0,
+        30.0,
         gt=0,
         description="Longest wait for a pool connection; a call waits its turn meanwhile (the core's "
         "port_timeout bounds the run's own wait).",

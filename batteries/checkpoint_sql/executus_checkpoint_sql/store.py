@@ -715,9 +715,28 @@ class SqlCheckpointStore:
             await self._batch_failed(batch, exc, self._flush_starts)
             return
         self._down_until = 0.0
+        abandoned: list[PendingEnd] = []
         for item in batch:
+            epoch = started.get(item.run_id)
             if not item.future.done():
-                item.future.set_result(started.get(item.run_id))
+                item.future.set_result(epoch)
+            elif epoch is not None:
+                # Its caller stopped waiting (port_timeout) while the batch was written: the run goes
+                # on without this checkpoint, so the row must not stay live (the heartbeat would
+                # keep it held for as long as this process lives, and then another worker would
+                # take it over).
+                abandoned.append(
+                    PendingEnd(
+                        run_id=item.run_id,
+                        epoch=epoch,
+                        status=FAILED,
+                        error="its for_run was given up (the run went on without this checkpoint) "
+                        "while the row was being written",
+                        future=asyncio.get_running_loop().create_future(),
+                    )
+                )
+        if abandoned:
+            await self._flush_ends(abandoned)
 
     async def _flush_ends(self, batch: Sequence[PendingEnd]) -> None:
         """End a batch of runs; each future says whether its end was written."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from checkpoint_sql_helpers import Backend
+from checkpoint_sql_helpers import Backend, eventually
 from executus_checkpoint_sql import DatabaseUnavailable, RunTakenOver, SqlCheckpointStore
 
 from executus_core import Agent, CheckpointState, Message
@@ -210,5 +210,35 @@ async def test_the_heartbeat_skips_a_row_being_written(pg_url: str, pg_schema: s
                 assert await store.renew_leases() == 4
             other.rollback()
         assert await store.renew_leases() == 5
+    finally:
+        await store.aclose()
+
+
+async def test_a_start_given_up_while_written_does_not_leave_a_live_row(backend: Backend) -> None:
+    """A for_run whose caller stops waiting (port_timeout) while its batch is written: the run goes
+    on without the checkpoint, so its row is ended, not left live for the heartbeat to hold."""
+    store = backend.store(worker_id="grouped")
+    try:
+        await _started(store, 1)  # tables and the writer exist
+        hold = store._sqlite_lock if backend.name == "sqlite" else store._pg_batch.lock  # type: ignore[union-attr]
+        assert hold is not None
+        info = make_info(7, caller_id="group")
+        async with hold:  # the writer takes the batch, then waits here
+            starting = asyncio.ensure_future(store.for_run(info, AGENT))
+
+            async def taken() -> bool:
+                return store._starts is not None and bool(store._starts._inflight)
+
+            await eventually(taken, interval=0.01)
+            starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+
+        async def ended() -> object:
+            row = await store.run_row(info.run_id)
+            return row is not None and row["status"] == "failed" and row
+
+        row = await eventually(ended)
+        assert "given up" in row["error"]
     finally:
         await store.aclose()

@@ -342,7 +342,9 @@ def gc_rows(section: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "CPU us/step",
         "x bare (same GC)",
         "x bare (GC as is)",
-        "collections",
+        "in collections us/step",
+        "collections (full)",
+        "garbage objects/step",
         "memory/run KiB",
         "errors",
     ]

@@ -56,10 +56,10 @@ SUBMIT_SECONDS = 24.0
 END_TIMEOUT = 100.0
 
 KNOWN_GAPS = (
-    "issue 15: on main of 2026-11-30 09:57 seed 20261130 found 2 problems and seed 4242 found 10, all one "
-    "kind: a tool result (or run.end) twice in a trail, when a resumed attempt backfills rows that the "
-    "attempt it took over, paused with them unwritten, writes when it wakes; every such call ran once. "
-    "Not strict while the seeds disagree: make it strict, then remove it, when every seed passes"
+    "issue 15: on main of 2026-11-30 10:27 seed 7 passed, seed 20261130 found 7 problems (and seed 4242 10 "
+    "at 09:58), all one kind: a tool result (or run.end) twice in a trail, when a resumed attempt backfills "
+    "rows that the attempt it took over, paused with them unwritten, writes when it wakes; every such call "
+    "ran once. Not strict while the seeds disagree: make it strict, then remove it, when every seed passes"
 )
 
 

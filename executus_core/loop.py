@@ -865,18 +865,19 @@ class AgentRun:
 
         return forward
 
-    async def _save(self) -> None:
+    async def _save(self, *, confirm: bool = False) -> None:
         """Save what is new since the last save (a failed save is retried with the next).
 
         Saves are serialized, so results of parallel calls that return together are written in turn.
-        Raises `RunTakenOver` when the store says this worker no longer owns the run.
+        Raises `RunTakenOver` when the store says this worker no longer owns the run; ``confirm``
+        asks the store even with nothing new (its answer confirms ownership).
         """
         if self.ports.checkpointer is None:
             return
         if self._save_lock is None:
             self._save_lock = asyncio.Lock()
         async with self._save_lock:
-            if self.saved_upto == len(self.transcript) and not self._attempts_unsaved:
+            if self.saved_upto == len(self.transcript) and not self._attempts_unsaved and not confirm:
                 return
             tally = self.tally
             state = CheckpointState.model_construct(
@@ -982,11 +983,15 @@ class AgentRun:
         """
         self.phase = "finishing"
         ports = self.ports
-        if self.status is RunStatus.OK and ports.checkpointer is not None and ports.taken_over is None:
+        if self.status not in _NOT_DELIVERED and ports.checkpointer is not None and ports.taken_over is None:
+            # the last word on ownership before the end is recorded: a worker that lost the run
+            # records no end of it (nor completes nor delivers it)
             try:
-                await self._save()
+                await self._save(confirm=True)
             except RunTakenOver as taken:
-                self._end(RunStatus.INTERRUPTED, _taken_message(taken, "as it ended (ok here)"))
+                self._end(
+                    RunStatus.INTERRUPTED, _taken_message(taken, f"as it ended ({self.status.value} here)")
+                )
         if ports.taken_over is None:
             self._release_held(None)
         else:
@@ -1001,7 +1006,8 @@ class AgentRun:
                 "tool_calls": stats.tool_calls,
             },
         )
-        await ports.finish(stats, self.transcript)
+        # a worker that lost the run records no transcript: the run's is the new owner's
+        await ports.finish(stats, self.transcript if ports.taken_over is None else None)
         if (
             await ports.end_checkpoint(self.status, self.error, self.pending)
             and self.status not in _NOT_DELIVERED

@@ -395,9 +395,9 @@ def _store_spilled(conn: Connection, spilled: Spilled) -> None:
     write_trail(conn, [(state, spilled.rows, spilled.stats is None)])
     if spilled.stats is not None:
         ended_at = spilled.ended_at or utcnow()
-        write_rollups(conn, [(state.info.run_id, 0, spilled.stats, ended_at)])
+        write_rollups(conn, [(state.info.run_id, spilled.stats, ended_at)])
         if state.transcript is not None:
-            write_transcripts(conn, [(state.info.run_id, 0, state.transcript, ended_at)])
+            write_transcripts(conn, [(state.info.run_id, state.transcript, ended_at)])
 
 
 def _reads() -> Any:

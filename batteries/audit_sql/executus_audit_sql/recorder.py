@@ -150,8 +150,9 @@ class SqlRecorder:
         """A resumed run's saved transcript: record its steps and tool results that an earlier
         attempt saved but whose batch never reached the database (the worker died first).
 
-        The rows are marked ``replayed`` (no usage: the roll-up has the run's tokens); the writer
-        stores only those the trail lacks, so a run resumed after a clean stop gets none.
+        The rows are marked ``replayed`` (no usage: the roll-up has the run's tokens); the database
+        keeps one step row per iteration and one tool row per call id, so only those the trail
+        lacks are stored, and a run resumed after a clean stop gets none.
         """
         steps = [index for index, m in enumerate(messages) if m.role == "assistant"]
         mine = steps[len(steps) - iteration :] if 0 < iteration <= len(steps) else []

@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -132,9 +133,32 @@ class RunRow(Base):
 
 
 class RunEventRow(Base):
-    """One row of a run's trail: a step, a tool call, a run event or an error, at position ``seq``."""
+    """One row of a run's trail: a step, a tool call, a run event or an error, at position ``seq``.
+
+    A run has at most one step row per iteration and one tool row per call id: a row written twice
+    (a resumed run re-recording what a killed worker's batch lost, or a paused worker's late batch)
+    is stored once.
+    """
 
     __tablename__ = EVENTS_TABLE
+    __table_args__ = (
+        Index(
+            "ux_executus_run_events_step",
+            "run_id",
+            "iteration",
+            unique=True,
+            postgresql_where=text("kind = 'step'"),
+            sqlite_where=text("kind = 'step'"),
+        ),
+        Index(
+            "ux_executus_run_events_tool",
+            "run_id",
+            "call_id",
+            unique=True,
+            postgresql_where=text("kind = 'tool'"),
+            sqlite_where=text("kind = 'tool'"),
+        ),
+    )
 
     run_id: Mapped[str] = mapped_column(
         Text, ForeignKey(f"{RUNS_TABLE}.run_id", ondelete="CASCADE"), primary_key=True

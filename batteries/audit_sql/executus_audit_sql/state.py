@@ -46,7 +46,6 @@ class RunState:
     info: RunInfo
     registered: bool = False
     base: int = 0
-    attempt: int = 0  # which attempt of the run this is (from registering; 0: not known)
     steps: int = 0
     tool_calls: int = 0
     input_tokens: int = 0
@@ -75,7 +74,6 @@ class Registration:
     """What registering a run found: the base ``seq`` and the tally an earlier attempt stored."""
 
     base: int
-    attempt: int
     steps: int
     tool_calls: int
     input_tokens: int
@@ -86,7 +84,6 @@ class Registration:
         """Record on ``state`` that it is registered (call once the transaction committed)."""
         state.registered = True
         state.base = self.base
-        state.attempt = self.attempt
         state.prior_steps = self.steps
         state.prior_tool_calls = self.tool_calls
         state.prior_input_tokens = self.input_tokens

@@ -38,7 +38,6 @@ from executus_audit_sql.writes import (
     Registration,
     Row,
     RunState,
-    attempt_of,
     write_rollups,
     write_trail,
     write_transcripts,
@@ -287,9 +286,11 @@ class BatchWriter:
         written = False
         failure: BaseException | None = None
         items = [(r.state, rows, True) for r, rows in batch] + [(f.state, f.rows, False) for f in finals]
-        rollups = [(f.state, f.stats, f.ended_at) for f in finals]
+        rollups = [(f.state.info.run_id, f.stats, f.ended_at) for f in finals]
         transcripts = [
-            (f.state, f.state.transcript, f.ended_at) for f in finals if f.state.transcript is not None
+            (f.state.info.run_id, f.state.transcript, f.ended_at)
+            for f in finals
+            if f.state.transcript is not None
         ]
         abort = threading.Event()
         job: concurrent.futures.Future[Any] | None = None
@@ -358,8 +359,8 @@ class BatchWriter:
     def _write(
         self,
         items: list[tuple[RunState, list[Row], bool]],
-        rollups: list[tuple[RunState, RunStats, datetime]],
-        transcripts: list[tuple[RunState, Any, datetime]],
+        rollups: list[tuple[str, RunStats, datetime]],
+        transcripts: list[tuple[str, Any, datetime]],
         abort: threading.Event,
     ) -> dict[int, Registration]:
         """One transaction, in the writer's thread; rolled back if it was given up before its commit."""
@@ -370,15 +371,10 @@ class BatchWriter:
             try:
                 with conn.begin():
                     made = write_trail(conn, items)
-                    # by the run's latest attempt only: known once registered, maybe in this transaction
                     if rollups:
-                        write_rollups(
-                            conn, [(s.info.run_id, attempt_of(s, made), r, at) for s, r, at in rollups]
-                        )
+                        write_rollups(conn, rollups)
                     if transcripts:
-                        write_transcripts(
-                            conn, [(s.info.run_id, attempt_of(s, made), m, at) for s, m, at in transcripts]
-                        )
+                        write_transcripts(conn, transcripts)
                     if abort.is_set():
                         raise WriteAborted("the write was given up before it committed")
             finally:

@@ -12,16 +12,13 @@ built once per dialect (`Statements`) and sent with the driver's ``executemany``
 ``exec_driver_sql``: SQLAlchemy neither builds nor compiles them per write, and the parameters are
 plain tuples this module makes (JSON text, UTC timestamps), with no type processing per value.
 
-Registering also tells the recorder which attempt it is: a roll-up, a live tally and a transcript are
-stored only while their attempt is the run's latest, so a worker that lost the run to another cannot
-overwrite what the other wrote; and a resumed attempt's rows start `ATTEMPT_GAP` past the highest
-``seq`` stored, so two attempts writing at once never take each other's. Rows a resumed run
-*replays* from its checkpoint (``data["replayed"]``, see `SqlRecorder.on_resume`) are stored only
-where the trail lacks that step or tool result.
-
-The functions are synchronous, on a SQLAlchemy `Connection`: the batch writer runs them in its own
-thread (so a busy event loop never stretches a write), and ``executus runs import`` through
-``AsyncConnection.run_sync``.
+Several attempts of one run may write at once: a worker paused past its lease wakes while the worker
+that took its run over goes on, or after it ended. Nothing one writes is lost to the other's: a
+resumed attempt's rows start `ATTEMPT_GAP` past the highest ``seq`` stored, and a trail holds one step
+row per iteration and one tool row per call id (unique indexes; ``ON CONFLICT DO NOTHING`` keeps the
+first, so what a resumed run re-records from its checkpoint, `SqlRecorder.on_resume`, is stored only
+where the trail lacks it). And an end for good (``ok``, ``error``, ...) is kept against the woken
+worker's late registration, live tally and ``interrupted`` roll-up (`_OPEN`).
 """
 
 from __future__ import annotations
@@ -32,12 +29,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Integer, Table, bindparam, or_, select
+from sqlalchemy import Table
 from sqlalchemy.engine import Connection
 
 from executus_audit_sql.database import dumps, dumps_postgres
 from executus_audit_sql.schema import RunEventRow, RunRow, RunTranscriptRow
-from executus_audit_sql.state import EventKind, Registration, Row, RunState
+from executus_audit_sql.state import Registration, Row, RunState
 from executus_core.types import RunInfo, RunStats
 
 __all__ = [
@@ -83,12 +80,9 @@ def _insert(dialect: str, table: Table) -> Any:
 def _transcript_upsert(dialect: str) -> Any:
     """The upsert of the transcripts runs ended with, built once per dialect."""
     statement = _insert(dialect, TRANSCRIPTS)
-    attempt = bindparam("attempt", type_=Integer)
-    latest = select(RUNS.c.attempts).where(RUNS.c.run_id == bindparam("of_run")).scalar_subquery()
     return statement.on_conflict_do_update(
         index_elements=[TRANSCRIPTS.c.run_id],
         set_={"messages": statement.excluded.messages, "at": statement.excluded.at},
-        where=or_(attempt == 0, latest == attempt),
     )
 
 
@@ -122,7 +116,6 @@ _TALLY_COLUMNS = (
     ("input_tokens", "bigint"),
     ("output_tokens", "bigint"),
     ("thinking_tokens", "bigint"),
-    ("attempt", "integer"),
 )
 _ROLLUP_COLUMNS = (
     ("run_id", "text"),
@@ -136,11 +129,13 @@ _ROLLUP_COLUMNS = (
     ("output_tokens", "bigint"),
     ("thinking_tokens", "bigint"),
     ("ended_at", "timestamptz"),
-    ("attempt", "integer"),
 )
-"""The tally and the roll-up end with the writing attempt: stored only while it is the run's latest
-(0: not known, as for a spill file's rows)."""
 _RESET = ("status", "output", "error", "runtime_seconds", "ended_at")
+_OPEN = f"({RUNS.name}.status IS NULL OR {RUNS.name}.status IN ('interrupted', 'awaiting_approval'))"
+"""The run has not ended for good: running, or an attempt that may be resumed. An end for good (ok,
+error, ...) is kept against what a paused worker that lost the run writes when it wakes: its late
+registration, its live tally, its ``interrupted`` roll-up."""
+_ONLY = {"tally": f"{RUNS.name}.status IS NULL", "rollup": f"(v.status <> 'interrupted' OR {_OPEN})"}
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -173,23 +168,18 @@ def _rows_sql(postgres: bool, mark: str, columns: Sequence[tuple[str, str]]) -> 
     return f"SELECT {', '.join(picked)} FROM json_each({mark}) WHERE true"
 
 
-def _update_sql(postgres: bool, mark: str, columns: Sequence[tuple[str, str]]) -> str:
-    """An UPDATE of the runs' rows from one JSON parameter (``run_id`` first, ``attempt`` last)."""
-    sets = ", ".join(f"{name} = v.{name}" for name, _ in columns[1:-1])
-    rows = _rows_sql(postgres, mark, columns)
-    return (
-        f"UPDATE {RUNS.name} SET {sets} FROM ({rows}) AS v WHERE {RUNS.name}.run_id = v.run_id "
-        f"AND (v.attempt = 0 OR {RUNS.name}.attempts = v.attempt)"
-    )
+def _update_sql(rows: str, columns: Sequence[tuple[str, str]], only: str) -> str:
+    """An UPDATE of the runs' rows from ``rows`` (a SELECT, ``run_id`` first) where ``only`` holds."""
+    sets = ", ".join(f"{name} = v.{name}" for name, _ in columns[1:])
+    return f"UPDATE {RUNS.name} SET {sets} FROM ({rows}) AS v WHERE {RUNS.name}.run_id = v.run_id AND {only}"
 
 
-def _one_by_one_sql(table: str, columns: Sequence[tuple[str, str]], suffix: str, update: bool) -> str:
-    """SQLite's statement for one row a time (``?`` each; for an UPDATE the values, then ``run_id``
-    and the attempt twice)."""
+def _one_by_one_sql(kind: str, suffix: str) -> str:
+    """SQLite's statement ``kind`` for one row a time (a ``?`` per column, in order)."""
+    table, columns, update = _KINDS[kind]
     names = [name for name, _ in columns]
     if update:
-        sets = ", ".join(f"{name} = ?" for name in names[1:-1])
-        return f"UPDATE {table} SET {sets} WHERE run_id = ? AND (? = 0 OR attempts = ?)"
+        return _update_sql(f"SELECT {', '.join(f'? AS {n}' for n in names)}", columns, _ONLY[kind])
     return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) {suffix}"
 
 
@@ -218,7 +208,6 @@ class Statements:
     tally: str
     rollup: str
     upsert_suffix: str
-    recorded: str
 
     @staticmethod
     @functools.cache
@@ -237,29 +226,23 @@ class Statements:
             else f"SELECT value FROM json_each({mark})"
         )
         run_names = ", ".join(n for n, _ in _RUN_COLUMNS)
-        reset = ", ".join(f"{c} = NULL" for c in _RESET)
+        reset = ", ".join(f"{c} = CASE WHEN {_OPEN} THEN NULL ELSE {RUNS.name}.{c} END" for c in _RESET)
         upsert_suffix = f"ON CONFLICT (run_id) DO UPDATE SET attempts = {RUNS.name}.attempts + 1, {reset}"
         upsert_runs = (
             f"INSERT INTO {RUNS.name} ({run_names}) {_rows_sql(postgres, mark, _RUN_COLUMNS)} {upsert_suffix}"
         )
         bases = f"SELECT run_id, max(seq) FROM {EVENTS.name} WHERE run_id IN ({ids}) GROUP BY run_id"
         counters = (
-            f"SELECT run_id, attempts, steps, tool_calls, input_tokens, output_tokens, thinking_tokens "
+            f"SELECT run_id, steps, tool_calls, input_tokens, output_tokens, thinking_tokens "
             f"FROM {RUNS.name} WHERE run_id IN ({ids})"
-        )
-        recorded = (
-            f"SELECT run_id, kind, iteration, call_id FROM {EVENTS.name} WHERE run_id IN ({ids}) "
-            f"AND kind IN ('{EventKind.STEP}', '{EventKind.TOOL}')"
         )
         events = (
             f"INSERT INTO {EVENTS.name} ({', '.join(n for n, _ in _EVENT_COLUMNS)}) "
             f"{_rows_sql(postgres, mark, _EVENT_COLUMNS)} ON CONFLICT DO NOTHING"
         )
-        tally = _update_sql(postgres, mark, _TALLY_COLUMNS)
-        rollup = _update_sql(postgres, mark, _ROLLUP_COLUMNS)
-        return Statements(
-            postgres, upsert_runs, bases, counters, events, tally, rollup, upsert_suffix, recorded
-        )
+        tally = _update_sql(_rows_sql(postgres, mark, _TALLY_COLUMNS), _TALLY_COLUMNS, _ONLY["tally"])
+        rollup = _update_sql(_rows_sql(postgres, mark, _ROLLUP_COLUMNS), _ROLLUP_COLUMNS, _ONLY["rollup"])
+        return Statements(postgres, upsert_runs, bases, counters, events, tally, rollup, upsert_suffix)
 
     def time(self, value: datetime) -> Any:
         """A timestamp as this dialect's JSON rows carry it."""
@@ -280,10 +263,8 @@ class Statements:
         if self.postgres or "\\u0000" not in blob:
             conn.exec_driver_sql(getattr(self, kind), (blob,))
             return
-        table, columns, update = _KINDS[kind]
-        sql = _one_by_one_sql(
-            table, columns, "ON CONFLICT DO NOTHING" if kind == "events" else self.upsert_suffix, update
-        )
+        columns = _KINDS[kind][1]
+        sql = _one_by_one_sql(kind, "ON CONFLICT DO NOTHING" if kind == "events" else self.upsert_suffix)
         json_at = [index for index, (_, type_) in enumerate(columns) if type_ == "json"]
         plain = []
         for row in rows:
@@ -291,9 +272,7 @@ class Statements:
             for index in json_at:
                 if values[index] is not None:
                     values[index] = dumps(values[index])
-            plain.append(
-                tuple([*values[1:-1], values[0], values[-1], values[-1]]) if update else tuple(values)
-            )
+            plain.append(tuple(values))
         conn.exec_driver_sql(sql, plain)
 
 
@@ -354,24 +333,18 @@ def write_trail(
     time = sql.time
     event_rows: list[tuple[Any, ...]] = []
     tally_rows: list[tuple[Any, ...]] = []
-    replaying = [state.info.run_id for state, rows, _ in items if any(map(_replayed, rows))]
-    recorded = _recorded(conn, sql, replaying) if replaying else set()
     for state, rows, live in items:
         registration = made.get(id(state))
         base = registration.base if registration is not None else state.base
         run_id = state.info.run_id
-        for row in rows:
-            local, kind, name, iteration, call_id, text, data, at = row
-            if recorded and _replayed(row) and (run_id, kind, iteration or call_id) in recorded:
-                continue  # the trail has it: an earlier attempt's batch got through
+        for local, kind, name, iteration, call_id, text, data, at in rows:
             event_rows.append((run_id, base + local, kind, name, iteration, call_id, text, data, time(at)))
             if len(event_rows) >= CHUNK_ROWS:
                 sql.run(conn, "events", event_rows)
                 event_rows = []
         if live:
             tally = state.live() if registration is None else _live_after(state, registration)
-            attempt = registration.attempt if registration is not None else state.attempt
-            tally_rows.append((run_id, *tally.values(), attempt))
+            tally_rows.append((run_id, *tally.values()))
     if event_rows:
         sql.run(conn, "events", event_rows)
     if tally_rows:
@@ -379,26 +352,9 @@ def write_trail(
     return made
 
 
-def _replayed(row: Row) -> bool:
-    data = row[6]
-    return row[1] != EventKind.EVENT and type(data) is dict and data.get("replayed") is True
-
-
-def _recorded(conn: Connection, sql: Statements, run_ids: Sequence[str]) -> set[tuple[str, str, Any]]:
-    """The steps (by iteration) and tool results (by call id) the trails of ``run_ids`` hold."""
-    found = conn.exec_driver_sql(sql.recorded, sql.rows(run_ids))
-    return {(run_id, kind, iteration or call_id) for run_id, kind, iteration, call_id in found}
-
-
-def attempt_of(state: RunState, made: dict[int, Registration]) -> int:
-    """Which attempt of its run ``state`` records (registered in this transaction, or before)."""
-    registration = made.get(id(state))
-    return registration.attempt if registration is not None else state.attempt
-
-
-def write_rollups(conn: Connection, rollups: Sequence[tuple[str, int, RunStats, datetime]]) -> None:
-    """Store runs' final `RunStats` (``(run_id, attempt, stats, ended_at)`` each): they are no longer
-    running. A roll-up whose attempt is no longer the run's latest is not stored (attempt 0: always)."""
+def write_rollups(conn: Connection, rollups: Sequence[tuple[str, RunStats, datetime]]) -> None:
+    """Store runs' final `RunStats` (``(run_id, stats, ended_at)`` each): they are no longer running
+    (an ``interrupted`` one does not replace an end for good another attempt stored)."""
     sql = statements(conn)
     rows = [
         (
@@ -413,22 +369,20 @@ def write_rollups(conn: Connection, rollups: Sequence[tuple[str, int, RunStats, 
             stats.output_tokens,
             stats.thinking_tokens,
             sql.time(ended_at),
-            attempt,
         )
-        for run_id, attempt, stats, ended_at in rollups
+        for run_id, stats, ended_at in rollups
     ]
     sql.run(conn, "rollup", rows)
 
 
-def write_transcripts(conn: Connection, transcripts: Sequence[tuple[str, int, list[Any], datetime]]) -> None:
-    """Store the messages runs ended with (``(run_id, attempt, messages, at)`` each), replacing what an
-    earlier attempt of the same run stored (not what a later one did; attempt 0: always)."""
+def write_transcripts(conn: Connection, transcripts: Sequence[tuple[str, list[Any], datetime]]) -> None:
+    """Store the messages runs ended with (``(run_id, messages, at)`` each), replacing what an earlier
+    attempt of the same run stored."""
     if not transcripts:
         return
     statement = _transcript_upsert(conn.dialect.name)
     rows = {
-        run_id: {"run_id": run_id, "messages": messages, "at": at, "attempt": attempt, "of_run": run_id}
-        for run_id, attempt, messages, at in transcripts
+        run_id: {"run_id": run_id, "messages": messages, "at": at} for run_id, messages, at in transcripts
     }
     conn.execute(statement, list(rows.values()))
 

@@ -114,7 +114,7 @@ def test_an_audit_database_of_revision_0002_upgrades_with_its_runs_kept(tmp_path
             "VALUES ('old-1', 's', 'chat', 'u1', '2026-01-01 00:00:00', 1, 0, 0, 0, 0, 0, 'ok')"
         )
     upgrade(url)
-    assert current_revision(url) == "0003"
+    assert current_revision(url) == "0004"
 
     async def read() -> None:
         audit = SqlAudit(url=url, data_dir=tmp_path)
@@ -215,3 +215,39 @@ def test_a_long_prompt_and_answer_are_shortened_in_the_thread(backend: Backend) 
     runs = json.loads(_cli("runs", "show", second, *where, "--json").stdout)["conversation"]["runs"]
     assert runs[0]["run_id"] == first and runs[0]["prompt"].endswith("…") and len(runs[0]["prompt"]) == 100
     assert runs[0]["output"].endswith("…") and runs[1]["this"] is True
+
+
+def test_revision_0004_keeps_the_first_of_duplicate_step_and_tool_rows(tmp_path: Path) -> None:
+    """Trails an older version stored twice (a resumed run's steps and results written again) keep
+    their first row of each, and from then on the database keeps one."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, revision="0003")
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        db.execute(
+            "INSERT INTO executus_runs (run_id, subject_id, name, caller_id, started_at, attempts, steps, "
+            "tool_calls, input_tokens, output_tokens, thinking_tokens, status) "
+            "VALUES ('dup', 's', 'a', 'u1', '2026-01-01 00:00:00', 2, 1, 1, 0, 0, 0, 'ok')"
+        )
+        rows = [
+            (1, "step", None, 1, None, "first"),
+            (2, "tool", "t", None, "c1", "first"),
+            (3, "step", None, 1, None, "again"),
+            (4, "tool", "t", None, "c1", "again"),
+            (5, "event", "run.end", None, None, None),
+        ]
+        db.executemany(
+            "INSERT INTO executus_run_events (run_id, seq, kind, name, iteration, call_id, text, at) "
+            "VALUES ('dup', ?, ?, ?, ?, ?, ?, '2026-01-01 00:00:00')",
+            rows,
+        )
+    upgrade(url)
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        kept = db.execute("SELECT seq, text FROM executus_run_events ORDER BY seq").fetchall()
+        assert kept == [(1, "first"), (2, "first"), (5, None)]
+        db.execute(
+            "INSERT INTO executus_run_events (run_id, seq, kind, name, iteration, call_id, text, at) "
+            "VALUES ('dup', 9, 'tool', 't', NULL, 'c1', 'late', '2026-01-01 00:00:00') ON CONFLICT DO NOTHING"
+        )
+        assert db.execute("SELECT count(*) FROM executus_run_events WHERE call_id = 'c1'").fetchone() == (1,)

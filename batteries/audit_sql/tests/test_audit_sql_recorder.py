@@ -213,6 +213,7 @@ async def test_a_worker_that_lost_the_run_cannot_overwrite_the_end_another_wrote
         owner.on_transcript([Message.user("go"), Message(role="assistant", content="done")])
         await owner.close(RunStats(status=RunStatus.OK, output="done", steps=4, tool_calls=6))
         stale.on_step(2, ModelResponse(text="late"))  # its batch carries its live tally too
+        stale.log_event("run.taken_over", {"status": "interrupted"})
         stale.on_transcript([Message.user("go")])
         await stale.close(RunStats(status=RunStatus.INTERRUPTED, error="taken over", steps=2))
         record = await audit.get_run(info.run_id)
@@ -220,10 +221,37 @@ async def test_a_worker_that_lost_the_run_cannot_overwrite_the_end_another_wrote
         # was: ("interrupted", None, 2, 0): the stale attempt's roll-up and live tally won
         assert (record.status, record.output, record.steps, record.tool_calls) == ("ok", "done", 4, 6)
         assert record.attempts == 2
-        # both attempts' rows are kept: the paused one's registered first, the owner's after it
-        # (was: the woken worker's row took the seq of the owner's and was dropped)
-        texts = [e.text for e in await audit.trail(info.run_id) if e.kind == "step"]
-        assert sorted(texts) == ["late", "s", "s"]
+        # the woken worker's rows do not take the owner's seqs, and its
+        # step 2 is not stored beside the owner's: one row per step
+        trail = await audit.trail(info.run_id)
+        assert [e.name for e in trail if e.kind == "event"] == ["run.taken_over"]
+        assert [(e.iteration, e.text) for e in trail if e.kind == "step"] == [(1, "s"), (2, "s")]
+        kept = await audit.transcript(info.run_id)
+        assert kept is not None and [m.content for m in kept.messages] == ["go", "done"]
+    finally:
+        await audit.aclose()
+
+
+async def test_a_paused_worker_that_registers_after_the_run_ended_changes_nothing(backend: Backend) -> None:
+    """The paused worker had not written anything before it was paused (its first batch registers the
+    attempt): waking after the new owner ended the run, it registers last, as the "latest" attempt;
+    an end for good is kept all the same."""
+    audit = backend.audit(batch_size=10_000, flush_interval=30)
+    try:
+        info = make_info(caller_id="late")
+        stale = await audit.start_run(info)
+        stale.log_event("run.start", {"resumed": True})  # buffered: not yet registered
+        owner = await audit.start_run(info)
+        owner.on_step(1, ModelResponse(text="s"))
+        owner.on_transcript([Message.user("go"), Message(role="assistant", content="done")])
+        await owner.close(RunStats(status=RunStatus.OK, output="done", steps=5, tool_calls=8))
+        stale.on_step(1, ModelResponse(text="late"))
+        stale.log_event("run.taken_over", {"status": "interrupted"})
+        await stale.close(RunStats(status=RunStatus.INTERRUPTED, error="taken over", steps=2))
+        record = await audit.get_run(info.run_id)
+        assert record is not None
+        # was: ("interrupted", None, 2, 0): the late registration reset the end, and the roll-up won
+        assert (record.status, record.output, record.steps, record.tool_calls) == ("ok", "done", 5, 8)
         kept = await audit.transcript(info.run_id)
         assert kept is not None and [m.content for m in kept.messages] == ["go", "done"]
     finally:

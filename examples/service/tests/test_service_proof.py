@@ -14,8 +14,8 @@ outlast the checkpoint lease, so another worker takes the runs over; some do not
   ``resumed``), and the ledger holds each entry once;
 - each caller's budget counted each of its runs once, across the processes, and charged between
   what the runs' audit records and what the model really served; the next run is refused;
-- every run's audit trail is whole: each of its model steps and each of its tool results, and one
-  ``run.end`` with status ``ok``, the last.
+- every run's audit trail is whole: each of its model steps and each of its tool results once, and
+  ``run.end`` with status ``ok`` (at least once, and no other).
 
 The chaos is seeded (``EXECUTUS_SERVICE_PROOF_SEED`` picks another); what the rounds did is printed
 with the failures.
@@ -397,10 +397,12 @@ def test_durable_runs_across_killed_and_paused_workers(
             continue
         resumed_runs += record.attempts > 1
         ends = [e.data.get("status") for e in trail if e.kind == "event" and e.name == "run.end"]
-        if ends.count("ok") != 1 or not ends or ends[-1] != "ok":
+        # At least once: a worker paused between recording its end and completing the checkpoint
+        # leaves the run to the one that takes it over, which ends it again with the saved answer.
+        if not ends or set(ends) != {"ok"}:
             problem(
                 "run.end statuses wrong",
-                f"run {run_id}: run.end statuses in its trail {ends}, want one ok, the last",
+                f"run {run_id}: run.end statuses in its trail {ends}, want ok (only)",
             )
         steps = {e.iteration for e in trail if e.kind == "step"}
         if record.steps and steps != set(range(1, record.steps + 1)):

@@ -100,3 +100,4 @@ async def test_a_worker_that_lost_the_run_mid_step_records_nothing_of_it() -> No
     types = recorded.event_types()
     assert types[-1] == "run.taken_over" and "run.end" not in types  # was: run.end "interrupted"
     assert recorded.stats is not None and recorded.stats.status is RunStatus.INTERRUPTED
+    assert recorded.messages is None  # its transcript is not the run's: the new owner's is

@@ -56,10 +56,11 @@ SUBMIT_SECONDS = 24.0
 END_TIMEOUT = 100.0
 
 KNOWN_GAPS = (
-    "issue 15: on main of 2026-11-30 10:27 seed 7 passed, seed 20261130 found 7 problems (and seed 4242 10 "
-    "at 09:58), all one kind: a tool result (or run.end) twice in a trail, when a resumed attempt backfills "
-    "rows that the attempt it took over, paused with them unwritten, writes when it wakes; every such call "
-    "ran once. Not strict while the seeds disagree: make it strict, then remove it, when every seed passes"
+    "issue 15: on the lead's branch of 2026-11-30 10:20, seeds 7, 20261130, 4242, 99, 1 and 2 passed; "
+    "seeds 1, 2 and 3 failed once each while another proof and the test suite ran beside them (a tool "
+    "row twice in a trail and a roll-up's steps short, which migration 0004's unique indexes and the "
+    "end-for-good rule should rule out: to be reproduced with the database kept). Not strict while "
+    "runs disagree: make it strict, then remove it, when every seed passes under load"
 )
 
 

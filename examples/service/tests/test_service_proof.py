@@ -55,14 +55,6 @@ SEED = int(os.environ.get("EXECUTUS_SERVICE_PROOF_SEED", "20261130"))
 SUBMIT_SECONDS = 24.0
 END_TIMEOUT = 100.0
 
-KNOWN_GAPS = (
-    "issue 15: on the lead's branch of 2026-11-30 10:20, seeds 7, 20261130, 4242, 99, 1 and 2 passed; "
-    "seeds 1, 2 and 3 failed once each while another proof and the test suite ran beside them (a tool "
-    "row twice in a trail and a roll-up's steps short, which migration 0004's unique indexes and the "
-    "end-for-good rule should rule out: to be reproduced with the database kept). Not strict while "
-    "runs disagree: make it strict, then remove it, when every seed passes under load"
-)
-
 
 TRAILS_SHOWN = 8
 
@@ -205,7 +197,6 @@ async def _audit_and_budget(
     return records, trails, usage
 
 
-@pytest.mark.xfail(strict=False, reason=KNOWN_GAPS)
 def test_durable_runs_across_killed_and_paused_workers(
     service_database: str, service_redis: str, tmp_path: Path
 ) -> None:
